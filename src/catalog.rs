@@ -1,0 +1,347 @@
+//! The in-memory catalog: products and variants loaded from PostgreSQL at startup and
+//! swapped whole when an admin changes them, so that reads never touch the database.
+//!
+//! Stock levels are kept apart from the catalog ([`StockLevels`]): they change on every
+//! sale, while products change rarely, and a sale must not rebuild the catalog.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, RwLock},
+};
+
+use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine as _};
+use thiserror::Error;
+
+/// One sellable variant of a product.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Variant {
+    /// Stock-keeping unit, unique across the store.
+    pub sku: String,
+    /// Free-form attributes such as size and colour.
+    pub attributes: BTreeMap<String, String>,
+    /// Price in minor units of `currency`.
+    pub price_minor: i64,
+    /// ISO 4217 code.
+    pub currency: String,
+}
+
+/// A product and its active variants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Product {
+    /// URL key, unique.
+    pub slug: String,
+    /// Display name.
+    pub name: String,
+    /// Display description.
+    pub description: String,
+    /// Active variants in display order; never empty.
+    pub variants: Vec<Variant>,
+    search_key: String,
+}
+
+impl Product {
+    /// Builds a product, precomputing its search key.
+    pub fn new(slug: String, name: String, description: String, variants: Vec<Variant>) -> Self {
+        let search_key = format!("{} {}", name.to_lowercase(), slug);
+        Self {
+            slug,
+            name,
+            description,
+            variants,
+            search_key,
+        }
+    }
+
+    /// Whether every whitespace-separated term of `terms` occurs in the name or slug.
+    fn matches(&self, terms: &[String]) -> bool {
+        terms.iter().all(|t| self.search_key.contains(t.as_str()))
+    }
+}
+
+/// An immutable snapshot of the catalog, sorted by slug for stable cursors.
+#[derive(Debug, Default)]
+pub struct Catalog {
+    products: Vec<Product>,
+    by_slug: HashMap<String, usize>,
+}
+
+/// Why a listing request cannot be served.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum PageError {
+    /// The cursor is not one this server issued.
+    #[error("cursor is not valid")]
+    InvalidCursor,
+}
+
+/// One page of a listing.
+#[derive(Debug)]
+pub struct Page<'a> {
+    /// The products on this page.
+    pub items: Vec<&'a Product>,
+    /// Cursor of the next page, when there is one.
+    pub next_cursor: Option<String>,
+}
+
+impl Catalog {
+    /// Builds a snapshot; later duplicates of a slug are dropped.
+    pub fn new(mut products: Vec<Product>) -> Self {
+        products.sort_by(|a, b| a.slug.cmp(&b.slug));
+        products.dedup_by(|a, b| a.slug == b.slug);
+        let by_slug = products
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.slug.clone(), i))
+            .collect();
+        Self { products, by_slug }
+    }
+
+    /// Number of products.
+    pub fn len(&self) -> usize {
+        self.products.len()
+    }
+
+    /// Whether the catalog has no products.
+    pub fn is_empty(&self) -> bool {
+        self.products.is_empty()
+    }
+
+    /// Looks a product up by slug.
+    pub fn get(&self, slug: &str) -> Option<&Product> {
+        self.by_slug.get(slug).map(|&i| &self.products[i])
+    }
+
+    /// Lists products matching `query`, after `cursor`, at most `limit` of them.
+    pub fn page(
+        &self,
+        query: &str,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<'_>, PageError> {
+        let after = cursor.map(decode_cursor).transpose()?;
+        let terms: Vec<String> = query.split_whitespace().map(str::to_lowercase).collect();
+        let start = match &after {
+            Some(slug) => self
+                .products
+                .partition_point(|p| p.slug.as_str() <= slug.as_str()),
+            None => 0,
+        };
+        let mut matching = self.products[start..].iter().filter(|p| p.matches(&terms));
+        let items: Vec<&Product> = matching.by_ref().take(limit).collect();
+        let next_cursor = match (items.last(), matching.next()) {
+            (Some(last), Some(_)) => Some(encode_cursor(&last.slug)),
+            _ => None,
+        };
+        Ok(Page { items, next_cursor })
+    }
+}
+
+/// Opaque cursor: the last slug of the previous page, base64url-encoded.
+fn encode_cursor(slug: &str) -> String {
+    URL_SAFE_NO_PAD.encode(slug)
+}
+
+fn decode_cursor(cursor: &str) -> Result<String, PageError> {
+    let bytes = URL_SAFE_NO_PAD
+        .decode(cursor)
+        .map_err(|_| PageError::InvalidCursor)?;
+    let slug = String::from_utf8(bytes).map_err(|_| PageError::InvalidCursor)?;
+    if is_valid_slug(&slug) {
+        Ok(slug)
+    } else {
+        Err(PageError::InvalidCursor)
+    }
+}
+
+/// Slugs are lowercase ASCII letters, digits and dashes, 1 to 128 long, not starting with a dash.
+pub fn is_valid_slug(slug: &str) -> bool {
+    (1..=128).contains(&slug.len())
+        && !slug.starts_with('-')
+        && slug
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// SKUs are ASCII letters, digits, dot, dash and underscore, 1 to 64 long.
+pub fn is_valid_sku(sku: &str) -> bool {
+    (1..=64).contains(&sku.len())
+        && sku.as_bytes()[0].is_ascii_alphanumeric()
+        && sku
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_')
+}
+
+/// Holds the current catalog snapshot; readers clone an `Arc` and never block a reload.
+#[derive(Debug, Default)]
+pub struct CatalogStore {
+    current: RwLock<Arc<Catalog>>,
+}
+
+impl CatalogStore {
+    /// The current snapshot.
+    pub fn snapshot(&self) -> Arc<Catalog> {
+        match self.current.read() {
+            Ok(guard) => Arc::clone(&guard),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    /// Replaces the snapshot.
+    pub fn replace(&self, catalog: Catalog) {
+        let next = Arc::new(catalog);
+        match self.current.write() {
+            Ok(mut guard) => *guard = next,
+            Err(poisoned) => *poisoned.into_inner() = next,
+        }
+    }
+}
+
+/// Units a shopper can still buy, per SKU, as this node knows them.
+#[derive(Debug, Default)]
+pub struct StockLevels {
+    levels: RwLock<HashMap<String, i64>>,
+}
+
+impl StockLevels {
+    /// Units available for `sku` (0 when unknown).
+    pub fn get(&self, sku: &str) -> i64 {
+        let read = |m: &HashMap<String, i64>| m.get(sku).copied().unwrap_or(0);
+        match self.levels.read() {
+            Ok(guard) => read(&guard),
+            Err(poisoned) => read(&poisoned.into_inner()),
+        }
+    }
+
+    /// Sets the level of one SKU.
+    pub fn set(&self, sku: &str, available: i64) {
+        self.replace_with(|m| {
+            m.insert(sku.to_owned(), available.max(0));
+        });
+    }
+
+    /// Replaces every level at once (after a full load from PostgreSQL).
+    pub fn replace_all(&self, levels: HashMap<String, i64>) {
+        self.replace_with(|m| *m = levels);
+    }
+
+    fn replace_with(&self, f: impl FnOnce(&mut HashMap<String, i64>)) {
+        match self.levels.write() {
+            Ok(mut guard) => f(&mut guard),
+            Err(poisoned) => f(&mut poisoned.into_inner()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn product(slug: &str, name: &str) -> Product {
+        Product::new(
+            slug.into(),
+            name.into(),
+            String::new(),
+            vec![Variant {
+                sku: format!("{slug}-1"),
+                attributes: BTreeMap::new(),
+                price_minor: 100,
+                currency: "EUR".into(),
+            }],
+        )
+    }
+
+    fn catalog(n: usize) -> Catalog {
+        Catalog::new(
+            (0..n)
+                .map(|i| {
+                    product(
+                        &format!("p{i:03}"),
+                        &format!(
+                            "Item {i} {}",
+                            if i % 2 == 0 {
+                                "Red Shirt"
+                            } else {
+                                "Blue Jeans"
+                            }
+                        ),
+                    )
+                })
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn pages_walk_every_product_once_in_order() {
+        let cat = catalog(25);
+        let mut seen = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let page = cat.page("", cursor.as_deref(), 10).expect("valid cursor");
+            seen.extend(page.items.iter().map(|p| p.slug.clone()));
+            match page.next_cursor {
+                Some(c) => cursor = Some(c),
+                None => break,
+            }
+        }
+        let expected: Vec<String> = (0..25).map(|i| format!("p{i:03}")).collect();
+        assert_eq!(seen, expected);
+    }
+
+    #[test]
+    fn exact_fit_has_no_next_cursor() {
+        let cat = catalog(10);
+        let page = cat.page("", None, 10).expect("page");
+        assert_eq!(page.items.len(), 10);
+        assert!(page.next_cursor.is_none());
+    }
+
+    #[test]
+    fn search_is_case_insensitive_and_needs_every_term() {
+        let cat = catalog(10);
+        let page = cat.page("red SHIRT", None, 100).expect("page");
+        assert_eq!(page.items.len(), 5);
+        assert!(page.items.iter().all(|p| p.name.contains("Red Shirt")));
+        assert!(cat
+            .page("red jeans", None, 100)
+            .expect("page")
+            .items
+            .is_empty());
+    }
+
+    #[test]
+    fn search_pagination_continues_within_matches() {
+        let cat = catalog(20);
+        let first = cat.page("blue", None, 3).expect("page");
+        let cursor = first.next_cursor.expect("more");
+        let second = cat.page("blue", Some(&cursor), 3).expect("page");
+        assert_eq!(second.items[0].slug, "p007");
+    }
+
+    #[test]
+    fn foreign_cursors_are_refused() {
+        let cat = catalog(3);
+        for bad in [
+            "%%%",
+            "____",
+            &URL_SAFE_NO_PAD.encode("UPPER"),
+            &URL_SAFE_NO_PAD.encode([0xff, 0xfe]),
+        ] {
+            assert_eq!(
+                cat.page("", Some(bad), 10).err(),
+                Some(PageError::InvalidCursor),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn slug_and_sku_rules() {
+        assert!(is_valid_slug("linen-shirt-2"));
+        assert!(!is_valid_slug("-x"));
+        assert!(!is_valid_slug("Linen"));
+        assert!(!is_valid_slug(""));
+        assert!(is_valid_sku("LS-001_M.blk"));
+        assert!(!is_valid_sku("-LS"));
+        assert!(!is_valid_sku("a b"));
+        assert!(!is_valid_sku(&"x".repeat(65)));
+    }
+}

@@ -1,0 +1,131 @@
+//! The `surge` command line: serve, migrate, seed and check.
+
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+use crate::{
+    config::{ConfigError, DatabaseArgs, LogFormat, ServeArgs},
+    server,
+    store::{check, migrate, seed, Db},
+    telemetry,
+};
+
+/// Surge: a real-time commerce server.
+#[derive(Debug, Parser)]
+#[command(name = "surge", version, about)]
+pub struct Cli {
+    /// Log format: human (default) or json.
+    #[arg(
+        long,
+        env = "SURGE_LOG_FORMAT",
+        value_name = "SURGE_LOG_FORMAT",
+        value_enum,
+        default_value = "human",
+        global = true
+    )]
+    pub log_format: LogFormat,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Migrate, load the catalog and serve HTTP until SIGTERM or SIGINT.
+    Serve(ServeArgs),
+    /// Apply pending migrations and exit.
+    Migrate(DatabaseArgs),
+    /// Load data.
+    Seed {
+        /// Load the demo fashion store (idempotent).
+        #[arg(long, required = true)]
+        demo: bool,
+        #[command(flatten)]
+        db: DatabaseArgs,
+    },
+    /// Check stock conservation for every SKU; exits 1 when any SKU is off.
+    Check(DatabaseArgs),
+}
+
+/// Entry point of the binary: parses, runs, and maps failures to an exit code.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) if !err.use_stderr() => {
+            // --help and --version.
+            let _ = err.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(err) => {
+            let rendered = err.render().to_string();
+            let first = rendered.lines().next().unwrap_or("invalid arguments");
+            eprintln!("{first}");
+            return ExitCode::from(2);
+        }
+    };
+    telemetry::init_tracing(cli.log_format);
+    let result = actix_web::rt::System::new().block_on(run(cli.command));
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            if let Some(config) = err.downcast_ref::<ConfigError>() {
+                eprintln!("error: {config}");
+                return ExitCode::from(2);
+            }
+            tracing::error!(error = format!("{err:#}"), "surge failed");
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Serve(args) => {
+            let cfg = args.validate()?;
+            if cfg.session_key.is_none() {
+                tracing::warn!("SURGE_SESSION_KEY is not set: using a random key; sessions end when this process does");
+            }
+            let running = server::start(cfg).await?;
+            server::wait_for_signal().await?;
+            running.shutdown().await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Migrate(args) => {
+            let db = Db::new(&args.validate()?)?;
+            let mut client = db.primary.get().await.context("connecting to PostgreSQL")?;
+            let report = migrate::run(&mut client).await?;
+            println!("migrations applied: {}", report.applied_migrations().len());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Seed { demo: _, db } => {
+            let db = Db::new(&db.validate()?)?;
+            let mut client = db.primary.get().await.context("connecting to PostgreSQL")?;
+            let (products, skus) = seed::seed_demo(&mut client).await?;
+            println!("demo store ready: {products} products, {skus} SKUs");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check(args) => {
+            let db = Db::new(&args.validate()?)?;
+            let client = db.primary.get().await.context("connecting to PostgreSQL")?;
+            let skus: i64 = client
+                .query_one("SELECT count(*) FROM inventory", &[])
+                .await
+                .context("counting SKUs")?
+                .get(0);
+            let violations = check::violations(&**client).await?;
+            for v in &violations {
+                println!("VIOLATION {v}");
+            }
+            println!("stock check: {skus} SKUs, {} violations", violations.len());
+            Ok(if violations.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+    }
+}

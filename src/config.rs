@@ -1,0 +1,372 @@
+//! Runtime configuration from flags and environment variables.
+//!
+//! Every setting has an environment variable so that a container can be configured
+//! without a command line; a bad value stops startup with one line naming the variable.
+
+use std::{net::SocketAddr, str::FromStr, time::Duration};
+
+use clap::{Args, ValueEnum};
+use thiserror::Error;
+
+/// A configuration value that cannot be used, named by its environment variable.
+#[derive(Debug, Error)]
+#[error("configuration error: {var}: {message}")]
+pub struct ConfigError {
+    /// The environment variable at fault.
+    pub var: &'static str,
+    /// What is wrong with it and what is expected.
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(var: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            var,
+            message: message.into(),
+        }
+    }
+}
+
+/// How log lines are written: readable for a terminal, JSON for a log pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One readable line per event.
+    Human,
+    /// One JSON object per event.
+    Json,
+}
+
+/// Database settings shared by every subcommand that talks to PostgreSQL.
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseArgs {
+    /// Primary PostgreSQL, e.g. postgres://user@host:5432/surge.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        value_name = "DATABASE_URL",
+        hide_env_values = true
+    )]
+    pub database_url: Option<String>,
+    /// Optional read replica for catalog reads; defaults to the primary.
+    #[arg(
+        long,
+        env = "DATABASE_READ_URL",
+        value_name = "DATABASE_READ_URL",
+        hide_env_values = true
+    )]
+    pub database_read_url: Option<String>,
+    /// Connections in the primary pool.
+    #[arg(long, env = "SURGE_DB_POOL_SIZE", value_name = "SURGE_DB_POOL_SIZE", default_value_t = 16,
+          value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub db_pool_size: u16,
+    /// Connections in the read-replica pool.
+    #[arg(long, env = "SURGE_DB_READ_POOL_SIZE", value_name = "SURGE_DB_READ_POOL_SIZE", default_value_t = 4,
+          value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub db_read_pool_size: u16,
+}
+
+/// Validated database settings.
+#[derive(Debug, Clone)]
+pub struct DatabaseConfig {
+    /// Primary connection settings.
+    pub primary: tokio_postgres::Config,
+    /// Replica connection settings, when one is configured.
+    pub replica: Option<tokio_postgres::Config>,
+    /// Primary pool size.
+    pub pool_size: usize,
+    /// Replica pool size.
+    pub read_pool_size: usize,
+}
+
+impl DatabaseArgs {
+    /// Checks the URLs so that a typo fails at startup, not on the first request.
+    pub fn validate(&self) -> Result<DatabaseConfig, ConfigError> {
+        let url = self
+            .database_url
+            .as_deref()
+            .filter(|u| !u.trim().is_empty())
+            .ok_or_else(|| {
+                ConfigError::new(
+                    "DATABASE_URL",
+                    "not set; expected postgres://user@host:port/dbname",
+                )
+            })?;
+        let primary = parse_pg_url("DATABASE_URL", url)?;
+        let replica = match self.database_read_url.as_deref() {
+            Some(u) if !u.trim().is_empty() => Some(parse_pg_url("DATABASE_READ_URL", u)?),
+            _ => None,
+        };
+        Ok(DatabaseConfig {
+            primary,
+            replica,
+            pool_size: usize::from(self.db_pool_size),
+            read_pool_size: usize::from(self.db_read_pool_size),
+        })
+    }
+}
+
+fn parse_pg_url(var: &'static str, url: &str) -> Result<tokio_postgres::Config, ConfigError> {
+    let cfg = tokio_postgres::Config::from_str(url)
+        .map_err(|e| ConfigError::new(var, format!("not a PostgreSQL URL ({e})")))?;
+    if cfg.get_dbname().is_none() {
+        return Err(ConfigError::new(var, "the URL names no database"));
+    }
+    Ok(cfg)
+}
+
+/// Settings of `surge serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub db: DatabaseArgs,
+    /// Address and port to listen on.
+    #[arg(
+        long,
+        env = "SURGE_BIND",
+        value_name = "SURGE_BIND",
+        default_value = "127.0.0.1:8080"
+    )]
+    pub bind: SocketAddr,
+    /// Redis for the cross-node bus; without it the bus runs in-process (one node).
+    #[arg(
+        long,
+        env = "REDIS_URL",
+        value_name = "REDIS_URL",
+        hide_env_values = true
+    )]
+    pub redis_url: Option<String>,
+    /// This node's name in leases and logs; defaults to the hostname.
+    #[arg(long, env = "SURGE_NODE_ID", value_name = "SURGE_NODE_ID")]
+    pub node_id: Option<String>,
+    /// Bearer token of the admin API; unset turns the admin API off.
+    #[arg(
+        long,
+        env = "SURGE_ADMIN_TOKEN",
+        value_name = "SURGE_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
+    pub admin_token: Option<String>,
+    /// Key that signs session cookies (at least 32 bytes); random per process when unset.
+    #[arg(
+        long,
+        env = "SURGE_SESSION_KEY",
+        value_name = "SURGE_SESSION_KEY",
+        hide_env_values = true
+    )]
+    pub session_key: Option<String>,
+    /// Mark session cookies Secure (set behind HTTPS).
+    #[arg(
+        long,
+        env = "SURGE_COOKIE_SECURE",
+        value_name = "SURGE_COOKIE_SECURE",
+        default_value_t = false
+    )]
+    pub cookie_secure: bool,
+    /// HTTP worker threads; defaults to the number of cores.
+    #[arg(long, env = "SURGE_WORKERS", value_name = "SURGE_WORKERS",
+          value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub workers: Option<u16>,
+    /// Largest accepted request body in bytes (larger gets 413).
+    #[arg(long, env = "SURGE_BODY_LIMIT", value_name = "SURGE_BODY_LIMIT", default_value_t = 16 * 1024,
+          value_parser = clap::value_parser!(u32).range(256..=16 * 1024 * 1024))]
+    pub body_limit: u32,
+    /// Seconds between /readyz turning 503 and the listener closing, so load balancers notice.
+    #[arg(
+        long,
+        env = "SURGE_DRAIN_DELAY_SECS",
+        value_name = "SURGE_DRAIN_DELAY_SECS",
+        default_value_t = 5
+    )]
+    pub drain_delay_secs: u64,
+    /// Seconds in-flight requests get to finish after the listener closes.
+    #[arg(
+        long,
+        env = "SURGE_SHUTDOWN_GRACE_SECS",
+        value_name = "SURGE_SHUTDOWN_GRACE_SECS",
+        default_value_t = 30
+    )]
+    pub shutdown_grace_secs: u64,
+    /// Directory of the storefront; defaults to the copy built into the binary.
+    #[arg(long, env = "SURGE_STATIC_DIR", value_name = "SURGE_STATIC_DIR")]
+    pub static_dir: Option<std::path::PathBuf>,
+}
+
+/// Validated settings of a serving node.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Database settings.
+    pub db: DatabaseConfig,
+    /// Listen address.
+    pub bind: SocketAddr,
+    /// Redis URL for the cross-node bus.
+    pub redis_url: Option<String>,
+    /// This node's identity.
+    pub node_id: String,
+    /// Admin bearer token; `None` disables the admin API.
+    pub admin_token: Option<String>,
+    /// Session-cookie signing key; `None` means generate one at startup.
+    pub session_key: Option<Vec<u8>>,
+    /// Whether session cookies are marked Secure.
+    pub cookie_secure: bool,
+    /// HTTP worker threads.
+    pub workers: usize,
+    /// Request body limit in bytes.
+    pub body_limit: usize,
+    /// Time between readiness going false and the listener closing.
+    pub drain_delay: Duration,
+    /// Time in-flight requests get to finish.
+    pub shutdown_grace: Duration,
+    /// Storefront directory override.
+    pub static_dir: Option<std::path::PathBuf>,
+}
+
+impl ServeArgs {
+    /// Validates every setting, naming the first bad variable.
+    pub fn validate(&self) -> Result<ServeConfig, ConfigError> {
+        let db = self.db.validate()?;
+        let redis_url = match self.redis_url.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(u) if u.starts_with("redis://") || u.starts_with("rediss://") => {
+                Some(u.to_owned())
+            }
+            Some(_) => {
+                return Err(ConfigError::new(
+                    "REDIS_URL",
+                    "expected redis://host:port or rediss://host:port",
+                ))
+            }
+        };
+        let node_id = match self.node_id.as_deref().map(str::trim) {
+            Some("") => return Err(ConfigError::new("SURGE_NODE_ID", "is empty")),
+            Some(id) => id.to_owned(),
+            None => hostname(),
+        };
+        if node_id.len() > 128 || node_id.chars().any(char::is_control) {
+            return Err(ConfigError::new(
+                "SURGE_NODE_ID",
+                "must be at most 128 printable characters",
+            ));
+        }
+        let admin_token = match self.admin_token.as_deref() {
+            None => None,
+            Some(t) if t.len() < 16 => {
+                return Err(ConfigError::new(
+                    "SURGE_ADMIN_TOKEN",
+                    "must be at least 16 characters (or unset to turn the admin API off)",
+                ))
+            }
+            Some(t) => Some(t.to_owned()),
+        };
+        let session_key = match self.session_key.as_deref() {
+            None => None,
+            Some(k) if k.len() < 32 => {
+                return Err(ConfigError::new(
+                    "SURGE_SESSION_KEY",
+                    "must be at least 32 bytes",
+                ))
+            }
+            Some(k) => Some(k.as_bytes().to_vec()),
+        };
+        if let Some(dir) = &self.static_dir {
+            if !dir.is_dir() {
+                return Err(ConfigError::new(
+                    "SURGE_STATIC_DIR",
+                    format!("{} is not a directory", dir.display()),
+                ));
+            }
+        }
+        Ok(ServeConfig {
+            db,
+            bind: self.bind,
+            redis_url,
+            node_id,
+            admin_token,
+            session_key,
+            cookie_secure: self.cookie_secure,
+            workers: self.workers.map(usize::from).unwrap_or_else(|| {
+                std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get)
+            }),
+            body_limit: self.body_limit as usize,
+            drain_delay: Duration::from_secs(self.drain_delay_secs),
+            shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
+            static_dir: self.static_dir.clone(),
+        })
+    }
+}
+
+/// The kernel's hostname, which is the pod name under Kubernetes.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "surge-node".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<ServeConfig, ConfigError> {
+        let mut full = vec!["surge"];
+        full.extend_from_slice(args);
+        Cli::try_parse_from(full)
+            .expect("flags parse")
+            .serve
+            .validate()
+    }
+
+    #[test]
+    fn missing_database_url_names_the_variable() {
+        // Built directly, so that a DATABASE_URL in the environment cannot mask the case.
+        let args = DatabaseArgs {
+            database_url: None,
+            database_read_url: None,
+            db_pool_size: 4,
+            db_read_pool_size: 4,
+        };
+        let err = args.validate().expect_err("no database");
+        assert_eq!(err.var, "DATABASE_URL");
+        let err = DatabaseArgs {
+            database_url: Some("  ".into()),
+            ..args
+        }
+        .validate()
+        .expect_err("blank database");
+        assert_eq!(err.var, "DATABASE_URL");
+    }
+
+    #[test]
+    fn database_url_without_dbname_is_refused() {
+        let err = parse(&["--database-url", "postgres://u@h:5432"]).expect_err("no dbname");
+        assert_eq!(err.var, "DATABASE_URL");
+    }
+
+    #[test]
+    fn short_secrets_are_refused() {
+        let db = "postgres://u@h:5432/d";
+        let err = parse(&["--database-url", db, "--admin-token", "short"]).expect_err("short");
+        assert_eq!(err.var, "SURGE_ADMIN_TOKEN");
+        let err = parse(&["--database-url", db, "--session-key", "short"]).expect_err("short");
+        assert_eq!(err.var, "SURGE_SESSION_KEY");
+        let err = parse(&["--database-url", db, "--redis-url", "http://x"]).expect_err("scheme");
+        assert_eq!(err.var, "REDIS_URL");
+    }
+
+    #[test]
+    fn defaults_are_usable() {
+        let cfg = parse(&["--database-url", "postgres://u@h:5432/d"]).expect("valid");
+        assert_eq!(cfg.bind.to_string(), "127.0.0.1:8080");
+        assert!(cfg.admin_token.is_none());
+        assert!(!cfg.node_id.is_empty());
+        assert_eq!(cfg.body_limit, 16 * 1024);
+    }
+}

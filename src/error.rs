@@ -1,0 +1,165 @@
+//! The one error shape every endpoint answers with:
+//! `{"error":{"code":"...","message":"..."}}` and the matching status.
+
+use actix_web::{
+    error::{JsonPayloadError, PathError, QueryPayloadError},
+    http::{header, StatusCode},
+    HttpRequest, HttpResponse, ResponseError,
+};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// Errors an HTTP handler can answer with; each maps to one status and code.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The request is malformed or a parameter is out of range.
+    #[error("{message}")]
+    BadRequest {
+        /// Machine-readable code, e.g. `invalid_limit`.
+        code: &'static str,
+        /// Human-readable detail.
+        message: String,
+    },
+    /// Credentials are missing.
+    #[error("missing bearer token")]
+    Unauthorized,
+    /// Credentials are present but wrong.
+    #[error("invalid bearer token")]
+    Forbidden,
+    /// The resource does not exist (or is not the caller's to see).
+    #[error("{0}")]
+    NotFound(String),
+    /// The request conflicts with the current state.
+    #[error("{message}")]
+    Conflict {
+        /// Machine-readable code, e.g. `sku_taken`.
+        code: &'static str,
+        /// Human-readable detail.
+        message: String,
+    },
+    /// The body is larger than the configured limit.
+    #[error("request body is larger than {limit} bytes")]
+    PayloadTooLarge {
+        /// The configured limit in bytes.
+        limit: usize,
+    },
+    /// The server is overloaded; retry later.
+    #[error("server is busy, retry in {retry_after_secs}s")]
+    Busy {
+        /// Seconds the client should wait.
+        retry_after_secs: u64,
+    },
+    /// A dependency failed; details are logged, not shown.
+    #[error("internal error")]
+    Internal(#[from] anyhow::Error),
+}
+
+impl ApiError {
+    /// Shorthand for a 400 with a code.
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::BadRequest {
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn code(&self) -> &'static str {
+        match self {
+            Self::BadRequest { code, .. } => code,
+            Self::Unauthorized => "unauthorized",
+            Self::Forbidden => "forbidden",
+            Self::NotFound(_) => "not_found",
+            Self::Conflict { code, .. } => code,
+            Self::PayloadTooLarge { .. } => "payload_too_large",
+            Self::Busy { .. } => "busy",
+            Self::Internal(_) => "internal",
+        }
+    }
+}
+
+/// The JSON body of every error response.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// The error itself.
+    pub error: ErrorDetail,
+}
+
+/// Code and message of an error.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable machine-readable code, e.g. `not_found`, `invalid_limit`.
+    pub code: String,
+    /// Human-readable explanation.
+    pub message: String,
+}
+
+/// Builds an error response with the standard body.
+pub fn error_response(status: StatusCode, code: &str, message: &str) -> HttpResponse {
+    HttpResponse::build(status).json(ErrorBody {
+        error: ErrorDetail {
+            code: code.to_owned(),
+            message: message.to_owned(),
+        },
+    })
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Conflict { .. } => StatusCode::CONFLICT,
+            Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Busy { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        if let Self::Internal(err) = self {
+            tracing::error!(error = format!("{err:#}"), "request failed");
+        }
+        let mut resp = error_response(self.status_code(), self.code(), &self.to_string());
+        match self {
+            Self::Unauthorized => {
+                resp.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    header::HeaderValue::from_static("Bearer"),
+                );
+            }
+            Self::Busy { retry_after_secs } => {
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, (*retry_after_secs).into());
+            }
+            _ => {}
+        }
+        resp
+    }
+}
+
+/// Turns body-parsing failures into 400 (malformed) or 413 (too large).
+pub fn json_error(err: JsonPayloadError, _req: &HttpRequest) -> actix_web::Error {
+    let api = match &err {
+        JsonPayloadError::OverflowKnownLength { limit, .. }
+        | JsonPayloadError::Overflow { limit } => ApiError::PayloadTooLarge { limit: *limit },
+        JsonPayloadError::ContentType => ApiError::bad_request(
+            "unsupported_content_type",
+            "expected Content-Type: application/json",
+        ),
+        JsonPayloadError::Deserialize(e) => ApiError::bad_request("invalid_json", e.to_string()),
+        other => ApiError::bad_request("invalid_body", other.to_string()),
+    };
+    api.into()
+}
+
+/// Turns query-string failures into 400.
+pub fn query_error(err: QueryPayloadError, _req: &HttpRequest) -> actix_web::Error {
+    ApiError::bad_request("invalid_query", err.to_string()).into()
+}
+
+/// Turns path-parameter failures into 400.
+pub fn path_error(err: PathError, _req: &HttpRequest) -> actix_web::Error {
+    ApiError::bad_request("invalid_path", err.to_string()).into()
+}

@@ -1,0 +1,278 @@
+//! Admin endpoints, behind `Authorization: Bearer $SURGE_ADMIN_TOKEN`.
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    future::{ready, Ready},
+};
+
+use actix_web::{dev::Payload, http::header, post, web, FromRequest, HttpRequest, HttpResponse};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use utoipa::ToSchema;
+
+use super::products::ProductView;
+use crate::{
+    catalog::{is_valid_sku, is_valid_slug},
+    error::{ApiError, ErrorBody},
+    state::AppState,
+    store::catalog_repo::{self, ProductInput, UpsertError, Upserted, VariantInput},
+};
+
+/// Proof that the request carries the admin token.
+///
+/// Without a configured token the admin API does not exist (404), so it is never open.
+pub struct Admin;
+
+impl FromRequest for Admin {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready(authorize(req))
+    }
+}
+
+fn authorize(req: &HttpRequest) -> Result<Admin, ApiError> {
+    let expected = req
+        .app_data::<web::Data<AppState>>()
+        .and_then(|s| s.admin_token.clone())
+        .ok_or_else(|| ApiError::NotFound("no such endpoint".into()))?;
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or(ApiError::Unauthorized)?;
+    // Compare digests so that neither content nor length leaks through timing.
+    let a = Sha256::digest(presented.trim().as_bytes());
+    let b = Sha256::digest(expected.as_bytes());
+    if bool::from(a.ct_eq(&b)) {
+        Ok(Admin)
+    } else {
+        Err(ApiError::Forbidden)
+    }
+}
+
+/// A product to create or update.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProductUpsert {
+    /// URL key: lowercase letters, digits and dashes.
+    pub slug: String,
+    /// Display name, 1 to 200 characters.
+    pub name: String,
+    /// Display description, up to 5,000 characters.
+    #[serde(default)]
+    pub description: String,
+    /// 1 to 100 variants, all in one currency.
+    pub variants: Vec<VariantUpsert>,
+}
+
+/// A variant to create or update.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VariantUpsert {
+    /// Stock-keeping unit: letters, digits, `.`, `-`, `_`; unique in the store.
+    pub sku: String,
+    /// Up to 10 string attributes, such as size and colour.
+    #[serde(default)]
+    pub attributes: BTreeMap<String, String>,
+    /// Price in minor units.
+    pub price_minor: i64,
+    /// ISO 4217 code, e.g. EUR.
+    pub currency: String,
+    /// Initial stock of a new SKU; ignored for an existing one (use restock).
+    #[serde(default)]
+    pub stock: i64,
+}
+
+const MAX_VARIANTS: usize = 100;
+const MAX_ATTRIBUTES: usize = 10;
+const MAX_PRICE_MINOR: i64 = 1_000_000_000_000;
+const MAX_STOCK: i64 = 1_000_000_000;
+const MAX_RESTOCK: i64 = 1_000_000;
+
+fn invalid(message: impl Into<String>) -> ApiError {
+    ApiError::bad_request("invalid_product", message)
+}
+
+impl ProductUpsert {
+    /// Checks every field, so that nothing invalid reaches the database.
+    fn validate(self) -> Result<ProductInput, ApiError> {
+        if !is_valid_slug(&self.slug) {
+            return Err(invalid(
+                "slug must be 1-128 lowercase letters, digits or dashes",
+            ));
+        }
+        let name = self.name.trim().to_owned();
+        if name.is_empty() || name.chars().count() > 200 {
+            return Err(invalid("name must be 1-200 characters"));
+        }
+        if self.description.chars().count() > 5000 {
+            return Err(invalid("description must be at most 5000 characters"));
+        }
+        if self.variants.is_empty() || self.variants.len() > MAX_VARIANTS {
+            return Err(invalid(format!(
+                "a product needs 1-{MAX_VARIANTS} variants"
+            )));
+        }
+        let mut seen = HashSet::new();
+        let currency = self.variants[0].currency.clone();
+        let mut variants = Vec::with_capacity(self.variants.len());
+        for v in self.variants {
+            if !is_valid_sku(&v.sku) {
+                return Err(invalid(format!("sku {:?} is not valid", v.sku)));
+            }
+            if !seen.insert(v.sku.clone()) {
+                return Err(invalid(format!("sku {} appears twice", v.sku)));
+            }
+            if v.currency.len() != 3 || !v.currency.bytes().all(|b| b.is_ascii_uppercase()) {
+                return Err(invalid("currency must be a 3-letter ISO code such as EUR"));
+            }
+            if v.currency != currency {
+                return Err(invalid("all variants of a product share one currency"));
+            }
+            if !(0..=MAX_PRICE_MINOR).contains(&v.price_minor) {
+                return Err(invalid("price_minor must be a non-negative integer"));
+            }
+            if !(0..=MAX_STOCK).contains(&v.stock) {
+                return Err(invalid(format!("stock must be 0-{MAX_STOCK}")));
+            }
+            if v.attributes.len() > MAX_ATTRIBUTES
+                || v.attributes.iter().any(|(k, val)| {
+                    k.is_empty() || k.chars().count() > 32 || val.chars().count() > 64
+                })
+            {
+                return Err(invalid(format!(
+                    "at most {MAX_ATTRIBUTES} attributes, names 1-32 and values up to 64 characters"
+                )));
+            }
+            variants.push(VariantInput {
+                sku: v.sku,
+                attributes: v.attributes,
+                price_minor: v.price_minor,
+                currency: v.currency,
+                stock: v.stock,
+            });
+        }
+        Ok(ProductInput {
+            slug: self.slug,
+            name,
+            description: self.description,
+            variants,
+        })
+    }
+}
+
+/// Creates a product, or updates it when the slug exists.
+#[utoipa::path(
+    tag = "admin",
+    request_body = ProductUpsert,
+    security(("admin_token" = [])),
+    responses(
+        (status = 201, description = "Created", body = ProductView),
+        (status = 200, description = "Updated", body = ProductView),
+        (status = 400, description = "Invalid product", body = ErrorBody),
+        (status = 401, description = "No token", body = ErrorBody),
+        (status = 403, description = "Wrong token", body = ErrorBody),
+        (status = 404, description = "Admin API disabled", body = ErrorBody),
+        (status = 409, description = "A SKU belongs to another product", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+    )
+)]
+#[post("/api/admin/products")]
+pub async fn upsert_product(
+    _admin: Admin,
+    state: web::Data<AppState>,
+    body: web::Json<ProductUpsert>,
+) -> Result<HttpResponse, ApiError> {
+    let input = body.into_inner().validate()?;
+    let mut client = state.db.primary.get().await.map_err(anyhow::Error::from)?;
+    let tx = client.transaction().await.map_err(anyhow::Error::from)?;
+    let outcome = match catalog_repo::upsert_product(&tx, &input).await {
+        Ok(outcome) => outcome,
+        Err(UpsertError::SkuTaken(sku)) => {
+            return Err(ApiError::Conflict {
+                code: "sku_taken",
+                message: format!("sku {sku} belongs to another product"),
+            })
+        }
+        Err(UpsertError::Db(e)) => return Err(e.into()),
+    };
+    tx.commit().await.map_err(anyhow::Error::from)?;
+    drop(client);
+    state.reload_catalog(&state.db.primary).await?;
+    tracing::info!(slug = %input.slug, ?outcome, "product upserted");
+    let catalog = state.catalog.snapshot();
+    let view = catalog
+        .get(&input.slug)
+        .map(|p| ProductView::new(p, &state.stock))
+        .ok_or_else(|| anyhow::anyhow!("product {} missing after upsert", input.slug))?;
+    Ok(match outcome {
+        Upserted::Created => HttpResponse::Created().json(view),
+        Upserted::Updated => HttpResponse::Ok().json(view),
+    })
+}
+
+/// Units to add to a SKU.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Restock {
+    /// 1 to 1,000,000.
+    pub quantity: i64,
+}
+
+/// Stock of a SKU after a restock.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct StockView {
+    /// The SKU.
+    pub sku: String,
+    /// Units ever stocked.
+    pub total: i64,
+    /// Units a shopper can buy now.
+    pub available: i64,
+}
+
+/// Adds units to a SKU's total and available stock.
+#[utoipa::path(
+    tag = "admin",
+    request_body = Restock,
+    params(("sku" = String, Path, description = "The SKU")),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "Restocked", body = StockView),
+        (status = 400, description = "Bad quantity", body = ErrorBody),
+        (status = 401, description = "No token", body = ErrorBody),
+        (status = 403, description = "Wrong token", body = ErrorBody),
+        (status = 404, description = "Unknown SKU, or admin API disabled", body = ErrorBody),
+    )
+)]
+#[post("/api/admin/inventory/{sku}/restock")]
+pub async fn restock(
+    _admin: Admin,
+    state: web::Data<AppState>,
+    sku: web::Path<String>,
+    body: web::Json<Restock>,
+) -> Result<HttpResponse, ApiError> {
+    if !(1..=MAX_RESTOCK).contains(&body.quantity) {
+        return Err(ApiError::bad_request(
+            "invalid_quantity",
+            format!("quantity must be an integer from 1 to {MAX_RESTOCK}"),
+        ));
+    }
+    if !is_valid_sku(&sku) {
+        return Err(ApiError::NotFound(format!("no sku {:?}", sku.as_str())));
+    }
+    let client = state.db.primary.get().await.map_err(anyhow::Error::from)?;
+    let restocked = catalog_repo::restock(&**client, &sku, body.quantity)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no sku {:?}", sku.as_str())))?;
+    state.stock.set(&sku, restocked.sellable);
+    tracing::info!(sku = %sku, quantity = body.quantity, total = restocked.total, "restocked");
+    Ok(HttpResponse::Ok().json(StockView {
+        sku: sku.into_inner(),
+        total: restocked.total,
+        available: restocked.sellable,
+    }))
+}

@@ -1,0 +1,195 @@
+//! Catalog endpoints, served from memory.
+
+use std::collections::BTreeMap;
+
+use actix_web::{get, web, HttpResponse};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::{
+    catalog::{PageError, Product, StockLevels},
+    error::{ApiError, ErrorBody},
+    state::AppState,
+};
+
+/// Longest accepted search query, in characters.
+const MAX_QUERY_CHARS: usize = 100;
+/// Page size when none is asked for.
+const DEFAULT_LIMIT: usize = 24;
+/// Largest page size.
+const MAX_LIMIT: usize = 100;
+
+/// A variant as shoppers see it.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct VariantView {
+    /// Stock-keeping unit.
+    pub sku: String,
+    /// Size, colour and the like.
+    pub attributes: BTreeMap<String, String>,
+    /// Price in minor units.
+    pub price_minor: i64,
+    /// ISO 4217 code.
+    pub currency: String,
+    /// Units a shopper can buy now.
+    pub available: i64,
+}
+
+/// A product as shoppers see it.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ProductView {
+    /// URL key.
+    pub slug: String,
+    /// Display name.
+    pub name: String,
+    /// Display description.
+    pub description: String,
+    /// ISO 4217 code of every price.
+    pub currency: String,
+    /// Lowest variant price.
+    pub price_min_minor: i64,
+    /// Highest variant price.
+    pub price_max_minor: i64,
+    /// Units available over all variants.
+    pub available: i64,
+    /// Variants in display order.
+    pub variants: Vec<VariantView>,
+}
+
+impl ProductView {
+    /// Joins a catalog product with the current stock levels.
+    pub fn new(product: &Product, stock: &StockLevels) -> Self {
+        let variants: Vec<VariantView> = product
+            .variants
+            .iter()
+            .map(|v| VariantView {
+                sku: v.sku.clone(),
+                attributes: v.attributes.clone(),
+                price_minor: v.price_minor,
+                currency: v.currency.clone(),
+                available: stock.get(&v.sku),
+            })
+            .collect();
+        let prices = variants.iter().map(|v| v.price_minor);
+        Self {
+            slug: product.slug.clone(),
+            name: product.name.clone(),
+            description: product.description.clone(),
+            currency: variants
+                .first()
+                .map(|v| v.currency.clone())
+                .unwrap_or_default(),
+            price_min_minor: prices.clone().min().unwrap_or(0),
+            price_max_minor: prices.max().unwrap_or(0),
+            available: variants.iter().map(|v| v.available).sum(),
+            variants,
+        }
+    }
+}
+
+/// One page of products.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ProductPage {
+    /// Products on this page.
+    pub items: Vec<ProductView>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// Listing parameters.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// Words that must all occur in the name (case-insensitive).
+    pub q: Option<String>,
+    /// Page size, 1 to 100 (default 24).
+    pub limit: Option<String>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+fn parse_limit(raw: Option<&str>) -> Result<usize, ApiError> {
+    let Some(raw) = raw else {
+        return Ok(DEFAULT_LIMIT);
+    };
+    match raw.parse::<usize>() {
+        Ok(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
+        _ => Err(ApiError::bad_request(
+            "invalid_limit",
+            format!("limit must be an integer from 1 to {MAX_LIMIT}"),
+        )),
+    }
+}
+
+/// Lists products, optionally filtered by a search query.
+#[utoipa::path(
+    tag = "catalog",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of products", body = ProductPage),
+        (status = 400, description = "Bad limit, cursor or query", body = ErrorBody),
+    )
+)]
+#[get("/api/products")]
+pub async fn list_products(
+    state: web::Data<AppState>,
+    query: web::Query<ListQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let limit = parse_limit(query.limit.as_deref())?;
+    let q = query.q.as_deref().unwrap_or("").trim();
+    if q.chars().count() > MAX_QUERY_CHARS {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            format!("q must be at most {MAX_QUERY_CHARS} characters"),
+        ));
+    }
+    let catalog = state.catalog.snapshot();
+    let page = catalog
+        .page(q, query.cursor.as_deref().filter(|c| !c.is_empty()), limit)
+        .map_err(|PageError::InvalidCursor| {
+            ApiError::bad_request("invalid_cursor", "cursor is not valid")
+        })?;
+    Ok(HttpResponse::Ok().json(ProductPage {
+        items: page
+            .items
+            .into_iter()
+            .map(|p| ProductView::new(p, &state.stock))
+            .collect(),
+        next_cursor: page.next_cursor,
+    }))
+}
+
+/// One product with its variants and live availability.
+#[utoipa::path(
+    tag = "catalog",
+    params(("slug" = String, Path, description = "Product slug")),
+    responses(
+        (status = 200, description = "The product", body = ProductView),
+        (status = 404, description = "No such product", body = ErrorBody),
+    )
+)]
+#[get("/api/products/{slug}")]
+pub async fn get_product(
+    state: web::Data<AppState>,
+    slug: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let catalog = state.catalog.snapshot();
+    let product = catalog
+        .get(&slug)
+        .ok_or_else(|| ApiError::NotFound(format!("no product with slug {:?}", slug.as_str())))?;
+    Ok(HttpResponse::Ok().json(ProductView::new(product, &state.stock)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limit_bounds() {
+        assert_eq!(parse_limit(None).ok(), Some(DEFAULT_LIMIT));
+        assert_eq!(parse_limit(Some("1")).ok(), Some(1));
+        assert_eq!(parse_limit(Some("100")).ok(), Some(100));
+        for bad in ["0", "101", "-1", "abc", "1.5", ""] {
+            assert!(parse_limit(Some(bad)).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,17 @@
+//! Surge: a real-time commerce server. Carts and stock live in actors, every
+//! acknowledgement is durable in PostgreSQL, and shoppers see changes live.
+//!
+//! The binary (`src/main.rs`) only calls [`cli::main`]; everything else is here so
+//! that integration tests can start a node in-process.
+
+pub mod assets;
+pub mod catalog;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod openapi;
+pub mod server;
+pub mod state;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,5 @@
+//! The `surge` binary.
+
+fn main() -> std::process::ExitCode {
+    surge::cli::main()
+}

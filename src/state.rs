@@ -1,0 +1,91 @@
+//! State shared by every request handler of a node.
+
+use std::sync::{
+    atomic::{AtomicBool, Ordering},
+    Arc,
+};
+
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::{
+    assets::Assets,
+    catalog::{CatalogStore, StockLevels},
+    store::{catalog_repo, Db},
+};
+
+/// Readiness facts, flipped by startup and shutdown.
+#[derive(Debug, Default)]
+pub struct Health {
+    draining: AtomicBool,
+    migrated: AtomicBool,
+    catalog_loaded: AtomicBool,
+}
+
+impl Health {
+    /// Marks the node as draining: /readyz answers 503 from now on.
+    pub fn begin_drain(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether a drain has begun.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Records that migrations are applied.
+    pub fn set_migrated(&self) {
+        self.migrated.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether migrations are applied.
+    pub fn is_migrated(&self) -> bool {
+        self.migrated.load(Ordering::SeqCst)
+    }
+
+    /// Records that the catalog is in memory.
+    pub fn set_catalog_loaded(&self) {
+        self.catalog_loaded.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether the catalog is in memory.
+    pub fn is_catalog_loaded(&self) -> bool {
+        self.catalog_loaded.load(Ordering::SeqCst)
+    }
+}
+
+/// Everything a handler needs; cloned cheaply into each worker.
+pub struct AppState {
+    /// Database pools.
+    pub db: Db,
+    /// The in-memory catalog.
+    pub catalog: CatalogStore,
+    /// Sellable units per SKU.
+    pub stock: StockLevels,
+    /// Admin bearer token; `None` turns the admin API off.
+    pub admin_token: Option<String>,
+    /// Readiness facts.
+    pub health: Health,
+    /// The storefront.
+    pub assets: Assets,
+    /// Renders /metrics.
+    pub metrics: PrometheusHandle,
+    /// This node's identity.
+    pub node_id: String,
+}
+
+impl AppState {
+    /// Reloads catalog and stock from `pool` (the replica at startup, the primary after
+    /// an admin write so the change is visible at once).
+    pub async fn reload_catalog(&self, pool: &deadpool_postgres::Pool) -> anyhow::Result<usize> {
+        let client = pool.get().await?;
+        let (catalog, stock) = catalog_repo::load(&**client).await?;
+        let n = catalog.len();
+        self.catalog.replace(catalog);
+        self.stock.replace_all(stock);
+        self.health.set_catalog_loaded();
+        Ok(n)
+    }
+}
+
+/// Shared handle to the state.
+pub type SharedState = Arc<AppState>;

@@ -1,0 +1,221 @@
+//! Catalog and inventory queries: the full catalog load, the admin upsert and restock.
+
+use std::collections::{BTreeMap, HashMap};
+
+use anyhow::Context as _;
+use tokio_postgres::{GenericClient, Transaction};
+
+use crate::catalog::{Catalog, Product, Variant};
+
+/// A product as the admin API and the demo seed describe it.
+#[derive(Debug, Clone)]
+pub struct ProductInput {
+    /// URL key.
+    pub slug: String,
+    /// Display name.
+    pub name: String,
+    /// Display description.
+    pub description: String,
+    /// Variants in display order.
+    pub variants: Vec<VariantInput>,
+}
+
+/// A variant as the admin API and the demo seed describe it.
+#[derive(Debug, Clone)]
+pub struct VariantInput {
+    /// Stock-keeping unit.
+    pub sku: String,
+    /// Size, colour and the like.
+    pub attributes: BTreeMap<String, String>,
+    /// Price in minor units.
+    pub price_minor: i64,
+    /// ISO 4217 code.
+    pub currency: String,
+    /// Initial stock of a new SKU; an existing SKU keeps its stock (use restock).
+    pub stock: i64,
+}
+
+/// What an upsert did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upserted {
+    /// The slug was new.
+    Created,
+    /// The slug existed and was updated.
+    Updated,
+}
+
+/// Why an upsert was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum UpsertError {
+    /// A SKU already belongs to another product.
+    #[error("sku {0} belongs to another product")]
+    SkuTaken(String),
+    /// The database failed.
+    #[error(transparent)]
+    Db(#[from] anyhow::Error),
+}
+
+/// Loads every product with active variants, and every SKU's sellable stock.
+pub async fn load(client: &impl GenericClient) -> anyhow::Result<(Catalog, HashMap<String, i64>)> {
+    let rows = client
+        .query(
+            "SELECT p.slug, p.name, p.description, v.sku, v.attributes, v.price_minor, v.currency,
+                    COALESCE(i.available + i.leased, 0)
+               FROM products p
+               JOIN variants v ON v.product_id = p.id AND v.active
+               LEFT JOIN inventory i ON i.sku = v.sku
+              ORDER BY p.slug, v.position, v.sku",
+            &[],
+        )
+        .await
+        .context("loading the catalog")?;
+    let mut products: Vec<Product> = Vec::new();
+    let mut current: Option<(String, String, String, Vec<Variant>)> = None;
+    let mut stock = HashMap::with_capacity(rows.len());
+    for row in rows {
+        let slug: String = row.get(0);
+        if current.as_ref().is_some_and(|c| c.0 != slug) {
+            if let Some((s, n, d, v)) = current.take() {
+                products.push(Product::new(s, n, d, v));
+            }
+        }
+        let entry = current.get_or_insert_with(|| (slug, row.get(1), row.get(2), Vec::new()));
+        let sku: String = row.get(3);
+        let attributes: serde_json::Value = row.get(4);
+        stock.insert(sku.clone(), row.get::<_, i64>(7));
+        entry.3.push(Variant {
+            sku,
+            attributes: attributes_from_json(&attributes),
+            price_minor: row.get(5),
+            currency: row.get::<_, String>(6).trim().to_owned(),
+        });
+    }
+    if let Some((s, n, d, v)) = current.take() {
+        products.push(Product::new(s, n, d, v));
+    }
+    Ok((Catalog::new(products), stock))
+}
+
+fn attributes_from_json(value: &serde_json::Value) -> BTreeMap<String, String> {
+    value
+        .as_object()
+        .map(|o| {
+            o.iter()
+                .map(|(k, v)| {
+                    let text = v.as_str().map_or_else(|| v.to_string(), str::to_owned);
+                    (k.clone(), text)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Creates or updates a product with its variants, in the caller's transaction.
+///
+/// Variants left out of `input` are retired (hidden), not deleted: orders refer to them.
+pub async fn upsert_product(
+    tx: &Transaction<'_>,
+    input: &ProductInput,
+) -> Result<Upserted, UpsertError> {
+    let row = tx
+        .query_one(
+            "INSERT INTO products (slug, name, description) VALUES ($1, $2, $3)
+             ON CONFLICT (slug) DO UPDATE
+                SET name = EXCLUDED.name, description = EXCLUDED.description, updated_at = now()
+             RETURNING id, (xmax = 0) AS inserted",
+            &[&input.slug, &input.name, &input.description],
+        )
+        .await
+        .context("upserting the product")?;
+    let product_id: i64 = row.get(0);
+    let inserted: bool = row.get(1);
+
+    let skus: Vec<&str> = input.variants.iter().map(|v| v.sku.as_str()).collect();
+    if let Some(taken) = tx
+        .query_opt(
+            "SELECT sku FROM variants WHERE sku = ANY($1) AND product_id <> $2 LIMIT 1",
+            &[&skus, &product_id],
+        )
+        .await
+        .context("checking SKU ownership")?
+    {
+        return Err(UpsertError::SkuTaken(taken.get(0)));
+    }
+
+    let attributes: Vec<serde_json::Value> = input
+        .variants
+        .iter()
+        .map(|v| serde_json::to_value(&v.attributes).unwrap_or_default())
+        .collect();
+    let prices: Vec<i64> = input.variants.iter().map(|v| v.price_minor).collect();
+    let currencies: Vec<&str> = input.variants.iter().map(|v| v.currency.as_str()).collect();
+    let positions: Vec<i32> = (0..input.variants.len())
+        .map(|i| i32::try_from(i).unwrap_or(i32::MAX))
+        .collect();
+    let stock: Vec<i64> = input.variants.iter().map(|v| v.stock).collect();
+
+    tx.execute(
+        "INSERT INTO variants (sku, product_id, attributes, price_minor, currency, position, active)
+         SELECT sku, $2, attrs, price, cur, pos, true
+           FROM UNNEST($1::text[], $3::jsonb[], $4::bigint[], $5::text[], $6::int[])
+                AS t(sku, attrs, price, cur, pos)
+         ON CONFLICT (sku) DO UPDATE
+            SET attributes = EXCLUDED.attributes, price_minor = EXCLUDED.price_minor,
+                currency = EXCLUDED.currency, position = EXCLUDED.position, active = true",
+        &[&skus, &product_id, &attributes, &prices, &currencies, &positions],
+    )
+    .await
+    .context("upserting variants")?;
+    tx.execute(
+        "UPDATE variants SET active = false WHERE product_id = $1 AND active AND sku <> ALL($2)",
+        &[&product_id, &skus],
+    )
+    .await
+    .context("retiring dropped variants")?;
+    tx.execute(
+        "INSERT INTO inventory (sku, total, available)
+         SELECT sku, n, n FROM UNNEST($1::text[], $2::bigint[]) AS t(sku, n)
+         ON CONFLICT (sku) DO NOTHING",
+        &[&skus, &stock],
+    )
+    .await
+    .context("creating inventory rows")?;
+    Ok(if inserted {
+        Upserted::Created
+    } else {
+        Upserted::Updated
+    })
+}
+
+/// Stock of one SKU after a restock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Restocked {
+    /// Units ever stocked.
+    pub total: i64,
+    /// Units in PostgreSQL not leased to any node.
+    pub available: i64,
+    /// Units a shopper can buy now (available plus unreserved leases).
+    pub sellable: i64,
+}
+
+/// Adds `quantity` units to a SKU's total and available; `None` when the SKU is unknown.
+pub async fn restock(
+    client: &impl GenericClient,
+    sku: &str,
+    quantity: i64,
+) -> anyhow::Result<Option<Restocked>> {
+    let row = client
+        .query_opt(
+            "UPDATE inventory SET total = total + $2, available = available + $2, updated_at = now()
+              WHERE sku = $1
+          RETURNING total, available, available + leased",
+            &[&sku, &quantity],
+        )
+        .await
+        .context("restocking")?;
+    Ok(row.map(|r| Restocked {
+        total: r.get(0),
+        available: r.get(1),
+        sellable: r.get(2),
+    }))
+}

@@ -1,0 +1,10 @@
+//! Everything that talks to PostgreSQL: pools, migrations, catalog queries, demo data
+//! and the stock check.
+
+pub mod catalog_repo;
+pub mod check;
+pub mod migrate;
+pub mod pool;
+pub mod seed;
+
+pub use pool::Db;

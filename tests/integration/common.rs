@@ -1,0 +1,230 @@
+//! Test harness: a fresh PostgreSQL database per test and an in-process server on a
+//! random port. Nothing is mocked; the database is dropped when the test ends.
+
+#![allow(dead_code)]
+
+use std::{str::FromStr, time::Duration};
+
+use surge::{
+    config::{DatabaseConfig, ServeConfig},
+    server::{self, RunningServer},
+};
+
+/// Server URL of the PostgreSQL used by tests (no database name).
+pub fn pg_server_url() -> String {
+    std::env::var("SURGE_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+async fn admin_client() -> tokio_postgres::Client {
+    let url = format!("{}/postgres", pg_server_url());
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL must be reachable at {url}: {e}"));
+    tokio::spawn(conn);
+    client
+}
+
+/// A database with a random name, dropped on drop.
+pub struct TestDb {
+    /// Database name.
+    pub name: String,
+    /// Full URL of the database.
+    pub url: String,
+}
+
+impl TestDb {
+    /// Creates an empty database.
+    pub async fn create() -> Self {
+        let name = format!("surge_test_{}", uuid::Uuid::new_v4().simple());
+        admin_client()
+            .await
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("create test database");
+        let url = format!("{}/{name}", pg_server_url());
+        Self { name, url }
+    }
+
+    /// A plain client on this database.
+    pub async fn client(&self) -> tokio_postgres::Client {
+        let (client, conn) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls)
+            .await
+            .expect("connect to test database");
+        tokio::spawn(conn);
+        client
+    }
+
+    /// Pool settings for this database.
+    pub fn config(&self) -> DatabaseConfig {
+        DatabaseConfig {
+            primary: tokio_postgres::Config::from_str(&self.url).expect("valid url"),
+            replica: None,
+            pool_size: 4,
+            read_pool_size: 2,
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop may run outside any usable async context: use a private runtime.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async {
+                admin_client()
+                    .await
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .await
+                    .expect("drop test database");
+            });
+        })
+        .join();
+    }
+}
+
+/// The admin token of test servers.
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
+/// Options of a test server.
+pub struct Options {
+    /// Admin token, or none to disable the admin API.
+    pub admin_token: Option<String>,
+    /// Request body limit.
+    pub body_limit: usize,
+    /// Load the demo store before starting.
+    pub seed_demo: bool,
+    /// Drain delay used by `shutdown`.
+    pub drain_delay: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            admin_token: Some(ADMIN_TOKEN.into()),
+            body_limit: 16 * 1024,
+            seed_demo: true,
+            drain_delay: Duration::from_millis(200),
+        }
+    }
+}
+
+/// A running in-process node with its own database.
+pub struct TestApp {
+    /// The node (taken by `stop` or a test that shuts it down itself).
+    pub server: Option<RunningServer>,
+    /// `http://127.0.0.1:port`.
+    pub base: String,
+    /// HTTP client.
+    pub http: awc::Client,
+    /// The database; dropped after the server.
+    pub db: TestDb,
+}
+
+impl TestApp {
+    /// Starts a node.
+    pub async fn spawn(opts: Options) -> Self {
+        let db = TestDb::create().await;
+        if opts.seed_demo {
+            let mut client = db.client().await;
+            surge::store::seed::seed_demo(&mut client)
+                .await
+                .expect("seed demo");
+        }
+        let cfg = ServeConfig {
+            db: db.config(),
+            bind: "127.0.0.1:0".parse().expect("addr"),
+            redis_url: None,
+            node_id: format!("test-{}", &db.name[11..19]),
+            admin_token: opts.admin_token,
+            session_key: None,
+            cookie_secure: false,
+            workers: 2,
+            body_limit: opts.body_limit,
+            drain_delay: opts.drain_delay,
+            shutdown_grace: Duration::from_secs(5),
+            static_dir: None,
+        };
+        let server = server::start(cfg).await.expect("server starts");
+        let base = format!("http://{}", server.addr);
+        let http = awc::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .finish();
+        Self {
+            server: Some(server),
+            base,
+            http,
+            db,
+        }
+    }
+
+    /// Absolute URL of a path.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// GET returning status and JSON body (Null when the body is not JSON).
+    pub async fn get_json(&self, path: &str) -> (u16, serde_json::Value) {
+        self.send("GET", path, &[], Vec::new()).await
+    }
+
+    /// Sends a raw body with headers; returns status and JSON body.
+    pub async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Vec<u8>>,
+    ) -> (u16, serde_json::Value) {
+        let method = awc::http::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut req = self.http.request(method, self.url(path));
+        for (k, v) in headers {
+            req = req.insert_header((*k, *v));
+        }
+        let mut resp = req.send_body(body.into()).await.expect("request");
+        let status = resp.status().as_u16();
+        let body = resp.body().limit(16 * 1024 * 1024).await.expect("body");
+        (
+            status,
+            serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    /// POSTs JSON with the admin token (or `token` when given).
+    pub async fn admin_post(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        body: &serde_json::Value,
+    ) -> (u16, serde_json::Value) {
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let mut headers = vec![("content-type", "application/json")];
+        if let Some(a) = auth.as_deref() {
+            headers.push(("authorization", a));
+        }
+        self.send("POST", path, &headers, body.to_string()).await
+    }
+
+    /// Stops the node without draining.
+    pub async fn stop(mut self) {
+        if let Some(server) = self.server.take() {
+            server.stop_now().await;
+        }
+    }
+}
+
+/// Asserts the standard error shape and returns its code.
+pub fn error_code(body: &serde_json::Value) -> String {
+    let code = body["error"]["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("not an error body: {body}"));
+    assert!(
+        body["error"]["message"].is_string(),
+        "error without message: {body}"
+    );
+    code.to_owned()
+}

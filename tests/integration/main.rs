@@ -1,0 +1,9 @@
+//! Integration tests: real PostgreSQL, in-process servers on random ports.
+//! One binary for all of them, so the suite links once.
+
+mod admin;
+mod catalog;
+mod common;
+mod migrations;
+mod ops;
+mod storefront;
