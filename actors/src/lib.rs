@@ -1,1 +1,8 @@
-//! Surge domain core.
+//! Surge's domain: a functional core of plain structs (money, stock accounting, carts)
+//! and the actors that shell it (inventory shards, carts). IO sits behind the traits
+//! in [`ports`], implemented by the `surge` crate on PostgreSQL.
+
+pub mod cart;
+pub mod money;
+pub mod ports;
+pub mod stock;

@@ -1,0 +1,230 @@
+//! A shopper's cart without IO: lines, version and reservation expiries.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use thiserror::Error;
+use uuid::Uuid;
+
+use crate::money::{self, Money, MoneyError};
+
+/// Bounds on what one cart may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CartLimits {
+    /// Largest quantity of one line.
+    pub max_line_quantity: i64,
+    /// Most lines in one cart.
+    pub max_lines: usize,
+    /// How long a reservation holds its units, in milliseconds.
+    pub reservation_ttl_ms: i64,
+    /// A checkout refuses lines that expire sooner than this, in milliseconds, so that
+    /// an expiry never races a checkout.
+    pub checkout_margin_ms: i64,
+}
+
+impl Default for CartLimits {
+    fn default() -> Self {
+        Self {
+            max_line_quantity: 10,
+            max_lines: 50,
+            reservation_ttl_ms: 15 * 60 * 1000,
+            checkout_margin_ms: 1000,
+        }
+    }
+}
+
+/// Why a cart change or checkout was refused.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum CartError {
+    /// The quantity is outside 1..=max.
+    #[error("quantity must be from 1 to {max}")]
+    QuantityOutOfRange {
+        /// The configured maximum.
+        max: i64,
+    },
+    /// The cart already has the most lines allowed.
+    #[error("a cart holds at most {max} lines")]
+    TooManyLines {
+        /// The configured maximum.
+        max: usize,
+    },
+    /// Checkout of an empty cart.
+    #[error("the cart is empty")]
+    Empty,
+    /// These lines' reservations have expired (or are about to).
+    #[error("reservations expired for: {}", .0.join(", "))]
+    Expired(Vec<String>),
+    /// The total cannot be computed.
+    #[error(transparent)]
+    Money(#[from] MoneyError),
+}
+
+/// One line and the reservation that backs it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CartLine {
+    /// The SKU.
+    pub sku: String,
+    /// Units reserved.
+    pub quantity: i64,
+    /// Price of one unit when reserved.
+    pub unit_price: Money,
+    /// When the reservation lapses, in Unix milliseconds.
+    pub expires_at_ms: i64,
+}
+
+/// A cart; `version` rises with every durable change, so a stale copy can be detected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cart {
+    /// Cart id.
+    pub id: Uuid,
+    /// Version of the last durable change.
+    pub version: i64,
+    /// Lines by SKU.
+    pub lines: BTreeMap<String, CartLine>,
+}
+
+impl Cart {
+    /// An empty cart.
+    pub fn new(id: Uuid, version: i64) -> Self {
+        Self {
+            id,
+            version,
+            lines: BTreeMap::new(),
+        }
+    }
+
+    /// Units of `sku` in the cart.
+    pub fn quantity_of(&self, sku: &str) -> i64 {
+        self.lines.get(sku).map_or(0, |l| l.quantity)
+    }
+
+    /// Checks a new quantity for a line and returns the change in reserved units.
+    pub fn plan_set(
+        &self,
+        sku: &str,
+        quantity: i64,
+        limits: &CartLimits,
+    ) -> Result<i64, CartError> {
+        if !(1..=limits.max_line_quantity).contains(&quantity) {
+            return Err(CartError::QuantityOutOfRange {
+                max: limits.max_line_quantity,
+            });
+        }
+        if !self.lines.contains_key(sku) && self.lines.len() >= limits.max_lines {
+            return Err(CartError::TooManyLines {
+                max: limits.max_lines,
+            });
+        }
+        Ok(quantity - self.quantity_of(sku))
+    }
+
+    /// Records a durable change of a line (quantity 0 removes it) and bumps the version.
+    pub fn apply_set(&mut self, sku: &str, quantity: i64, unit_price: Money, expires_at_ms: i64) {
+        if quantity == 0 {
+            self.lines.remove(sku);
+        } else {
+            self.lines.insert(
+                sku.to_owned(),
+                CartLine {
+                    sku: sku.to_owned(),
+                    quantity,
+                    unit_price,
+                    expires_at_ms,
+                },
+            );
+        }
+        self.version += 1;
+    }
+
+    /// Lines whose reservation has lapsed at `now_ms`.
+    pub fn expired(&self, now_ms: i64) -> Vec<String> {
+        self.lines
+            .values()
+            .filter(|l| l.expires_at_ms <= now_ms)
+            .map(|l| l.sku.clone())
+            .collect()
+    }
+
+    /// The earliest expiry, to schedule the next timer.
+    pub fn next_expiry(&self) -> Option<i64> {
+        self.lines.values().map(|l| l.expires_at_ms).min()
+    }
+
+    /// Sum of all lines.
+    pub fn total(&self) -> Result<Option<Money>, MoneyError> {
+        let mut amounts = Vec::with_capacity(self.lines.len());
+        for l in self.lines.values() {
+            amounts.push(l.unit_price.times(l.quantity)?);
+        }
+        money::sum(amounts)
+    }
+
+    /// Whether the cart can be turned into an order at `now_ms`.
+    pub fn check_checkout(&self, now_ms: i64, limits: &CartLimits) -> Result<Money, CartError> {
+        if self.lines.is_empty() {
+            return Err(CartError::Empty);
+        }
+        let expired = self.expired(now_ms + limits.checkout_margin_ms);
+        if !expired.is_empty() {
+            return Err(CartError::Expired(expired));
+        }
+        self.total()?.ok_or(CartError::Empty)
+    }
+
+    /// Empties the cart after a checkout.
+    pub fn clear(&mut self) {
+        self.lines.clear();
+        self.version += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::money::Currency;
+
+    fn eur(minor: i64) -> Money {
+        Money::new(minor, Currency::parse("EUR").expect("valid"))
+    }
+
+    #[test]
+    fn plan_set_bounds_quantity_and_lines() {
+        let limits = CartLimits {
+            max_lines: 1,
+            ..CartLimits::default()
+        };
+        let mut cart = Cart::new(Uuid::nil(), 0);
+        assert_eq!(
+            cart.plan_set("A", 0, &limits),
+            Err(CartError::QuantityOutOfRange { max: 10 })
+        );
+        assert_eq!(
+            cart.plan_set("A", 11, &limits),
+            Err(CartError::QuantityOutOfRange { max: 10 })
+        );
+        assert_eq!(cart.plan_set("A", 3, &limits), Ok(3));
+        cart.apply_set("A", 3, eur(100), 1000);
+        assert_eq!(cart.plan_set("A", 1, &limits), Ok(-2));
+        assert_eq!(
+            cart.plan_set("B", 1, &limits),
+            Err(CartError::TooManyLines { max: 1 })
+        );
+        assert_eq!(cart.version, 1);
+    }
+
+    #[test]
+    fn checkout_refuses_lines_about_to_expire() {
+        let limits = CartLimits::default();
+        let mut cart = Cart::new(Uuid::nil(), 0);
+        assert_eq!(cart.check_checkout(0, &limits), Err(CartError::Empty));
+        cart.apply_set("A", 2, eur(150), 10_000);
+        cart.apply_set("B", 1, eur(100), 100_000);
+        assert_eq!(cart.check_checkout(0, &limits), Ok(eur(400)));
+        assert_eq!(
+            cart.check_checkout(9_500, &limits),
+            Err(CartError::Expired(vec!["A".into()]))
+        );
+        assert_eq!(cart.next_expiry(), Some(10_000));
+        assert_eq!(cart.expired(10_000), vec!["A".to_owned()]);
+    }
+}
