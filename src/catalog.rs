@@ -63,6 +63,7 @@ impl Product {
 pub struct Catalog {
     products: Vec<Product>,
     by_slug: HashMap<String, usize>,
+    by_sku: HashMap<String, (usize, usize)>,
 }
 
 /// Why a listing request cannot be served.
@@ -92,7 +93,21 @@ impl Catalog {
             .enumerate()
             .map(|(i, p)| (p.slug.clone(), i))
             .collect();
-        Self { products, by_slug }
+        let by_sku = products
+            .iter()
+            .enumerate()
+            .flat_map(|(i, p)| {
+                p.variants
+                    .iter()
+                    .enumerate()
+                    .map(move |(j, v)| (v.sku.clone(), (i, j)))
+            })
+            .collect();
+        Self {
+            products,
+            by_slug,
+            by_sku,
+        }
     }
 
     /// Number of products.
@@ -108,6 +123,13 @@ impl Catalog {
     /// Looks a product up by slug.
     pub fn get(&self, slug: &str) -> Option<&Product> {
         self.by_slug.get(slug).map(|&i| &self.products[i])
+    }
+
+    /// Looks a variant up by SKU, with its product.
+    pub fn variant(&self, sku: &str) -> Option<(&Product, &Variant)> {
+        self.by_sku
+            .get(sku)
+            .map(|&(i, j)| (&self.products[i], &self.products[i].variants[j]))
     }
 
     /// Lists products matching `query`, after `cursor`, at most `limit` of them.

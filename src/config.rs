@@ -189,6 +189,112 @@ pub struct ServeArgs {
     /// Directory of the storefront; defaults to the copy built into the binary.
     #[arg(long, env = "SURGE_STATIC_DIR", value_name = "SURGE_STATIC_DIR")]
     pub static_dir: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub commerce: CommerceArgs,
+}
+
+/// Stock, cart and Journal settings.
+#[derive(Debug, Clone, Args)]
+pub struct CommerceArgs {
+    /// Seconds a cart reservation holds its units.
+    #[arg(long, env = "SURGE_RESERVATION_TTL_SECS", value_name = "SURGE_RESERVATION_TTL_SECS", default_value_t = 900,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub reservation_ttl_secs: u64,
+    /// Largest quantity of one cart line.
+    #[arg(long, env = "SURGE_MAX_LINE_QUANTITY", value_name = "SURGE_MAX_LINE_QUANTITY", default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub max_line_quantity: u32,
+    /// Inventory shard actors on this node; defaults to the number of cores.
+    #[arg(long, env = "SURGE_SHARDS", value_name = "SURGE_SHARDS",
+          value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub shards: Option<u16>,
+    /// Requests queued on one shard beyond this are answered 429.
+    #[arg(long, env = "SURGE_SHARD_QUEUE", value_name = "SURGE_SHARD_QUEUE", default_value_t = 4096,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub shard_queue: u32,
+    /// Largest lease chunk a node takes from PostgreSQL at once.
+    #[arg(long, env = "SURGE_LEASE_MAX_CHUNK", value_name = "SURGE_LEASE_MAX_CHUNK", default_value_t = 64,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub lease_max_chunk: u32,
+    /// Seconds a lease row lives without a heartbeat; a node silent this long is dead.
+    #[arg(long, env = "SURGE_LEASE_TTL_SECS", value_name = "SURGE_LEASE_TTL_SECS", default_value_t = 15,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub lease_ttl_secs: u64,
+    /// Seconds an unused lease stays on this node before it goes back to PostgreSQL.
+    #[arg(long, env = "SURGE_LEASE_IDLE_SECS", value_name = "SURGE_LEASE_IDLE_SECS", default_value_t = 2,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub lease_idle_secs: u64,
+    /// Seconds between reaper passes.
+    #[arg(long, env = "SURGE_REAPER_PERIOD_SECS", value_name = "SURGE_REAPER_PERIOD_SECS", default_value_t = 5,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub reaper_period_secs: u64,
+    /// Seconds an empty cart's actor lives without a request.
+    #[arg(long, env = "SURGE_CART_IDLE_SECS", value_name = "SURGE_CART_IDLE_SECS", default_value_t = 300,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub cart_idle_secs: u64,
+    /// Most writes in one Journal transaction.
+    #[arg(long, env = "SURGE_JOURNAL_MAX_BATCH", value_name = "SURGE_JOURNAL_MAX_BATCH", default_value_t = 512,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub journal_max_batch: u32,
+    /// Milliseconds a Journal batch lingers for more writes.
+    #[arg(long, env = "SURGE_JOURNAL_MAX_WAIT_MS", value_name = "SURGE_JOURNAL_MAX_WAIT_MS", default_value_t = 2,
+          value_parser = clap::value_parser!(u64).range(0..=1000))]
+    pub journal_max_wait_ms: u64,
+    /// Connections of the Journal's own pool.
+    #[arg(long, env = "SURGE_JOURNAL_POOL_SIZE", value_name = "SURGE_JOURNAL_POOL_SIZE", default_value_t = 2,
+          value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub journal_pool_size: u16,
+}
+
+/// Validated stock, cart and Journal settings.
+#[derive(Debug, Clone)]
+pub struct CommerceConfig {
+    /// Reservation lifetime.
+    pub reservation_ttl: Duration,
+    /// Largest line quantity.
+    pub max_line_quantity: i64,
+    /// Shard actors.
+    pub shards: usize,
+    /// Shard queue depth before 429.
+    pub shard_queue: usize,
+    /// Largest lease chunk.
+    pub lease_max_chunk: i64,
+    /// Lease lifetime without heartbeat.
+    pub lease_ttl: Duration,
+    /// Idle lease return.
+    pub lease_idle: Duration,
+    /// Reaper period.
+    pub reaper_period: Duration,
+    /// Idle cart lifetime.
+    pub cart_idle: Duration,
+    /// Journal batch size.
+    pub journal_max_batch: usize,
+    /// Journal linger.
+    pub journal_max_wait: Duration,
+    /// Journal pool size.
+    pub journal_pool_size: usize,
+}
+
+impl CommerceArgs {
+    /// Converts to durations and counts.
+    pub fn validate(&self) -> CommerceConfig {
+        CommerceConfig {
+            reservation_ttl: Duration::from_secs(self.reservation_ttl_secs),
+            max_line_quantity: i64::from(self.max_line_quantity),
+            shards: self.shards.map(usize::from).unwrap_or_else(|| {
+                std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get)
+            }),
+            shard_queue: self.shard_queue as usize,
+            lease_max_chunk: i64::from(self.lease_max_chunk),
+            lease_ttl: Duration::from_secs(self.lease_ttl_secs),
+            lease_idle: Duration::from_secs(self.lease_idle_secs),
+            reaper_period: Duration::from_secs(self.reaper_period_secs),
+            cart_idle: Duration::from_secs(self.cart_idle_secs),
+            journal_max_batch: self.journal_max_batch as usize,
+            journal_max_wait: Duration::from_millis(self.journal_max_wait_ms),
+            journal_pool_size: usize::from(self.journal_pool_size),
+        }
+    }
 }
 
 /// Validated settings of a serving node.
@@ -218,6 +324,8 @@ pub struct ServeConfig {
     pub shutdown_grace: Duration,
     /// Storefront directory override.
     pub static_dir: Option<std::path::PathBuf>,
+    /// Stock, cart and Journal settings.
+    pub commerce: CommerceConfig,
 }
 
 impl ServeArgs {
@@ -290,6 +398,7 @@ impl ServeArgs {
             drain_delay: Duration::from_secs(self.drain_delay_secs),
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
             static_dir: self.static_dir.clone(),
+            commerce: self.commerce.validate(),
         })
     }
 }

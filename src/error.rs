@@ -43,6 +43,21 @@ pub enum ApiError {
         /// The configured limit in bytes.
         limit: usize,
     },
+    /// Not enough stock for the requested quantity.
+    #[error("only {available} available")]
+    InsufficientStock {
+        /// The largest quantity the line could have now.
+        available: i64,
+    },
+    /// Some reservations of the cart have expired.
+    #[error("reservations expired for: {}", .lines.join(", "))]
+    ReservationExpired {
+        /// The SKUs whose reservation lapsed.
+        lines: Vec<String>,
+    },
+    /// A dependency is down; nothing changed, retry later.
+    #[error("service unavailable, retry later")]
+    Unavailable,
     /// The server is overloaded; retry later.
     #[error("server is busy, retry in {retry_after_secs}s")]
     Busy {
@@ -72,6 +87,9 @@ impl ApiError {
             Self::Conflict { code, .. } => code,
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::Busy { .. } => "busy",
+            Self::InsufficientStock { .. } => "insufficient_stock",
+            Self::ReservationExpired { .. } => "reservation_expired",
+            Self::Unavailable => "unavailable",
             Self::Internal(_) => "internal",
         }
     }
@@ -91,6 +109,12 @@ pub struct ErrorDetail {
     pub code: String,
     /// Human-readable explanation.
     pub message: String,
+    /// With `insufficient_stock`: the largest quantity the line could have now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub available: Option<i64>,
+    /// With `reservation_expired`: the SKUs whose reservation lapsed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lines: Option<Vec<String>>,
 }
 
 /// Builds an error response with the standard body.
@@ -99,6 +123,8 @@ pub fn error_response(status: StatusCode, code: &str, message: &str) -> HttpResp
         error: ErrorDetail {
             code: code.to_owned(),
             message: message.to_owned(),
+            available: None,
+            lines: None,
         },
     })
 }
@@ -113,6 +139,10 @@ impl ResponseError for ApiError {
             Self::Conflict { .. } => StatusCode::CONFLICT,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Busy { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::InsufficientStock { .. } | Self::ReservationExpired { .. } => {
+                StatusCode::CONFLICT
+            }
+            Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -121,7 +151,20 @@ impl ResponseError for ApiError {
         if let Self::Internal(err) = self {
             tracing::error!(error = format!("{err:#}"), "request failed");
         }
-        let mut resp = error_response(self.status_code(), self.code(), &self.to_string());
+        let mut resp = HttpResponse::build(self.status_code()).json(ErrorBody {
+            error: ErrorDetail {
+                code: self.code().to_owned(),
+                message: self.to_string(),
+                available: match self {
+                    Self::InsufficientStock { available } => Some(*available),
+                    _ => None,
+                },
+                lines: match self {
+                    Self::ReservationExpired { lines } => Some(lines.clone()),
+                    _ => None,
+                },
+            },
+        });
         match self {
             Self::Unauthorized => {
                 resp.headers_mut().insert(
@@ -132,6 +175,9 @@ impl ResponseError for ApiError {
             Self::Busy { retry_after_secs } => {
                 resp.headers_mut()
                     .insert(header::RETRY_AFTER, (*retry_after_secs).into());
+            }
+            Self::Unavailable => {
+                resp.headers_mut().insert(header::RETRY_AFTER, 1u64.into());
             }
             _ => {}
         }

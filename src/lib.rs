@@ -12,6 +12,7 @@ pub mod error;
 pub mod http;
 pub mod openapi;
 pub mod server;
+pub mod session;
 pub mod state;
 pub mod store;
 pub mod telemetry;

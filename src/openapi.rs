@@ -14,6 +14,11 @@ use crate::{error, http};
     paths(
         http::products::list_products,
         http::products::get_product,
+        http::cart::get_cart,
+        http::cart::put_item,
+        http::cart::delete_item,
+        http::cart::checkout,
+        http::cart::get_order,
         http::admin::upsert_product,
         http::admin::restock,
         http::ops::healthz,
@@ -25,6 +30,7 @@ use crate::{error, http};
     modifiers(&AdminToken),
     tags(
         (name = "catalog", description = "Products and live availability"),
+        (name = "cart", description = "Cart, checkout and orders (signed session cookie)"),
         (name = "admin", description = "Catalog and stock management (bearer token)"),
         (name = "ops", description = "Health, readiness, metrics"),
     )

@@ -10,18 +10,34 @@ use actix_web::{
 use anyhow::Context as _;
 use tracing_actix_web::TracingLogger;
 
+use surge_actors::{
+    cart::CartLimits,
+    cart_actor::{CartDeps, CartRegistry},
+    ports::{Journal, Store},
+    shard::{ShardConfig, Shards},
+    stock::LeasePolicy,
+};
+
 use crate::{
     assets::Assets,
     catalog::{CatalogStore, StockLevels},
     config::ServeConfig,
     http,
+    session::{self, SessionSigner},
     state::{AppState, Health},
-    store::{migrate, Db},
+    store::{
+        carts::PgStore,
+        journal::{JournalConfig, PgJournal},
+        leases::{self, Scope},
+        migrate, Db,
+    },
     telemetry,
 };
 
 /// How often order partitions are topped up.
 const PARTITION_PERIOD: Duration = Duration::from_secs(6 * 3600);
+/// How often the stock levels shown in the catalog are refreshed from PostgreSQL.
+const STOCK_REFRESH: Duration = Duration::from_millis(500);
 
 /// A node that is accepting requests.
 pub struct RunningServer {
@@ -37,7 +53,8 @@ pub struct RunningServer {
 
 /// Migrates, loads the catalog and starts listening. Must run inside an actix `System`.
 pub async fn start(cfg: ServeConfig) -> anyhow::Result<RunningServer> {
-    let db = Db::new(&cfg.db)?;
+    let commerce = cfg.commerce.clone();
+    let db = Db::with_journal(&cfg.db, commerce.journal_pool_size)?;
     {
         let mut client = db
             .primary
@@ -45,7 +62,57 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<RunningServer> {
             .await
             .context("connecting to PostgreSQL (DATABASE_URL)")?;
         migrate::run(&mut client).await?;
+        // A previous process with this node id may have died holding leases.
+        leases::wait_for_id(&client, &cfg.node_id, commerce.lease_ttl).await?;
+        let recovered = leases::reap(&mut client, Scope::Own(&cfg.node_id)).await?;
+        if recovered.lease_units > 0 {
+            tracing::info!(
+                units = recovered.lease_units,
+                "recovered this node's old leases"
+            );
+        }
+        leases::heartbeat(&client, &cfg.node_id, commerce.lease_ttl).await?;
     }
+    let journal = PgJournal::spawn(
+        db.journal.clone(),
+        cfg.node_id.clone(),
+        JournalConfig {
+            max_batch: commerce.journal_max_batch,
+            max_wait: commerce.journal_max_wait,
+            lease_ttl: commerce.lease_ttl,
+            ..JournalConfig::default()
+        },
+    );
+    let journal: Arc<dyn Journal> = Arc::new(journal);
+    let store: Arc<dyn Store> = Arc::new(PgStore::new(db.primary.clone(), cfg.node_id.clone()));
+    let shards = Shards::start(
+        commerce.shards,
+        Arc::clone(&journal),
+        Arc::clone(&store),
+        ShardConfig {
+            policy: LeasePolicy {
+                max_chunk: commerce.lease_max_chunk,
+                ..LeasePolicy::default()
+            },
+            idle_return: commerce.lease_idle,
+            max_queue: commerce.shard_queue,
+            ..ShardConfig::default()
+        },
+    );
+    let ttl_ms = i64::try_from(commerce.reservation_ttl.as_millis()).unwrap_or(i64::MAX);
+    let limits = CartLimits {
+        max_line_quantity: commerce.max_line_quantity,
+        reservation_ttl_ms: ttl_ms,
+        checkout_margin_ms: (ttl_ms / 10).min(1000),
+        ..CartLimits::default()
+    };
+    let carts = CartRegistry::new(CartDeps {
+        journal: Arc::clone(&journal),
+        store: Arc::clone(&store),
+        shards: shards.clone(),
+        limits,
+        idle: commerce.cart_idle,
+    });
     let assets = match &cfg.static_dir {
         Some(dir) => Assets::from_dir(dir).with_context(|| format!("reading {}", dir.display()))?,
         None => Assets::embedded(),
@@ -59,6 +126,10 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<RunningServer> {
         assets,
         metrics: telemetry::metrics_handle(),
         node_id: cfg.node_id.clone(),
+        sessions: SessionSigner::new(cfg.session_key.clone(), cfg.cookie_secure),
+        carts,
+        shards,
+        limits,
     }));
     state.health.set_migrated();
     let products = state.reload_catalog(&state.db.read).await?;
@@ -73,6 +144,7 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<RunningServer> {
             .app_data(app_state.clone())
             .configure(|c| http::routes(c, body_limit))
             .default_service(web::to(http::not_found))
+            .wrap(from_fn(session::attach))
             .wrap(from_fn(http::middleware::observe))
             .wrap(Compress::default())
             .wrap(
@@ -116,14 +188,86 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<RunningServer> {
         }
     });
 
+    let background = vec![
+        partitions,
+        every(state.clone(), commerce.lease_ttl / 3, "heartbeat", {
+            let (node, ttl) = (cfg.node_id.clone(), commerce.lease_ttl);
+            move |state| {
+                let node = node.clone();
+                async move {
+                    let client = state.db.primary.get().await?;
+                    leases::heartbeat(&client, &node, ttl).await
+                }
+            }
+        }),
+        every(state.clone(), commerce.reaper_period, "reaper", {
+            let scope_ttl = commerce.lease_ttl;
+            let grace = commerce.reaper_period.max(Duration::from_secs(1));
+            move |state| async move {
+                let mut client = state.db.primary.get().await?;
+                leases::reap(
+                    &mut client,
+                    Scope::Dead {
+                        ttl: scope_ttl,
+                        grace,
+                    },
+                )
+                .await
+                .map(|_| ())
+            }
+        }),
+        every(
+            state.clone(),
+            STOCK_REFRESH,
+            "stock levels",
+            |state| async move {
+                let client = state.db.read.get().await?;
+                let rows = client
+                    .query("SELECT sku, available + leased FROM inventory", &[])
+                    .await?;
+                state
+                    .stock
+                    .replace_all(rows.iter().map(|r| (r.get(0), r.get(1))).collect());
+                Ok(())
+            },
+        ),
+    ];
+
     tracing::info!(%addr, node = %cfg.node_id, products, "surge is serving");
     Ok(RunningServer {
         addr,
         state,
         handle,
         server,
-        background: vec![partitions],
+        background,
         drain_delay: cfg.drain_delay,
+    })
+}
+
+/// Runs `job` every `period` until aborted, logging failures.
+fn every<F, Fut>(
+    state: web::Data<AppState>,
+    period: Duration,
+    name: &'static str,
+    job: F,
+) -> tokio::task::JoinHandle<()>
+where
+    F: Fn(web::Data<AppState>) -> Fut + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + 'static,
+{
+    actix_web::rt::spawn(async move {
+        let mut tick = tokio::time::interval(period.max(Duration::from_millis(50)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(err) = job(state.clone()).await {
+                tracing::warn!(
+                    task = name,
+                    error = format!("{err:#}"),
+                    "background task failed"
+                );
+            }
+        }
     })
 }
 
@@ -147,16 +291,24 @@ impl RunningServer {
         for task in self.background {
             task.abort();
         }
+        let returned = self.state.shards.shutdown().await;
+        tracing::info!(units = returned, "leases returned");
+        if let Ok(client) = self.state.db.primary.get().await {
+            if let Err(err) = leases::leave(&client, &self.state.node_id).await {
+                tracing::warn!(error = format!("{err:#}"), "could not deregister the node");
+            }
+        }
         self.state.db.close();
         tracing::info!("stopped");
     }
 
-    /// Immediate stop without draining; for tests.
+    /// Immediate stop without draining or returning leases; for tests.
     pub async fn stop_now(self) {
         self.handle.stop(false).await;
         for task in self.background {
             task.abort();
         }
+        let _ = self.state.shards.shutdown().await;
         self.state.db.close();
     }
 }

@@ -6,10 +6,12 @@ use std::sync::{
 };
 
 use metrics_exporter_prometheus::PrometheusHandle;
+use surge_actors::{cart::CartLimits, cart_actor::CartRegistry, shard::Shards};
 
 use crate::{
     assets::Assets,
     catalog::{CatalogStore, StockLevels},
+    session::SessionSigner,
     store::{catalog_repo, Db},
 };
 
@@ -71,6 +73,14 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// This node's identity.
     pub node_id: String,
+    /// Signs session cookies.
+    pub sessions: SessionSigner,
+    /// Live carts of this node.
+    pub carts: CartRegistry,
+    /// Inventory shards of this node.
+    pub shards: Shards,
+    /// Cart rules, for validating input before it reaches an actor.
+    pub limits: CartLimits,
 }
 
 impl AppState {

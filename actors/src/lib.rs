@@ -3,6 +3,8 @@
 //! in [`ports`], implemented by the `surge` crate on PostgreSQL.
 
 pub mod cart;
+pub mod cart_actor;
 pub mod money;
 pub mod ports;
+pub mod shard;
 pub mod stock;

@@ -269,6 +269,15 @@ pub async fn restock(
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no sku {:?}", sku.as_str())))?;
     state.stock.set(&sku, restocked.sellable);
+    // This node sells again at once; other nodes notice on their next sold-out recheck.
+    state
+        .shards
+        .for_sku(&sku)
+        .addr()
+        .do_send(surge_actors::shard::Restocked {
+            sku: sku.to_string(),
+            available: restocked.available,
+        });
     tracing::info!(sku = %sku, quantity = body.quantity, total = restocked.total, "restocked");
     Ok(HttpResponse::Ok().json(StockView {
         sku: sku.into_inner(),

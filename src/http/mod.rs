@@ -2,6 +2,7 @@
 //! the actors, and shape the JSON answer.
 
 pub mod admin;
+pub mod cart;
 pub mod middleware;
 pub mod ops;
 pub mod products;
@@ -27,6 +28,11 @@ pub fn routes(cfg: &mut web::ServiceConfig, body_limit: usize) {
     .service(ops::openapi)
     .service(products::list_products)
     .service(products::get_product)
+    .service(cart::get_cart)
+    .service(cart::put_item)
+    .service(cart::delete_item)
+    .service(cart::checkout)
+    .service(cart::get_order)
     .service(admin::upsert_product)
     .service(admin::restock)
     .service(storefront::index)

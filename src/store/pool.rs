@@ -20,30 +20,47 @@ pub struct Db {
     pub primary: Pool,
     /// Replica for catalog reads, or the primary again when none is configured.
     pub read: Pool,
+    /// The Journal's own connections, so that request traffic never starves commits.
+    pub journal: Pool,
 }
 
 impl Db {
     /// Builds the pools; connections open lazily, on first use.
     pub fn new(cfg: &DatabaseConfig) -> anyhow::Result<Self> {
+        Self::with_journal(cfg, 1)
+    }
+
+    /// Builds the pools, with `journal_size` connections for the Journal.
+    pub fn with_journal(cfg: &DatabaseConfig, journal_size: usize) -> anyhow::Result<Self> {
         let primary = build_pool(cfg.primary.clone(), cfg.pool_size).context("primary pool")?;
+        let journal = build_pool(cfg.primary.clone(), journal_size).context("journal pool")?;
         let read = match &cfg.replica {
             Some(replica) => {
                 build_pool(replica.clone(), cfg.read_pool_size).context("replica pool")?
             }
             None => primary.clone(),
         };
-        Ok(Self { primary, read })
+        Ok(Self {
+            primary,
+            read,
+            journal,
+        })
     }
 
     /// Closes both pools; waiting callers get an error instead of hanging.
     pub fn close(&self) {
         self.primary.close();
         self.read.close();
+        self.journal.close();
     }
 
     /// Publishes pool gauges; called on each scrape of /metrics.
     pub fn record_metrics(&self) {
-        for (name, pool) in [("primary", &self.primary), ("read", &self.read)] {
+        for (name, pool) in [
+            ("primary", &self.primary),
+            ("read", &self.read),
+            ("journal", &self.journal),
+        ] {
             let status = pool.status();
             metrics::gauge!("db_pool_connections", "pool" => name).set(status.size as f64);
             metrics::gauge!("db_pool_idle", "pool" => name).set(status.available as f64);

@@ -6,7 +6,7 @@
 use std::{str::FromStr, time::Duration};
 
 use surge::{
-    config::{DatabaseConfig, ServeConfig},
+    config::{CommerceConfig, DatabaseConfig, ServeConfig},
     server::{self, RunningServer},
 };
 
@@ -25,12 +25,13 @@ async fn admin_client() -> tokio_postgres::Client {
     client
 }
 
-/// A database with a random name, dropped on drop.
+/// A database with a random name, dropped on drop (unless borrowed).
 pub struct TestDb {
     /// Database name.
     pub name: String,
     /// Full URL of the database.
     pub url: String,
+    owned: bool,
 }
 
 impl TestDb {
@@ -43,7 +44,21 @@ impl TestDb {
             .await
             .expect("create test database");
         let url = format!("{}/{name}", pg_server_url());
-        Self { name, url }
+        Self {
+            name,
+            url,
+            owned: true,
+        }
+    }
+
+    /// A handle on another test's database, which this handle will not drop.
+    pub fn borrow(url: &str) -> Self {
+        let name = url.rsplit('/').next().unwrap_or_default().to_owned();
+        Self {
+            name,
+            url: url.to_owned(),
+            owned: false,
+        }
     }
 
     /// A plain client on this database.
@@ -68,6 +83,9 @@ impl TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
+        if !self.owned {
+            return;
+        }
         let name = self.name.clone();
         // Drop may run outside any usable async context: use a private runtime.
         let _ = std::thread::spawn(move || {
@@ -100,6 +118,30 @@ pub struct Options {
     pub seed_demo: bool,
     /// Drain delay used by `shutdown`.
     pub drain_delay: Duration,
+    /// Stock, cart and Journal settings.
+    pub commerce: CommerceConfig,
+    /// Node id (random when `None`).
+    pub node_id: Option<String>,
+    /// Reuse this database instead of creating one (for several nodes on one database).
+    pub database_url: Option<String>,
+}
+
+/// Stock settings scaled down so that expiry and reaping happen within a test.
+pub fn test_commerce() -> CommerceConfig {
+    CommerceConfig {
+        reservation_ttl: Duration::from_secs(900),
+        max_line_quantity: 10,
+        shards: 2,
+        shard_queue: 100_000,
+        lease_max_chunk: 64,
+        lease_ttl: Duration::from_secs(3),
+        lease_idle: Duration::from_secs(1),
+        reaper_period: Duration::from_secs(1),
+        cart_idle: Duration::from_secs(60),
+        journal_max_batch: 512,
+        journal_max_wait: Duration::from_millis(2),
+        journal_pool_size: 2,
+    }
 }
 
 impl Default for Options {
@@ -109,6 +151,9 @@ impl Default for Options {
             body_limit: 16 * 1024,
             seed_demo: true,
             drain_delay: Duration::from_millis(200),
+            commerce: test_commerce(),
+            node_id: None,
+            database_url: None,
         }
     }
 }
@@ -121,14 +166,17 @@ pub struct TestApp {
     pub base: String,
     /// HTTP client.
     pub http: awc::Client,
-    /// The database; dropped after the server.
+    /// The database; dropped after the server (None when borrowed from another app).
     pub db: TestDb,
 }
 
 impl TestApp {
     /// Starts a node.
     pub async fn spawn(opts: Options) -> Self {
-        let db = TestDb::create().await;
+        let db = match &opts.database_url {
+            Some(url) => TestDb::borrow(url),
+            None => TestDb::create().await,
+        };
         if opts.seed_demo {
             let mut client = db.client().await;
             surge::store::seed::seed_demo(&mut client)
@@ -139,7 +187,10 @@ impl TestApp {
             db: db.config(),
             bind: "127.0.0.1:0".parse().expect("addr"),
             redis_url: None,
-            node_id: format!("test-{}", &db.name[11..19]),
+            node_id: opts
+                .node_id
+                .clone()
+                .unwrap_or_else(|| format!("test-{}", uuid::Uuid::new_v4().simple())),
             admin_token: opts.admin_token,
             session_key: None,
             cookie_secure: false,
@@ -148,6 +199,7 @@ impl TestApp {
             drain_delay: opts.drain_delay,
             shutdown_grace: Duration::from_secs(5),
             static_dir: None,
+            commerce: opts.commerce,
         };
         let server = server::start(cfg).await.expect("server starts");
         let base = format!("http://{}", server.addr);
@@ -227,4 +279,144 @@ pub fn error_code(body: &serde_json::Value) -> String {
         "error without message: {body}"
     );
     code.to_owned()
+}
+
+/// One shopper: an HTTP client that keeps its session cookie.
+pub struct Buyer {
+    /// Base URL of the node this buyer talks to.
+    pub base: String,
+    /// `surge_session=...`, once the server set it.
+    pub cookie: Option<String>,
+    http: awc::Client,
+}
+
+/// Status and JSON body of a response.
+pub type Reply = (u16, serde_json::Value);
+
+impl Buyer {
+    /// A buyer with no session yet.
+    pub fn new(base: &str, http: awc::Client) -> Self {
+        Self {
+            base: base.to_owned(),
+            cookie: None,
+            http,
+        }
+    }
+
+    /// Sends a request with the session cookie and keeps any new one.
+    pub async fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> Reply {
+        let method = awc::http::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(c) = &self.cookie {
+            req = req.insert_header(("cookie", c.as_str()));
+        }
+        for (k, v) in headers {
+            req = req.insert_header((*k, *v));
+        }
+        let mut resp = match req.send_body(body.to_owned()).await {
+            Ok(r) => r,
+            Err(e) => return (0, serde_json::json!({ "transport_error": e.to_string() })),
+        };
+        if let Some(set) = resp
+            .headers()
+            .get("set-cookie")
+            .and_then(|v| v.to_str().ok())
+        {
+            if let Some(pair) = set.split(';').next() {
+                if pair.starts_with("surge_session=") && pair.len() > "surge_session=".len() {
+                    self.cookie = Some(pair.to_owned());
+                }
+            }
+        }
+        let status = resp.status().as_u16();
+        let bytes = resp.body().limit(1 << 20).await.unwrap_or_default();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    /// PUT a cart line.
+    pub async fn set(&mut self, sku: &str, quantity: i64) -> Reply {
+        let body = format!("{{\"quantity\":{quantity}}}");
+        self.send(
+            "PUT",
+            &format!("/api/cart/items/{sku}"),
+            &[("content-type", "application/json")],
+            &body,
+        )
+        .await
+    }
+
+    /// POST a checkout.
+    pub async fn checkout(&mut self, key: &str) -> Reply {
+        self.send(
+            "POST",
+            "/api/checkout",
+            &[
+                ("content-type", "application/json"),
+                ("idempotency-key", key),
+            ],
+            "{\"email\":\"buyer@example.com\"}",
+        )
+        .await
+    }
+
+    /// GET the cart.
+    pub async fn cart(&mut self) -> Reply {
+        self.send("GET", "/api/cart", &[], "").await
+    }
+}
+
+/// An HTTP client for many concurrent buyers.
+pub fn shared_client() -> awc::Client {
+    awc::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .connector(awc::Connector::new().limit(256))
+        .finish()
+}
+
+/// Creates a one-SKU product with `stock` units through the admin API.
+pub async fn make_sku(app: &TestApp, sku: &str, stock: i64) {
+    let body = serde_json::json!({
+        "slug": sku.to_lowercase(),
+        "name": format!("Product {sku}"),
+        "variants": [{"sku": sku, "price_minor": 1000, "currency": "EUR", "stock": stock}]
+    });
+    let (status, resp) = app
+        .admin_post("/api/admin/products", Some(ADMIN_TOKEN), &body)
+        .await;
+    assert_eq!(status, 201, "{resp}");
+}
+
+/// Asserts the stock invariant for every SKU (what `surge check` runs).
+pub async fn assert_stock_sound(db: &TestDb) {
+    let client = db.client().await;
+    let violations = surge::store::check::violations(&client)
+        .await
+        .expect("check runs");
+    assert!(
+        violations.is_empty(),
+        "stock invariant broken: {violations:?}"
+    );
+}
+
+/// One SKU's buckets: (total, available, leased, reserved, sold).
+pub async fn buckets(db: &TestDb, sku: &str) -> (i64, i64, i64, i64, i64) {
+    let row = db
+        .client()
+        .await
+        .query_one(
+            "SELECT total, available, leased, reserved, sold FROM inventory WHERE sku = $1",
+            &[&sku],
+        )
+        .await
+        .expect("inventory row");
+    (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4))
 }

@@ -3,6 +3,7 @@
 
 mod admin;
 mod catalog;
+mod commerce;
 mod common;
 mod migrations;
 mod ops;

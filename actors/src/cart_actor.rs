@@ -1,0 +1,532 @@
+//! `CartActor`: one per active session. It owns a [`Cart`], loaded from PostgreSQL when
+//! the actor starts, and turns each change into a durable Journal write before it
+//! answers. Messages are handled one at a time, start to finish, so a shopper's
+//! requests never interleave. The actor stops after an idle spell once its cart is empty.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use actix::prelude::*;
+use serde::Serialize;
+use thiserror::Error;
+use uuid::Uuid;
+
+use crate::{
+    cart::{Cart, CartError, CartLimits},
+    money::Money,
+    ports::{Journal, JournalError, OrderLine, OrderSummary, PlaceOrder, SetLine, Store, WriteOp},
+    shard::{Shards, TakeError},
+};
+
+/// Unix time in milliseconds.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Why a cart operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum CartFailure {
+    /// The request breaks a cart rule.
+    #[error(transparent)]
+    Invalid(#[from] CartError),
+    /// Not enough stock; `available` units of the SKU could be in the line.
+    #[error("only {available} available")]
+    InsufficientStock {
+        /// Largest quantity the line could have now.
+        available: i64,
+    },
+    /// The node is shedding load.
+    #[error("busy")]
+    Busy,
+    /// The cart changed on another node; the caller should retry on a fresh actor.
+    #[error("the cart changed elsewhere")]
+    Stale,
+    /// PostgreSQL could not be reached; nothing changed.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl From<JournalError> for CartFailure {
+    fn from(e: JournalError) -> Self {
+        match e {
+            JournalError::Stale => Self::Stale,
+            other => Self::Unavailable(other.to_string()),
+        }
+    }
+}
+
+/// What the actors of carts share.
+pub struct CartDeps {
+    /// Durable writes.
+    pub journal: Arc<dyn Journal>,
+    /// Reads.
+    pub store: Arc<dyn Store>,
+    /// This node's inventory shards.
+    pub shards: Shards,
+    /// Cart rules.
+    pub limits: CartLimits,
+    /// An empty cart's actor stops after this long without a request.
+    pub idle: Duration,
+}
+
+/// A cart line as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LineView {
+    /// The SKU.
+    pub sku: String,
+    /// Units reserved.
+    pub quantity: i64,
+    /// Price of one unit.
+    pub unit_price_minor: i64,
+    /// `quantity * unit_price_minor`.
+    pub line_total_minor: i64,
+    /// Currency.
+    pub currency: String,
+    /// When the reservation lapses, Unix milliseconds.
+    pub expires_at_ms: i64,
+}
+
+/// A cart as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CartView {
+    /// Lines, by SKU.
+    pub lines: Vec<LineView>,
+    /// Sum of the lines (0 when empty).
+    pub total_minor: i64,
+    /// Currency of the total (null when empty).
+    pub currency: Option<String>,
+    /// Version of the last durable change.
+    pub version: i64,
+}
+
+impl CartView {
+    fn of(cart: &Cart) -> Self {
+        let lines: Vec<LineView> = cart
+            .lines
+            .values()
+            .map(|l| LineView {
+                sku: l.sku.clone(),
+                quantity: l.quantity,
+                unit_price_minor: l.unit_price.minor,
+                line_total_minor: l.unit_price.minor.saturating_mul(l.quantity),
+                currency: l.unit_price.currency.to_string(),
+                expires_at_ms: l.expires_at_ms,
+            })
+            .collect();
+        let total = cart.total().ok().flatten();
+        Self {
+            lines,
+            total_minor: total.map_or(0, |m| m.minor),
+            currency: total.map(|m| m.currency.to_string()),
+            version: cart.version,
+        }
+    }
+}
+
+/// The actor.
+pub struct CartActor {
+    session_id: String,
+    cart: Option<Cart>,
+    deps: Arc<CartDeps>,
+    registry: CartRegistry,
+    last_used: Instant,
+    orders: HashMap<String, OrderSummary>,
+    expiry: Option<SpawnHandle>,
+}
+
+impl CartActor {
+    fn cart(&self) -> Result<&Cart, CartFailure> {
+        self.cart
+            .as_ref()
+            .ok_or_else(|| CartFailure::Unavailable("the cart is not loaded".into()))
+    }
+
+    /// Schedules the next expiry check at the earliest reservation expiry.
+    fn schedule_expiry(&mut self, ctx: &mut Context<Self>) {
+        if let Some(h) = self.expiry.take() {
+            ctx.cancel_future(h);
+        }
+        if let Some(at) = self.cart.as_ref().and_then(Cart::next_expiry) {
+            let wait = Duration::from_millis(u64::try_from(at - now_ms()).unwrap_or(0));
+            self.expiry = Some(ctx.notify_later(ExpireDue, wait));
+        }
+    }
+
+    /// Stop and let a fresh actor reload the cart (after a stale write).
+    fn reload(&mut self, ctx: &mut Context<Self>) {
+        self.cart = None;
+        ctx.stop();
+    }
+}
+
+impl Actor for CartActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(64);
+        let store = Arc::clone(&self.deps.store);
+        let session = self.session_id.clone();
+        ctx.wait(
+            async move { store.claim_cart(session).await }
+                .into_actor(self)
+                .map(|result, act, ctx| match result {
+                    Ok(cart) => {
+                        act.cart = Some(cart);
+                        act.schedule_expiry(ctx);
+                    }
+                    Err(err) => {
+                        tracing::warn!(%err, "could not load cart");
+                        ctx.stop();
+                    }
+                }),
+        );
+        let idle = self.deps.idle;
+        ctx.run_interval(idle.max(Duration::from_millis(100)) / 2, move |act, ctx| {
+            let empty = act.cart.as_ref().is_none_or(|c| c.lines.is_empty());
+            if empty && act.last_used.elapsed() >= idle {
+                ctx.stop();
+            }
+        });
+        metrics::gauge!("carts_active").increment(1.0);
+    }
+
+    fn stopped(&mut self, ctx: &mut Self::Context) {
+        self.registry.forget(&self.session_id, &ctx.address());
+        metrics::gauge!("carts_active").decrement(1.0);
+    }
+}
+
+/// Reads the cart.
+#[derive(Message)]
+#[rtype(result = "Result<CartView, CartFailure>")]
+pub struct GetCart;
+
+impl Handler<GetCart> for CartActor {
+    type Result = Result<CartView, CartFailure>;
+
+    fn handle(&mut self, _: GetCart, _: &mut Self::Context) -> Self::Result {
+        self.last_used = Instant::now();
+        Ok(CartView::of(self.cart()?))
+    }
+}
+
+/// Sets a line's quantity (1..=max), reserving or releasing the difference.
+#[derive(Message)]
+#[rtype(result = "Result<CartView, CartFailure>")]
+pub struct SetQuantity {
+    /// The SKU (already known to exist in the catalog).
+    pub sku: String,
+    /// New quantity; 0 removes the line.
+    pub quantity: i64,
+    /// Current catalog price of one unit.
+    pub unit_price: Money,
+}
+
+impl Handler<SetQuantity> for CartActor {
+    type Result = AtomicResponse<Self, Result<CartView, CartFailure>>;
+
+    fn handle(&mut self, msg: SetQuantity, _: &mut Self::Context) -> Self::Result {
+        self.last_used = Instant::now();
+        let planned = self.cart().and_then(|cart| {
+            let delta = if msg.quantity == 0 {
+                -cart.quantity_of(&msg.sku)
+            } else {
+                cart.plan_set(&msg.sku, msg.quantity, &self.deps.limits)?
+            };
+            Ok((cart.id, cart.version, cart.quantity_of(&msg.sku), delta))
+        });
+        let (cart_id, version, prev, delta) = match planned {
+            Ok(p) => p,
+            Err(e) => return AtomicResponse::new(Box::pin(fut::ready(Err(e)))),
+        };
+        let expires_at_ms = now_ms() + self.deps.limits.reservation_ttl_ms;
+        let deps = Arc::clone(&self.deps);
+        let sku = msg.sku.clone();
+        let price = msg.unit_price;
+        let work = async move {
+            let shard = deps.shards.for_sku(&sku);
+            if delta > 0 {
+                shard.take(&sku, delta).await.map_err(|e| match e {
+                    TakeError::Short { available } => CartFailure::InsufficientStock {
+                        available: prev + available,
+                    },
+                    TakeError::Busy => CartFailure::Busy,
+                    TakeError::Unavailable(m) => CartFailure::Unavailable(m),
+                })?;
+            }
+            let op = WriteOp::SetLine(SetLine {
+                cart_id,
+                version,
+                sku: sku.clone(),
+                quantity: msg.quantity,
+                prev_quantity: prev,
+                expires_at_ms,
+                unit_price_minor: price.minor,
+                currency: price.currency,
+            });
+            match deps.journal.write(op).await {
+                Ok(_) => {
+                    if delta < 0 {
+                        shard.put(&sku, -delta);
+                    }
+                    Ok(())
+                }
+                Err(e) => {
+                    if delta > 0 {
+                        shard.put(&sku, delta);
+                    }
+                    Err(CartFailure::from(e))
+                }
+            }
+        };
+        AtomicResponse::new(Box::pin(work.into_actor(self).map(
+            move |result, act, ctx| match result {
+                Ok(()) => {
+                    if let Some(cart) = act.cart.as_mut() {
+                        cart.apply_set(&msg.sku, msg.quantity, price, expires_at_ms);
+                    }
+                    act.schedule_expiry(ctx);
+                    Ok(CartView::of(act.cart()?))
+                }
+                Err(CartFailure::Stale) => {
+                    act.reload(ctx);
+                    Err(CartFailure::Stale)
+                }
+                Err(e) => Err(e),
+            },
+        )))
+    }
+}
+
+/// Internal: release every line whose reservation has lapsed.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct ExpireDue;
+
+impl Handler<ExpireDue> for CartActor {
+    type Result = AtomicResponse<Self, ()>;
+
+    fn handle(&mut self, _: ExpireDue, _: &mut Self::Context) -> Self::Result {
+        self.expiry = None;
+        let Some(cart) = self.cart.as_ref() else {
+            return AtomicResponse::new(Box::pin(fut::ready(())));
+        };
+        let now = now_ms();
+        let due: Vec<(String, i64, Money)> = cart
+            .expired(now)
+            .into_iter()
+            .filter_map(|sku| {
+                cart.lines
+                    .get(&sku)
+                    .map(|l| (sku, l.quantity, l.unit_price))
+            })
+            .collect();
+        let (cart_id, mut version) = (cart.id, cart.version);
+        let deps = Arc::clone(&self.deps);
+        let work = async move {
+            let mut released = Vec::new();
+            for (sku, quantity, price) in due {
+                let op = WriteOp::SetLine(SetLine {
+                    cart_id,
+                    version,
+                    sku: sku.clone(),
+                    quantity: 0,
+                    prev_quantity: quantity,
+                    expires_at_ms: now,
+                    unit_price_minor: price.minor,
+                    currency: price.currency,
+                });
+                match deps.journal.write(op).await {
+                    Ok(_) => {
+                        deps.shards.for_sku(&sku).put(&sku, quantity);
+                        version += 1;
+                        released.push((sku, quantity, price));
+                    }
+                    Err(e) => return (released, Some(CartFailure::from(e))),
+                }
+            }
+            (released, None)
+        };
+        AtomicResponse::new(Box::pin(work.into_actor(self).map(
+            |(released, failure), act, ctx| {
+                if let Some(cart) = act.cart.as_mut() {
+                    for (sku, quantity, price) in released {
+                        cart.apply_set(&sku, 0, price, 0);
+                        metrics::counter!("reservations_expired_total")
+                            .increment(quantity.unsigned_abs());
+                    }
+                }
+                match failure {
+                    Some(CartFailure::Stale) => act.reload(ctx),
+                    Some(err) => {
+                        tracing::warn!(%err, "expiry not committed; retrying in a second");
+                        act.expiry = Some(ctx.notify_later(ExpireDue, Duration::from_secs(1)));
+                    }
+                    None => act.schedule_expiry(ctx),
+                }
+            },
+        )))
+    }
+}
+
+/// Turns the cart into an order, once per idempotency key.
+#[derive(Message)]
+#[rtype(result = "Result<(OrderSummary, bool), CartFailure>")]
+pub struct Checkout {
+    /// The client's Idempotency-Key.
+    pub key: String,
+    /// A validated email address.
+    pub email: String,
+}
+
+impl Handler<Checkout> for CartActor {
+    type Result = AtomicResponse<Self, Result<(OrderSummary, bool), CartFailure>>;
+
+    fn handle(&mut self, msg: Checkout, _: &mut Self::Context) -> Self::Result {
+        self.last_used = Instant::now();
+        if let Some(order) = self.orders.get(&msg.key) {
+            return AtomicResponse::new(Box::pin(fut::ready(Ok((order.clone(), true)))));
+        }
+        let planned = self.cart().map(|cart| {
+            let total = cart.check_checkout(now_ms(), &self.deps.limits);
+            (cart.clone(), total)
+        });
+        let (cart, total) = match planned {
+            Ok(p) => p,
+            Err(e) => return AtomicResponse::new(Box::pin(fut::ready(Err(e)))),
+        };
+        let deps = Arc::clone(&self.deps);
+        let session = self.session_id.clone();
+        let key = msg.key.clone();
+        let work = async move {
+            // A key already used (perhaps on another node before a failover) replays.
+            match deps.store.order_for_key(session.clone(), key.clone()).await {
+                Ok(Some(order)) => return Ok((order, true)),
+                Ok(None) => {}
+                Err(e) => return Err(CartFailure::Unavailable(e.to_string())),
+            }
+            let total = total?;
+            let lines: Vec<OrderLine> = cart
+                .lines
+                .values()
+                .map(|l| OrderLine {
+                    sku: l.sku.clone(),
+                    quantity: l.quantity,
+                    unit_price_minor: l.unit_price.minor,
+                })
+                .collect();
+            let order = PlaceOrder {
+                order_id: Uuid::new_v4(),
+                cart_id: cart.id,
+                version: cart.version,
+                session_id: session,
+                email: msg.email,
+                idempotency_key: key,
+                lines,
+                total_minor: total.minor,
+                currency: total.currency,
+            };
+            let summary = OrderSummary {
+                id: order.order_id,
+                status: "placed".into(),
+                email: order.email.clone(),
+                lines: order.lines.clone(),
+                total_minor: order.total_minor,
+                currency: order.currency.to_string(),
+                created_at_ms: now_ms(),
+            };
+            deps.journal.write(WriteOp::PlaceOrder(order)).await?;
+            metrics::counter!("orders_placed_total").increment(1);
+            Ok((summary, false))
+        };
+        AtomicResponse::new(Box::pin(work.into_actor(self).map(
+            move |result, act, ctx| {
+                match &result {
+                    Ok((order, replayed)) => {
+                        if !replayed {
+                            if let Some(cart) = act.cart.as_mut() {
+                                cart.clear();
+                            }
+                            act.schedule_expiry(ctx);
+                        }
+                        act.orders.insert(msg.key, order.clone());
+                    }
+                    Err(CartFailure::Stale) => act.reload(ctx),
+                    Err(_) => {}
+                }
+                result
+            },
+        )))
+    }
+}
+
+/// The live carts of this node, by session.
+#[derive(Clone)]
+pub struct CartRegistry {
+    live: Arc<Mutex<HashMap<String, Addr<CartActor>>>>,
+    deps: Arc<CartDeps>,
+}
+
+impl CartRegistry {
+    /// An empty registry.
+    pub fn new(deps: CartDeps) -> Self {
+        Self {
+            live: Arc::new(Mutex::new(HashMap::new())),
+            deps: Arc::new(deps),
+        }
+    }
+
+    /// The session's actor, started (and its cart loaded) on first use.
+    pub fn get(&self, session_id: &str) -> Addr<CartActor> {
+        let mut live = self
+            .live
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(addr) = live.get(session_id).filter(|a| a.connected()) {
+            return addr.clone();
+        }
+        let actor = CartActor {
+            session_id: session_id.to_owned(),
+            cart: None,
+            deps: Arc::clone(&self.deps),
+            registry: self.clone(),
+            last_used: Instant::now(),
+            orders: HashMap::new(),
+            expiry: None,
+        };
+        let addr = actor.start();
+        live.insert(session_id.to_owned(), addr.clone());
+        addr
+    }
+
+    /// Drops a stopped actor, unless a newer one already took its place.
+    fn forget(&self, session_id: &str, addr: &Addr<CartActor>) {
+        let mut live = self
+            .live
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if live.get(session_id).is_some_and(|a| a == addr) {
+            live.remove(session_id);
+        }
+    }
+
+    /// Number of live carts.
+    pub fn len(&self) -> usize {
+        self.live.lock().map_or(0, |m| m.len())
+    }
+
+    /// Whether no cart is live.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The shared dependencies.
+    pub fn deps(&self) -> &CartDeps {
+        &self.deps
+    }
+}

@@ -1,0 +1,409 @@
+//! Cart, checkout and order endpoints. Each request goes to the session's `CartActor`,
+//! which answers only after its change is committed in PostgreSQL.
+
+use std::collections::BTreeMap;
+
+use actix::{Addr, MailboxError};
+use actix_web::{delete, get, post, put, web, HttpRequest, HttpResponse};
+use serde::{Deserialize, Serialize};
+use surge_actors::{
+    cart::CartError,
+    cart_actor::{CartActor, CartFailure, CartView, Checkout, GetCart, SetQuantity},
+    money::{Currency, Money},
+    ports::OrderSummary,
+};
+use utoipa::ToSchema;
+
+use crate::{
+    catalog::is_valid_sku,
+    error::{ApiError, ErrorBody},
+    session::Session,
+    state::AppState,
+    store::carts,
+};
+
+/// A cart line with its product, as the API shows it.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct CartLineBody {
+    /// The SKU.
+    pub sku: String,
+    /// The product's slug.
+    pub product_slug: String,
+    /// The product's name.
+    pub product_name: String,
+    /// Size, colour and the like.
+    pub attributes: BTreeMap<String, String>,
+    /// Units reserved.
+    pub quantity: i64,
+    /// Price of one unit.
+    pub unit_price_minor: i64,
+    /// `quantity * unit_price_minor`.
+    pub line_total_minor: i64,
+    /// Currency.
+    pub currency: String,
+    /// When the reservation lapses, Unix milliseconds.
+    pub expires_at_ms: i64,
+}
+
+/// The cart.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct CartBody {
+    /// Lines by SKU.
+    pub lines: Vec<CartLineBody>,
+    /// Sum of the lines.
+    pub total_minor: i64,
+    /// Currency of the total; null when empty.
+    pub currency: Option<String>,
+    /// Rises with every committed change.
+    pub version: i64,
+}
+
+fn cart_body(state: &AppState, view: CartView) -> CartBody {
+    let catalog = state.catalog.snapshot();
+    CartBody {
+        lines: view
+            .lines
+            .into_iter()
+            .map(|l| {
+                let (slug, name, attributes) = catalog
+                    .variant(&l.sku)
+                    .map(|(p, v)| (p.slug.clone(), p.name.clone(), v.attributes.clone()))
+                    .unwrap_or_default();
+                CartLineBody {
+                    sku: l.sku,
+                    product_slug: slug,
+                    product_name: name,
+                    attributes,
+                    quantity: l.quantity,
+                    unit_price_minor: l.unit_price_minor,
+                    line_total_minor: l.line_total_minor,
+                    currency: l.currency,
+                    expires_at_ms: l.expires_at_ms,
+                }
+            })
+            .collect(),
+        total_minor: view.total_minor,
+        currency: view.currency,
+        version: view.version,
+    }
+}
+
+fn failure(f: CartFailure) -> ApiError {
+    match f {
+        CartFailure::Invalid(CartError::QuantityOutOfRange { max }) => ApiError::bad_request(
+            "invalid_quantity",
+            format!("quantity must be an integer from 1 to {max}"),
+        ),
+        CartFailure::Invalid(CartError::TooManyLines { max }) => ApiError::Conflict {
+            code: "cart_full",
+            message: format!("a cart holds at most {max} lines"),
+        },
+        CartFailure::Invalid(CartError::Empty) => ApiError::Conflict {
+            code: "cart_empty",
+            message: "the cart is empty".into(),
+        },
+        CartFailure::Invalid(CartError::Expired(lines)) => ApiError::ReservationExpired { lines },
+        CartFailure::Invalid(CartError::Money(e)) => ApiError::Conflict {
+            code: "invalid_total",
+            message: e.to_string(),
+        },
+        CartFailure::InsufficientStock { available } => ApiError::InsufficientStock { available },
+        CartFailure::Busy => ApiError::Busy {
+            retry_after_secs: 1,
+        },
+        CartFailure::Stale | CartFailure::Unavailable(_) => {
+            tracing::warn!(error = %f, "cart operation not committed");
+            ApiError::Unavailable
+        }
+    }
+}
+
+/// Sends to the session's cart actor; retries once on a fresh actor when the cart
+/// changed elsewhere or the actor had just stopped.
+async fn ask<M, R>(state: &AppState, session: &Session, make: impl Fn() -> M) -> Result<R, ApiError>
+where
+    M: actix::Message<Result = Result<R, CartFailure>> + Send + 'static,
+    R: Send + 'static,
+    CartActor: actix::Handler<M>,
+{
+    for attempt in 0..2 {
+        let addr: Addr<CartActor> = state.carts.get(&session.id);
+        match addr.send(make()).await {
+            Ok(Ok(r)) => return Ok(r),
+            Ok(Err(CartFailure::Stale)) | Err(MailboxError::Closed) if attempt == 0 => continue,
+            Ok(Err(f)) => return Err(failure(f)),
+            Err(e) => {
+                tracing::warn!(error = %e, "cart actor unavailable");
+                return Err(ApiError::Unavailable);
+            }
+        }
+    }
+    Err(ApiError::Unavailable)
+}
+
+/// The caller's cart.
+#[utoipa::path(tag = "cart", responses((status = 200, description = "The cart", body = CartBody), (status = 400, description = "Invalid session cookie", body = ErrorBody)))]
+#[get("/api/cart")]
+pub async fn get_cart(
+    state: web::Data<AppState>,
+    session: Session,
+) -> Result<HttpResponse, ApiError> {
+    let view = ask(&state, &session, || GetCart).await?;
+    Ok(HttpResponse::Ok().json(cart_body(&state, view)))
+}
+
+/// New quantity of a cart line.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QuantityBody {
+    /// 1 to the configured maximum (default 10).
+    pub quantity: i64,
+}
+
+fn priced_sku(state: &AppState, sku: &str) -> Result<Money, ApiError> {
+    let catalog = state.catalog.snapshot();
+    let (_, variant) = catalog
+        .variant(sku)
+        .filter(|_| is_valid_sku(sku))
+        .ok_or_else(|| ApiError::NotFound(format!("no sku {sku:?}")))?;
+    let currency = Currency::parse(&variant.currency).map_err(|e| ApiError::Internal(e.into()))?;
+    Ok(Money::new(variant.price_minor, currency))
+}
+
+/// Sets a line's quantity, reserving or releasing the difference.
+#[utoipa::path(
+    tag = "cart",
+    request_body = QuantityBody,
+    params(("sku" = String, Path, description = "The SKU")),
+    responses(
+        (status = 200, description = "The cart after the change (committed)", body = CartBody),
+        (status = 400, description = "Bad quantity, JSON or session", body = ErrorBody),
+        (status = 404, description = "Unknown SKU", body = ErrorBody),
+        (status = 409, description = "insufficient_stock, with `available`", body = ErrorBody),
+        (status = 429, description = "Shedding load; see Retry-After", body = ErrorBody),
+        (status = 503, description = "Nothing committed; retry", body = ErrorBody),
+    )
+)]
+#[put("/api/cart/items/{sku}")]
+pub async fn put_item(
+    state: web::Data<AppState>,
+    session: Session,
+    sku: web::Path<String>,
+    body: web::Json<QuantityBody>,
+) -> Result<HttpResponse, ApiError> {
+    let price = priced_sku(&state, &sku)?;
+    let max = state.limits.max_line_quantity;
+    if !(1..=max).contains(&body.quantity) {
+        return Err(ApiError::bad_request(
+            "invalid_quantity",
+            format!("quantity must be an integer from 1 to {max}"),
+        ));
+    }
+    let view = ask(&state, &session, || SetQuantity {
+        sku: sku.clone(),
+        quantity: body.quantity,
+        unit_price: price,
+    })
+    .await?;
+    Ok(HttpResponse::Ok().json(cart_body(&state, view)))
+}
+
+/// Removes a line and releases its stock.
+#[utoipa::path(
+    tag = "cart",
+    params(("sku" = String, Path, description = "The SKU")),
+    responses((status = 200, description = "The cart after the change", body = CartBody), (status = 404, description = "Unknown SKU", body = ErrorBody))
+)]
+#[delete("/api/cart/items/{sku}")]
+pub async fn delete_item(
+    state: web::Data<AppState>,
+    session: Session,
+    sku: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let price = priced_sku(&state, &sku)?;
+    let view = ask(&state, &session, || SetQuantity {
+        sku: sku.clone(),
+        quantity: 0,
+        unit_price: price,
+    })
+    .await?;
+    Ok(HttpResponse::Ok().json(cart_body(&state, view)))
+}
+
+/// Checkout request.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CheckoutBody {
+    /// Where the confirmation goes.
+    pub email: String,
+}
+
+/// An order.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct OrderBody {
+    /// Order id.
+    pub id: uuid::Uuid,
+    /// `placed`, `paid`, `shipped`, `delivered` or `cancelled`.
+    pub status: String,
+    /// Contact address.
+    pub email: String,
+    /// Lines.
+    pub lines: Vec<OrderLineBody>,
+    /// Sum of the lines.
+    pub total_minor: i64,
+    /// Currency.
+    pub currency: String,
+    /// Creation time, Unix milliseconds.
+    pub created_at_ms: i64,
+}
+
+/// One line of an order.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct OrderLineBody {
+    /// The SKU.
+    pub sku: String,
+    /// Units.
+    pub quantity: i64,
+    /// Price of one unit.
+    pub unit_price_minor: i64,
+}
+
+impl From<OrderSummary> for OrderBody {
+    fn from(o: OrderSummary) -> Self {
+        Self {
+            id: o.id,
+            status: o.status,
+            email: o.email,
+            lines: o
+                .lines
+                .into_iter()
+                .map(|l| OrderLineBody {
+                    sku: l.sku,
+                    quantity: l.quantity,
+                    unit_price_minor: l.unit_price_minor,
+                })
+                .collect(),
+            total_minor: o.total_minor,
+            currency: o.currency,
+            created_at_ms: o.created_at_ms,
+        }
+    }
+}
+
+/// A plausible address: one `@`, a dotted domain, no spaces, at most 254 characters.
+pub fn is_valid_email(email: &str) -> bool {
+    let Some((local, domain)) = email.split_once('@') else {
+        return false;
+    };
+    email.len() <= 254
+        && !local.is_empty()
+        && local.len() <= 64
+        && domain.contains('.')
+        && !domain.starts_with('.')
+        && !domain.ends_with('.')
+        && !domain.contains('@')
+        && email
+            .chars()
+            .all(|c| c.is_ascii_graphic() || (!c.is_ascii() && !c.is_control()))
+}
+
+fn idempotency_key(req: &HttpRequest) -> Result<String, ApiError> {
+    let key = req
+        .headers()
+        .get("idempotency-key")
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "missing_idempotency_key",
+                "the Idempotency-Key header is required",
+            )
+        })?
+        .to_str()
+        .ok()
+        .map(str::trim)
+        .filter(|k| (1..=255).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic()))
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_idempotency_key",
+                "Idempotency-Key must be 1-255 visible ASCII characters",
+            )
+        })?;
+    Ok(key.to_owned())
+}
+
+/// Turns the cart's reservations into an order, atomically and once per key.
+#[utoipa::path(
+    tag = "cart",
+    request_body = CheckoutBody,
+    params(("Idempotency-Key" = String, Header, description = "Client-chosen key; a repeat returns the same order")),
+    responses(
+        (status = 201, description = "The order (committed); a replay carries `Idempotent-Replayed: true`", body = OrderBody),
+        (status = 400, description = "Missing key, bad email, bad JSON or session", body = ErrorBody),
+        (status = 409, description = "reservation_expired (with `lines`) or cart_empty", body = ErrorBody),
+        (status = 429, description = "Shedding load; see Retry-After", body = ErrorBody),
+        (status = 503, description = "Nothing committed; retry with the same key", body = ErrorBody),
+    )
+)]
+#[post("/api/checkout")]
+pub async fn checkout(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    session: Session,
+    body: web::Json<CheckoutBody>,
+) -> Result<HttpResponse, ApiError> {
+    let key = idempotency_key(&req)?;
+    let email = body.email.trim().to_owned();
+    if !is_valid_email(&email) {
+        return Err(ApiError::bad_request(
+            "invalid_email",
+            "email is not a valid address",
+        ));
+    }
+    let (order, replayed) = ask(&state, &session, || Checkout {
+        key: key.clone(),
+        email: email.clone(),
+    })
+    .await?;
+    let mut resp = HttpResponse::Created();
+    if replayed {
+        resp.insert_header(("Idempotent-Replayed", "true"));
+    }
+    Ok(resp.json(OrderBody::from(order)))
+}
+
+/// An order; 404 for every session but the one that placed it.
+#[utoipa::path(
+    tag = "cart",
+    params(("id" = String, Path, description = "Order id")),
+    responses((status = 200, description = "The order", body = OrderBody), (status = 404, description = "No such order for this session", body = ErrorBody))
+)]
+#[get("/api/orders/{id}")]
+pub async fn get_order(
+    state: web::Data<AppState>,
+    session: Session,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let not_found = || ApiError::NotFound("no such order".into());
+    let id = uuid::Uuid::parse_str(&id).map_err(|_| not_found())?;
+    let client = state.db.primary.get().await.map_err(anyhow::Error::from)?;
+    let order = carts::order(&**client, id, &session.id)
+        .await?
+        .ok_or_else(not_found)?;
+    Ok(HttpResponse::Ok().json(OrderBody::from(order)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_valid_email;
+
+    #[test]
+    fn email_rules() {
+        for good in ["a@b.co", "first.last+tag@shop.example.com"] {
+            assert!(is_valid_email(good), "{good}");
+        }
+        for bad in [
+            "", "a", "a@b", "@b.co", "a@.co", "a@b.", "a b@c.de", "a@b@c.de", "a@b.co\n",
+        ] {
+            assert!(!is_valid_email(bad), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,383 @@
+//! Planning one Journal batch, without IO: given the rows the batch locked, decide
+//! which writes are valid and what they change. The Journal then writes the plan with
+//! set-based SQL, so a batch of any size costs a fixed number of statements.
+
+use std::collections::{BTreeMap, HashMap};
+
+use surge_actors::{
+    ports::{JournalError, PlaceOrder, WriteOp, WriteOutcome},
+    stock::Delta,
+};
+use uuid::Uuid;
+
+/// Rows a batch read under lock before planning.
+#[derive(Debug, Default, Clone)]
+pub struct Locked {
+    /// `inventory.available` per SKU (missing: unknown SKU).
+    pub available: HashMap<String, i64>,
+    /// This node's `stock_leases.quantity` per SKU.
+    pub lease: HashMap<String, i64>,
+    /// `carts.version` per cart.
+    pub carts: HashMap<Uuid, i64>,
+    /// `reservations.quantity` per (cart, SKU).
+    pub reservations: HashMap<(Uuid, String), i64>,
+}
+
+/// A reservation row to write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReservationRow {
+    /// Units.
+    pub quantity: i64,
+    /// Expiry, Unix milliseconds.
+    pub expires_at_ms: i64,
+    /// Unit price.
+    pub unit_price_minor: i64,
+    /// Currency.
+    pub currency: String,
+}
+
+/// What a batch writes, and the answer for each op.
+#[derive(Debug, Default)]
+pub struct Plan {
+    /// One result per op, in order.
+    pub results: Vec<Result<WriteOutcome, JournalError>>,
+    /// Net movement per SKU.
+    pub inventory: BTreeMap<String, Delta>,
+    /// Net change of this node's lease row per SKU.
+    pub lease: BTreeMap<String, i64>,
+    /// SKUs for which this node already had a lease row when the batch began.
+    pub lease_rows: std::collections::HashSet<String>,
+    /// Final reservation state per (cart, SKU): `None` deletes the row.
+    pub reservations: BTreeMap<(Uuid, String), Option<ReservationRow>>,
+    /// New version per cart.
+    pub cart_versions: BTreeMap<Uuid, i64>,
+    /// Indices of the `PlaceOrder` ops that go through.
+    pub orders: Vec<usize>,
+}
+
+/// Every SKU a batch touches, sorted (the order rows are locked in, to avoid deadlocks).
+pub fn skus(ops: &[WriteOp]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for op in ops {
+        match op {
+            WriteOp::Grant { sku, .. } | WriteOp::ReturnLease { sku, .. } => out.push(sku.clone()),
+            WriteOp::SetLine(l) => out.push(l.sku.clone()),
+            WriteOp::PlaceOrder(o) => out.extend(o.lines.iter().map(|l| l.sku.clone())),
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Every cart a batch touches, sorted.
+pub fn carts(ops: &[WriteOp]) -> Vec<Uuid> {
+    let mut out: Vec<Uuid> = ops
+        .iter()
+        .filter_map(|op| match op {
+            WriteOp::SetLine(l) => Some(l.cart_id),
+            WriteOp::PlaceOrder(o) => Some(o.cart_id),
+            _ => None,
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+fn rejected(msg: impl Into<String>) -> Result<WriteOutcome, JournalError> {
+    Err(JournalError::Rejected(msg.into()))
+}
+
+/// Plans `ops` in order against `locked`; each op sees the effect of the ones before it.
+pub fn plan(ops: &[WriteOp], mut locked: Locked) -> Plan {
+    let mut p = Plan {
+        lease_rows: locked.lease.keys().cloned().collect(),
+        ..Plan::default()
+    };
+    for (i, op) in ops.iter().enumerate() {
+        let result = match op {
+            WriteOp::Grant { sku, want } => grant(&mut p, &mut locked, sku, *want),
+            WriteOp::ReturnLease { sku, quantity } => {
+                return_lease(&mut p, &mut locked, sku, *quantity)
+            }
+            WriteOp::SetLine(l) => {
+                if !locked.available.contains_key(&l.sku) {
+                    rejected(format!("unknown sku {}", l.sku))
+                } else if locked.carts.get(&l.cart_id) != Some(&l.version) {
+                    Err(JournalError::Stale)
+                } else {
+                    let key = (l.cart_id, l.sku.clone());
+                    let current = locked.reservations.get(&key).copied().unwrap_or(0);
+                    let d = l.quantity - l.prev_quantity;
+                    let lease = locked.lease.get(&l.sku).copied().unwrap_or(0);
+                    if current != l.prev_quantity {
+                        Err(JournalError::Stale)
+                    } else if l.quantity < 0 || d > lease {
+                        rejected(format!("lease of {} cannot cover {d} units", l.sku))
+                    } else {
+                        move_units(
+                            &mut p,
+                            &mut locked,
+                            &l.sku,
+                            if d >= 0 {
+                                Delta::reserve(d)
+                            } else {
+                                Delta::unreserve(-d)
+                            },
+                            -d,
+                        );
+                        let row = (l.quantity > 0).then(|| ReservationRow {
+                            quantity: l.quantity,
+                            expires_at_ms: l.expires_at_ms,
+                            unit_price_minor: l.unit_price_minor,
+                            currency: l.currency.to_string(),
+                        });
+                        if l.quantity > 0 {
+                            locked.reservations.insert(key.clone(), l.quantity);
+                        } else {
+                            locked.reservations.remove(&key);
+                        }
+                        p.reservations.insert(key, row);
+                        bump(&mut p, &mut locked, l.cart_id);
+                        Ok(WriteOutcome::Done)
+                    }
+                }
+            }
+            WriteOp::PlaceOrder(o) => place_order(&mut p, &mut locked, o).map(|()| {
+                p.orders.push(i);
+                WriteOutcome::Done
+            }),
+        };
+        p.results.push(result);
+    }
+    p
+}
+
+fn move_units(p: &mut Plan, locked: &mut Locked, sku: &str, d: Delta, lease_change: i64) {
+    let entry = p.inventory.entry(sku.to_owned()).or_default();
+    *entry = entry.plus(d);
+    if let Some(a) = locked.available.get_mut(sku) {
+        *a += d.available;
+    }
+    if lease_change != 0 {
+        *p.lease.entry(sku.to_owned()).or_default() += lease_change;
+        *locked.lease.entry(sku.to_owned()).or_default() += lease_change;
+    }
+}
+
+fn bump(p: &mut Plan, locked: &mut Locked, cart: Uuid) {
+    if let Some(v) = locked.carts.get_mut(&cart) {
+        *v += 1;
+        p.cart_versions.insert(cart, *v);
+    }
+}
+
+fn grant(
+    p: &mut Plan,
+    locked: &mut Locked,
+    sku: &str,
+    want: i64,
+) -> Result<WriteOutcome, JournalError> {
+    let Some(&available) = locked.available.get(sku) else {
+        return rejected(format!("unknown sku {sku}"));
+    };
+    if want < 0 {
+        return rejected("negative grant");
+    }
+    let granted = want.min(available);
+    move_units(p, locked, sku, Delta::grant(granted), granted);
+    Ok(WriteOutcome::Granted {
+        granted,
+        remaining: available - granted,
+    })
+}
+
+fn return_lease(
+    p: &mut Plan,
+    locked: &mut Locked,
+    sku: &str,
+    quantity: i64,
+) -> Result<WriteOutcome, JournalError> {
+    let lease = locked.lease.get(sku).copied().unwrap_or(0);
+    if !locked.available.contains_key(sku) {
+        return rejected(format!("unknown sku {sku}"));
+    }
+    if quantity < 0 || quantity > lease {
+        return rejected(format!(
+            "cannot return {quantity} units of {sku}: the lease holds {lease}"
+        ));
+    }
+    move_units(p, locked, sku, Delta::give_back(quantity), -quantity);
+    Ok(WriteOutcome::Done)
+}
+
+fn place_order(p: &mut Plan, locked: &mut Locked, o: &PlaceOrder) -> Result<(), JournalError> {
+    if locked.carts.get(&o.cart_id) != Some(&o.version) {
+        return Err(JournalError::Stale);
+    }
+    // The order must be exactly the cart's reservations, no more and no less.
+    let held: Vec<(&String, i64)> = locked
+        .reservations
+        .iter()
+        .filter(|((c, _), _)| *c == o.cart_id)
+        .map(|((_, s), q)| (s, *q))
+        .collect();
+    if held.len() != o.lines.len()
+        || o.lines
+            .iter()
+            .any(|l| locked.reservations.get(&(o.cart_id, l.sku.clone())) != Some(&l.quantity))
+    {
+        return Err(JournalError::Stale);
+    }
+    for l in &o.lines {
+        move_units(p, locked, &l.sku, Delta::sell(l.quantity), 0);
+        let key = (o.cart_id, l.sku.clone());
+        locked.reservations.remove(&key);
+        p.reservations.insert(key, None);
+    }
+    bump(p, locked, o.cart_id);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use surge_actors::{
+        money::Currency,
+        ports::{OrderLine, SetLine},
+    };
+
+    fn cart() -> Uuid {
+        Uuid::from_u128(7)
+    }
+
+    fn set_line(version: i64, quantity: i64, prev: i64) -> WriteOp {
+        WriteOp::SetLine(SetLine {
+            cart_id: cart(),
+            version,
+            sku: "A".into(),
+            quantity,
+            prev_quantity: prev,
+            expires_at_ms: 1,
+            unit_price_minor: 100,
+            currency: Currency::parse("EUR").expect("valid"),
+        })
+    }
+
+    fn locked(available: i64) -> Locked {
+        let mut l = Locked::default();
+        l.available.insert("A".into(), available);
+        l.carts.insert(cart(), 0);
+        l
+    }
+
+    #[test]
+    fn grants_take_what_is_left_in_order() {
+        let ops = vec![
+            WriteOp::Grant {
+                sku: "A".into(),
+                want: 3,
+            },
+            WriteOp::Grant {
+                sku: "A".into(),
+                want: 3,
+            },
+            WriteOp::Grant {
+                sku: "B".into(),
+                want: 1,
+            },
+        ];
+        let p = plan(&ops, locked(4));
+        assert_eq!(
+            p.results[0],
+            Ok(WriteOutcome::Granted {
+                granted: 3,
+                remaining: 1
+            })
+        );
+        assert_eq!(
+            p.results[1],
+            Ok(WriteOutcome::Granted {
+                granted: 1,
+                remaining: 0
+            })
+        );
+        assert!(matches!(p.results[2], Err(JournalError::Rejected(_))));
+        assert_eq!(p.inventory["A"], Delta::grant(4));
+        assert_eq!(p.lease["A"], 4);
+    }
+
+    #[test]
+    fn lines_move_units_between_lease_and_reservation() {
+        let ops = vec![
+            WriteOp::Grant {
+                sku: "A".into(),
+                want: 5,
+            },
+            set_line(0, 3, 0),
+            set_line(1, 1, 3),
+            set_line(2, 0, 1),
+        ];
+        let p = plan(&ops, locked(10));
+        assert!(p.results.iter().all(Result::is_ok), "{:?}", p.results);
+        assert_eq!(p.inventory["A"], Delta::grant(5));
+        assert_eq!(p.lease["A"], 5);
+        assert_eq!(p.reservations[&(cart(), "A".to_owned())], None);
+        assert_eq!(p.cart_versions[&cart()], 3);
+    }
+
+    #[test]
+    fn stale_versions_and_quantities_are_refused_without_effect() {
+        let mut l = locked(10);
+        l.lease.insert("A".into(), 5);
+        let p = plan(&[set_line(1, 2, 0), set_line(0, 2, 1)], l);
+        assert_eq!(
+            p.results,
+            vec![Err(JournalError::Stale), Err(JournalError::Stale)]
+        );
+        assert!(p.inventory.is_empty() && p.reservations.is_empty() && p.cart_versions.is_empty());
+    }
+
+    #[test]
+    fn a_line_cannot_exceed_the_lease() {
+        let mut l = locked(10);
+        l.lease.insert("A".into(), 1);
+        let p = plan(&[set_line(0, 2, 0)], l);
+        assert!(matches!(p.results[0], Err(JournalError::Rejected(_))));
+    }
+
+    #[test]
+    fn an_order_must_match_the_reservations_exactly() {
+        let order = |qty: i64| {
+            WriteOp::PlaceOrder(PlaceOrder {
+                order_id: Uuid::from_u128(1),
+                cart_id: cart(),
+                version: 0,
+                session_id: "s".into(),
+                email: "a@b.c".into(),
+                idempotency_key: "k".into(),
+                lines: vec![OrderLine {
+                    sku: "A".into(),
+                    quantity: qty,
+                    unit_price_minor: 100,
+                }],
+                total_minor: 100 * qty,
+                currency: Currency::parse("EUR").expect("valid"),
+            })
+        };
+        let mut l = locked(10);
+        l.reservations.insert((cart(), "A".into()), 2);
+        let p = plan(&[order(1)], l.clone());
+        assert_eq!(p.results[0], Err(JournalError::Stale));
+        let p = plan(&[order(2), order(2)], l);
+        assert_eq!(p.results[0], Ok(WriteOutcome::Done));
+        assert_eq!(
+            p.results[1],
+            Err(JournalError::Stale),
+            "a second checkout of the same cart"
+        );
+        assert_eq!(p.inventory["A"], Delta::sell(2));
+        assert_eq!(p.orders, vec![0]);
+    }
+}
