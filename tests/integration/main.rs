@@ -6,5 +6,6 @@ mod catalog;
 mod commerce;
 mod common;
 mod migrations;
+mod nodes;
 mod ops;
 mod storefront;

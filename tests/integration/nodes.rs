@@ -1,0 +1,207 @@
+//! Whole `surge` processes: a node killed with SIGKILL while holding a lease, and the
+//! durability of acknowledged writes across a SIGKILL.
+
+use std::{
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use crate::common::{
+    assert_stock_sound, buckets, make_sku, shared_client, test_commerce, Buyer, Options, TestApp,
+    TestDb,
+};
+
+const SESSION_KEY: &str = "test-session-key-0123456789-0123456789";
+
+/// A `surge serve` child process; killed with SIGKILL when dropped.
+struct Node {
+    child: Child,
+    base: String,
+}
+
+impl Node {
+    async fn start(db_url: &str, node_id: &str, extra: &[(&str, &str)]) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("free port");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_surge"));
+        cmd.arg("serve")
+            .env("DATABASE_URL", db_url)
+            .env("SURGE_BIND", format!("127.0.0.1:{port}"))
+            .env("SURGE_NODE_ID", node_id)
+            .env("SURGE_SESSION_KEY", SESSION_KEY)
+            .env("SURGE_WORKERS", "2")
+            .env("SURGE_SHARDS", "2")
+            .env_remove("SURGE_ADMIN_TOKEN")
+            .env_remove("REDIS_URL")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("start surge");
+        let node = Self {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+        };
+        let http = awc::Client::default();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(resp) = http.get(format!("{}/readyz", node.base)).send().await {
+                if resp.status().as_u16() == 200 {
+                    return node;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {node_id} never became ready"
+            );
+            actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+#[actix_web::test]
+async fn a_killed_nodes_lease_returns_and_sells_elsewhere() {
+    let mut commerce = test_commerce();
+    commerce.reaper_period = Duration::from_secs(1);
+    let b = TestApp::spawn(Options {
+        seed_demo: false,
+        commerce,
+        ..Options::default()
+    })
+    .await;
+    make_sku(&b, "DEAD-1", 20).await;
+    let mut a = Node::start(
+        &b.db.url,
+        "node-a",
+        &[
+            ("SURGE_LEASE_TTL_SECS", "2"),
+            ("SURGE_LEASE_IDLE_SECS", "3600"),
+        ],
+    )
+    .await;
+    let mut buyer = Buyer::new(&a.base, shared_client());
+    assert_eq!(buyer.set("DEAD-1", 1).await.0, 200);
+    let lease: i64 =
+        b.db.client()
+            .await
+            .query_one(
+                "SELECT quantity FROM stock_leases WHERE node_id = 'node-a' AND sku = 'DEAD-1'",
+                &[],
+            )
+            .await
+            .expect("node-a holds a lease")
+            .get(0);
+    assert_eq!(lease, 19, "node-a leased the rest");
+
+    a.kill9();
+    let killed = Instant::now();
+    let bound = Duration::from_secs(2 + 1 + 2); // lease TTL + reaper period + slack
+    loop {
+        let (_, available, leased, reserved, _) = buckets(&b.db, "DEAD-1").await;
+        if leased == 0 {
+            assert_eq!(
+                (available, reserved),
+                (19, 1),
+                "the lease went back; the reservation stays"
+            );
+            break;
+        }
+        assert!(
+            killed.elapsed() < bound,
+            "lease not reaped within {bound:?}"
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "lease of the killed node reaped after {:?}",
+        killed.elapsed()
+    );
+
+    // Node B sells the returned units (its refusal cache rechecks PostgreSQL).
+    let mut other = Buyer::new(&b.base, shared_client());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (status, body) = other.set("DEAD-1", 10).await;
+        if status == 200 {
+            break;
+        }
+        assert!(
+            status == 409 && Instant::now() < deadline,
+            "{status} {body}"
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut third = Buyer::new(&b.base, shared_client());
+    assert_eq!(third.set("DEAD-1", 9).await.0, 200);
+    let (status, _) = Buyer::new(&b.base, shared_client()).set("DEAD-1", 1).await;
+    assert_eq!(status, 409, "all 20 are now taken");
+    assert_stock_sound(&b.db).await;
+    b.stop().await;
+}
+
+#[actix_web::test]
+async fn acknowledged_writes_survive_sigkill() {
+    let db = TestDb::create().await;
+    // Schema and one SKU, before any node loads its catalog.
+    let seeder = TestApp::spawn(Options {
+        seed_demo: false,
+        database_url: Some(db.url.clone()),
+        ..Options::default()
+    })
+    .await;
+    make_sku(&seeder, "DUR-1", 10).await;
+    seeder.stop().await;
+
+    let mut first = Node::start(&db.url, "node-1", &[]).await;
+    let mut buyer = Buyer::new(&first.base, shared_client());
+    let (status, cart) = buyer.set("DUR-1", 2).await;
+    assert_eq!(status, 200, "{cart}");
+    first.kill9();
+    let client = db.client().await;
+    let reserved: i64 = client
+        .query_one("SELECT quantity FROM reservations WHERE sku = 'DUR-1'", &[])
+        .await
+        .expect("the acknowledged reservation is in PostgreSQL")
+        .get(0);
+    assert_eq!(reserved, 2);
+
+    // The cart resumes on another node, and an order acknowledged there survives too.
+    let mut second = Node::start(&db.url, "node-2", &[]).await;
+    buyer.base = second.base.clone();
+    let (status, cart) = buyer.cart().await;
+    assert_eq!(status, 200);
+    assert_eq!(cart["lines"][0]["quantity"], 2, "the cart resumed: {cart}");
+    let (status, order) = buyer.checkout("durable-key").await;
+    assert_eq!(status, 201, "{order}");
+    second.kill9();
+    let id = uuid::Uuid::parse_str(order["id"].as_str().expect("id")).expect("uuid");
+    let row = client
+        .query_one("SELECT total_minor FROM orders WHERE id = $1", &[&id])
+        .await
+        .expect("the acknowledged order is in PostgreSQL");
+    assert_eq!(row.get::<_, i64>(0), 2000);
+    let lines: i64 = client
+        .query_one(
+            "SELECT sum(quantity)::bigint FROM order_lines WHERE order_id = $1",
+            &[&id],
+        )
+        .await
+        .expect("lines")
+        .get(0);
+    assert_eq!(lines, 2);
+    assert_stock_sound(&db).await;
+}
