@@ -8,12 +8,13 @@ SHELL := /bin/bash
 ENV_FILE := .local/services.env
 CARGO ?= cargo
 
-.PHONY: help services run test lint fmt clean-services
+.PHONY: help services run test lint fmt clean-services bench-journal
 
 help:
 	@echo "make run    build, provision PostgreSQL + Redis, migrate, seed the demo store, serve on http://127.0.0.1:8080"
 	@echo "make test   provision PostgreSQL + Redis and run the whole test suite"
 	@echo "make lint   rustfmt check and clippy with warnings as errors"
+	@echo "make bench-journal   Journal vs one transaction per write, and PUT /api/cart latency (release build)"
 
 services:
 	@bash scripts/services.sh
@@ -43,3 +44,6 @@ fmt:
 
 clean-services:
 	@bash scripts/services.sh stop
+
+bench-journal: services
+	@source $(ENV_FILE) && SURGE_BENCH_PG_URL="$$SURGE_PG_URL" SURGE_LOG=warn $(CARGO) bench --bench journal

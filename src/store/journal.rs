@@ -126,8 +126,10 @@ async fn run(mut rx: mpsc::Receiver<Item>, pool: Pool, node_id: String, cfg: Jou
     tracing::info!("journal stopped");
 }
 
-/// Commits one batch; returns one result per op.
-async fn commit(
+/// Commits one batch in one transaction; returns one result per op. The Journal's
+/// writer calls it with whatever is queued; the benchmark calls it with one op at a time
+/// for the one-transaction-per-write baseline.
+pub async fn commit(
     pool: &Pool,
     node_id: &str,
     cfg: &JournalConfig,

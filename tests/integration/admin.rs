@@ -34,11 +34,7 @@ async fn fingerprint(app: &TestApp) -> (i64, i64, i64) {
 
 #[actix_web::test]
 async fn token_missing_wrong_and_right() {
-    let app = TestApp::spawn(Options {
-        seed_demo: false,
-        ..Options::default()
-    })
-    .await;
+    let app = TestApp::empty().await;
     let before = fingerprint(&app).await;
     let (status, body) = app
         .admin_post("/api/admin/products", None, &product("parka", 5))
@@ -88,11 +84,7 @@ async fn token_missing_wrong_and_right() {
 
 #[actix_web::test]
 async fn upsert_updates_and_retires_variants_and_restock_adds() {
-    let app = TestApp::spawn(Options {
-        seed_demo: false,
-        ..Options::default()
-    })
-    .await;
+    let app = TestApp::empty().await;
     let token = Some(ADMIN_TOKEN);
     assert_eq!(
         app.admin_post("/api/admin/products", token, &product("coat", 3))

@@ -16,11 +16,7 @@ use crate::common::{
 
 #[actix_web::test]
 async fn flash_sale_sells_exactly_the_stock() {
-    let app = TestApp::spawn(Options {
-        seed_demo: false,
-        ..Options::default()
-    })
-    .await;
+    let app = TestApp::empty().await;
     make_sku(&app, "FLASH-1", 100).await;
     let http = shared_client();
     let buyers = (0..1000).map(|i| {
@@ -77,11 +73,7 @@ async fn flash_sale_sells_exactly_the_stock() {
 
 #[actix_web::test]
 async fn concurrent_checkouts_with_one_key_make_one_order() {
-    let app = TestApp::spawn(Options {
-        seed_demo: false,
-        ..Options::default()
-    })
-    .await;
+    let app = TestApp::empty().await;
     make_sku(&app, "IDEM-1", 10).await;
     let mut buyer = Buyer::new(&app.base, shared_client());
     assert_eq!(buyer.set("IDEM-1", 2).await.0, 200);
@@ -133,11 +125,7 @@ async fn concurrent_checkouts_with_one_key_make_one_order() {
 
 #[actix_web::test]
 async fn bad_input_is_4xx_and_changes_nothing() {
-    let app = TestApp::spawn(Options {
-        seed_demo: false,
-        ..Options::default()
-    })
-    .await;
+    let app = TestApp::empty().await;
     make_sku(&app, "BAD-1", 20).await;
     let mut buyer = Buyer::new(&app.base, shared_client());
     assert_eq!(buyer.set("BAD-1", 3).await.0, 200);
@@ -333,18 +321,9 @@ async fn expired_reservations_return_their_units_and_refuse_checkout() {
 
 #[actix_web::test]
 async fn two_nodes_sell_exactly_the_total() {
-    let a = TestApp::spawn(Options {
-        seed_demo: false,
-        ..Options::default()
-    })
-    .await;
+    let a = TestApp::empty().await;
     make_sku(&a, "TWO-1", 150).await;
-    let b = TestApp::spawn(Options {
-        seed_demo: false,
-        database_url: Some(a.db.url.clone()),
-        ..Options::default()
-    })
-    .await;
+    let b = a.join().await;
     let http = shared_client();
     let deadline = Instant::now() + Duration::from_secs(30);
     let buyers = (0..400).map(|i| {
@@ -382,6 +361,95 @@ async fn two_nodes_sell_exactly_the_total() {
         (total, available, leased, reserved, sold),
         (150, 0, 0, 0, 150)
     );
+    assert_stock_sound(&a.db).await;
+    b.stop().await;
+    a.stop().await;
+}
+
+#[actix_web::test]
+async fn a_deep_shard_queue_sheds_with_429() {
+    let mut commerce = test_commerce();
+    commerce.shard_queue = 2;
+    commerce.shards = 1;
+    let app = TestApp::spawn(Options {
+        seed_demo: false,
+        commerce,
+        ..Options::default()
+    })
+    .await;
+    make_sku(&app, "SHED-1", 1000).await;
+    let http = shared_client();
+    let buyers = (0..300).map(|_| {
+        let mut buyer = Buyer::new(&app.base, http.clone());
+        async move { buyer.set("SHED-1", 1).await }
+    });
+    let results = join_all(buyers).await;
+    let ok = results.iter().filter(|(s, _)| *s == 200).count();
+    let shed: Vec<_> = results.iter().filter(|(s, _)| *s == 429).collect();
+    assert_eq!(
+        ok + shed.len(),
+        results.len(),
+        "only 200 or 429: {:?}",
+        results.iter().map(|r| r.0).collect::<Vec<_>>()
+    );
+    assert!(!shed.is_empty(), "a queue deeper than 2 must shed");
+    assert!(ok > 0);
+    assert_eq!(error_code(&shed[0].1), "busy");
+    let (_, _, _, reserved, _) = buckets(&app.db, "SHED-1").await;
+    assert_eq!(
+        reserved,
+        i64::try_from(ok).expect("fits"),
+        "shed requests reserved nothing"
+    );
+    assert_stock_sound(&app.db).await;
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn a_restock_sells_again_on_every_node() {
+    let a = TestApp::empty().await;
+    make_sku(&a, "RE-1", 2).await;
+    let b = a.join().await;
+    let http = shared_client();
+    assert_eq!(
+        Buyer::new(&a.base, http.clone()).set("RE-1", 2).await.0,
+        200
+    );
+    // Both nodes now refuse from memory.
+    let (status, body) = Buyer::new(&b.base, http.clone()).set("RE-1", 1).await;
+    assert_eq!(
+        (status, error_code(&body).as_str()),
+        (409, "insufficient_stock")
+    );
+    let (status, _) = Buyer::new(&a.base, http.clone()).set("RE-1", 1).await;
+    assert_eq!(status, 409);
+
+    let (status, body) = a
+        .admin_post(
+            "/api/admin/inventory/RE-1/restock",
+            Some(crate::common::ADMIN_TOKEN),
+            &serde_json::json!({"quantity": 3}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        Buyer::new(&a.base, http.clone()).set("RE-1", 1).await.0,
+        200,
+        "at once on the restocking node"
+    );
+    let restocked = Instant::now();
+    loop {
+        let (status, _) = Buyer::new(&b.base, http.clone()).set("RE-1", 1).await;
+        if status == 200 {
+            break;
+        }
+        assert!(
+            restocked.elapsed() < Duration::from_secs(2),
+            "node B still refuses after a restock"
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(buckets(&a.db, "RE-1").await.0, 5);
     assert_stock_sound(&a.db).await;
     b.stop().await;
     a.stop().await;

@@ -214,6 +214,25 @@ impl TestApp {
         }
     }
 
+    /// A node on an empty (migrated) database.
+    pub async fn empty() -> Self {
+        Self::spawn(Options {
+            seed_demo: false,
+            ..Options::default()
+        })
+        .await
+    }
+
+    /// A second node on this node's database.
+    pub async fn join(&self) -> Self {
+        Self::spawn(Options {
+            seed_demo: false,
+            database_url: Some(self.db.url.clone()),
+            ..Options::default()
+        })
+        .await
+    }
+
     /// Absolute URL of a path.
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
@@ -393,6 +412,20 @@ pub async fn make_sku(app: &TestApp, sku: &str, stock: i64) {
         .admin_post("/api/admin/products", Some(ADMIN_TOKEN), &body)
         .await;
     assert_eq!(status, 201, "{resp}");
+}
+
+/// A fresh database holding one SKU with `stock` units, for nodes started afterwards.
+pub async fn db_with_sku(sku: &str, stock: i64) -> TestDb {
+    let db = TestDb::create().await;
+    let seeder = TestApp::spawn(Options {
+        seed_demo: false,
+        database_url: Some(db.url.clone()),
+        ..Options::default()
+    })
+    .await;
+    make_sku(&seeder, sku, stock).await;
+    seeder.stop().await;
+    db
 }
 
 /// Asserts the stock invariant for every SKU (what `surge check` runs).

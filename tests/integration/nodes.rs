@@ -7,8 +7,8 @@ use std::{
 };
 
 use crate::common::{
-    assert_stock_sound, buckets, make_sku, shared_client, test_commerce, Buyer, Options, TestApp,
-    TestDb,
+    assert_stock_sound, buckets, db_with_sku, make_sku, shared_client, test_commerce, Buyer,
+    Options, TestApp,
 };
 
 const SESSION_KEY: &str = "test-session-key-0123456789-0123456789";
@@ -155,16 +155,7 @@ async fn a_killed_nodes_lease_returns_and_sells_elsewhere() {
 
 #[actix_web::test]
 async fn acknowledged_writes_survive_sigkill() {
-    let db = TestDb::create().await;
-    // Schema and one SKU, before any node loads its catalog.
-    let seeder = TestApp::spawn(Options {
-        seed_demo: false,
-        database_url: Some(db.url.clone()),
-        ..Options::default()
-    })
-    .await;
-    make_sku(&seeder, "DUR-1", 10).await;
-    seeder.stop().await;
+    let db = db_with_sku("DUR-1", 10).await;
 
     let mut first = Node::start(&db.url, "node-1", &[]).await;
     let mut buyer = Buyer::new(&first.base, shared_client());
@@ -204,4 +195,70 @@ async fn acknowledged_writes_survive_sigkill() {
         .get(0);
     assert_eq!(lines, 2);
     assert_stock_sound(&db).await;
+}
+
+#[actix_web::test]
+async fn racing_reapers_return_each_unit_once() {
+    use surge::store::leases::{reap, Scope};
+    let db = db_with_sku("REAP-1", 100).await;
+    // Ten dead nodes, each holding an expired lease of 7 units.
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "UPDATE inventory SET available = available - 70, leased = leased + 70 WHERE sku = 'REAP-1';
+             INSERT INTO stock_leases (node_id, sku, quantity, expires_at)
+             SELECT 'dead-' || g, 'REAP-1', 7, now() - interval '1 minute' FROM generate_series(1, 10) g;",
+        )
+        .await
+        .expect("dead leases");
+    let scope = Scope::Dead {
+        ttl: Duration::from_secs(1),
+        grace: Duration::from_secs(1),
+    };
+    let reapers = (0..4).map(|_| {
+        let url = db.url.clone();
+        async move {
+            let (mut c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .expect("connect");
+            actix_web::rt::spawn(conn);
+            reap(&mut c, scope).await.expect("reap")
+        }
+    });
+    let passes = futures_util::future::join_all(reapers).await;
+    let returned: i64 = passes.iter().map(|r| r.lease_units).sum();
+    assert_eq!(returned, 70, "every unit returned exactly once: {passes:?}");
+    assert_eq!(buckets(&db, "REAP-1").await, (100, 100, 0, 0, 0));
+    assert_stock_sound(&db).await;
+}
+
+#[actix_web::test]
+async fn surge_check_reports_violations_and_exits_non_zero() {
+    let db = db_with_sku("CHK-1", 10).await;
+    let check = || {
+        Command::new(env!("CARGO_BIN_EXE_surge"))
+            .arg("check")
+            .env("DATABASE_URL", &db.url)
+            .output()
+            .expect("run surge check")
+    };
+    let clean = check();
+    assert!(
+        clean.status.success(),
+        "{}",
+        String::from_utf8_lossy(&clean.stdout)
+    );
+    assert!(String::from_utf8_lossy(&clean.stdout).contains("0 violations"));
+    // A lease row that the inventory counter does not account for.
+    db.client()
+        .await
+        .batch_execute(
+            "INSERT INTO stock_leases (node_id, sku, quantity, expires_at) VALUES ('ghost', 'CHK-1', 3, now())",
+        )
+        .await
+        .expect("ghost lease");
+    let broken = check();
+    let out = String::from_utf8_lossy(&broken.stdout);
+    assert_eq!(broken.status.code(), Some(1), "{out}");
+    assert!(out.contains("VIOLATION CHK-1"), "{out}");
 }

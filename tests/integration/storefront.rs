@@ -2,7 +2,7 @@
 
 use awc::http::header;
 
-use crate::common::{Options, TestApp};
+use crate::common::TestApp;
 
 fn header_of(resp: &awc::ClientResponse<impl Sized>, name: header::HeaderName) -> String {
     resp.headers()
@@ -28,11 +28,7 @@ fn asset_urls(html: &str) -> Vec<String> {
 
 #[actix_web::test]
 async fn pages_revalidate_and_assets_are_immutable() {
-    let app = TestApp::spawn(Options {
-        seed_demo: false,
-        ..Options::default()
-    })
-    .await;
+    let app = TestApp::empty().await;
     for page in ["/", "/products/anything", "/cart"] {
         let mut resp = app.http.get(app.url(page)).send().await.expect("page");
         assert_eq!(resp.status().as_u16(), 200, "{page}");
@@ -99,11 +95,7 @@ async fn pages_revalidate_and_assets_are_immutable() {
 
 #[actix_web::test]
 async fn assets_are_compressed_when_asked() {
-    let app = TestApp::spawn(Options {
-        seed_demo: false,
-        ..Options::default()
-    })
-    .await;
+    let app = TestApp::empty().await;
     let resp = app
         .http
         .get(app.url("/"))

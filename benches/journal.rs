@@ -1,0 +1,310 @@
+//! Committed reservations per second through the Journal (group commit) against one
+//! transaction per write, side by side on the same database, and the latency of
+//! `PUT /api/cart/items/{sku}` at 256 concurrent sessions.
+//!
+//! Run: `make bench-journal` (or `cargo bench --bench journal`), with PostgreSQL at
+//! `SURGE_BENCH_PG_URL` (default `postgres://postgres@127.0.0.1:5432`). The benchmark
+//! works in a database of its own and drops it at the end.
+
+use std::{
+    str::FromStr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use futures_util::{stream, StreamExt};
+use surge::{
+    config::{CommerceConfig, DatabaseConfig, ServeConfig},
+    server,
+    store::{
+        journal::{self, JournalConfig, PgJournal},
+        migrate, Db,
+    },
+};
+use surge_actors::{
+    money::Currency,
+    ports::{Journal, SetLine, WriteOp},
+};
+use tokio_postgres::NoTls;
+use uuid::Uuid;
+
+const SKUS: usize = 10;
+const CONCURRENCY: usize = 256;
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
+    let (client, conn) = tokio_postgres::connect(url, NoTls)
+        .await
+        .with_context(|| format!("connecting to {url}"))?;
+    actix_web::rt::spawn(conn);
+    Ok(client)
+}
+
+fn main() -> anyhow::Result<()> {
+    actix_web::rt::System::new().block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
+    let server_url = std::env::var("SURGE_BENCH_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
+    let writes = env_usize("SURGE_BENCH_WRITES", 20_000);
+    let name = format!("surge_bench_{}", Uuid::new_v4().simple());
+    let admin = connect(&format!("{server_url}/postgres")).await?;
+    admin
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await?;
+    let url = format!("{server_url}/{name}");
+    let result = bench(&url, writes).await;
+    admin
+        .batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)"))
+        .await?;
+    result
+}
+
+fn line(cart_id: Uuid, sku: &str) -> WriteOp {
+    WriteOp::SetLine(SetLine {
+        cart_id,
+        version: 0,
+        sku: sku.to_owned(),
+        quantity: 1,
+        prev_quantity: 0,
+        expires_at_ms: 4_102_444_800_000,
+        unit_price_minor: 1000,
+        currency: Currency::parse("EUR").unwrap_or_else(|_| unreachable!()),
+    })
+}
+
+async fn carts(
+    client: &tokio_postgres::Client,
+    prefix: &str,
+    n: usize,
+) -> anyhow::Result<Vec<Uuid>> {
+    let n = i64::try_from(n)?;
+    let rows = client
+        .query(
+            "INSERT INTO carts (id, session_id, version)
+             SELECT gen_random_uuid(), $1::text || g, 0 FROM generate_series(1, $2::bigint) g RETURNING id",
+            &[&prefix, &n],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+async fn bench(url: &str, writes: usize) -> anyhow::Result<()> {
+    let mut client = connect(url).await?;
+    migrate::run(&mut client).await?;
+    let skus: Vec<String> = (0..SKUS).map(|i| format!("BENCH-{i}")).collect();
+    for sku in &skus {
+        client
+            .execute(
+                "WITH p AS (INSERT INTO products (slug, name) VALUES (lower($1), $1) RETURNING id),
+                      v AS (INSERT INTO variants (sku, product_id, price_minor, currency)
+                            SELECT $1, id, 1000, 'EUR' FROM p RETURNING sku)
+                 INSERT INTO inventory (sku, total, available) SELECT sku, 10000000, 10000000 FROM v",
+                &[sku],
+            )
+            .await?;
+    }
+    let db_cfg = DatabaseConfig {
+        primary: tokio_postgres::Config::from_str(url)?,
+        replica: None,
+        pool_size: 16,
+        read_pool_size: 2,
+    };
+    let db = Db::with_journal(&db_cfg, 2)?;
+    let cfg = JournalConfig::default();
+
+    // Leases for both contenders, so that every measured write is a reservation.
+    for node in ["bench-journal", "bench-single"] {
+        let grants: Vec<WriteOp> = skus
+            .iter()
+            .map(|s| WriteOp::Grant {
+                sku: s.clone(),
+                want: 1_000_000,
+            })
+            .collect();
+        journal::commit(&db.primary, node, &cfg, &grants).await?;
+    }
+
+    // One transaction per write, CONCURRENCY at a time over a 16-connection pool.
+    let single_carts = carts(&client, "single-", writes).await?;
+    let pool = db.primary.clone();
+    let started = Instant::now();
+    let failures = stream::iter(single_carts.iter().enumerate())
+        .map(|(i, cart)| {
+            let (pool, cfg, op) = (pool.clone(), cfg.clone(), line(*cart, &skus[i % SKUS]));
+            async move {
+                journal::commit(&pool, "bench-single", &cfg, &[op])
+                    .await
+                    .map(|r| r[0].is_ok())
+            }
+        })
+        .buffer_unordered(CONCURRENCY)
+        .filter(|r| std::future::ready(!matches!(r, Ok(true))))
+        .count()
+        .await;
+    let single = started.elapsed();
+    anyhow::ensure!(failures == 0, "{failures} single-transaction writes failed");
+
+    // The Journal: the same writes, group-committed.
+    let journal_carts = carts(&client, "journal-", writes).await?;
+    let journal: Arc<dyn Journal> = Arc::new(PgJournal::spawn(
+        db.journal.clone(),
+        "bench-journal".into(),
+        cfg.clone(),
+    ));
+    let started = Instant::now();
+    let failures = stream::iter(journal_carts.iter().enumerate())
+        .map(|(i, cart)| journal.write(line(*cart, &skus[i % SKUS])))
+        .buffer_unordered(CONCURRENCY)
+        .filter(|r| std::future::ready(r.is_err()))
+        .count()
+        .await;
+    let grouped = started.elapsed();
+    anyhow::ensure!(failures == 0, "{failures} journal writes failed");
+
+    let reserved: i64 = client
+        .query_one("SELECT sum(reserved)::bigint FROM inventory", &[])
+        .await?
+        .get(0);
+    anyhow::ensure!(
+        reserved == i64::try_from(2 * writes)?,
+        "reserved {reserved}, expected {}",
+        2 * writes
+    );
+
+    let rate = |d: Duration| writes as f64 / d.as_secs_f64();
+    println!("\ncommitted reservations, {writes} writes, {CONCURRENCY} in flight, {SKUS} SKUs");
+    println!("| writer | seconds | writes/s |");
+    println!("|---|---:|---:|");
+    println!(
+        "| one transaction per write (16 connections) | {:.2} | {:.0} |",
+        single.as_secs_f64(),
+        rate(single)
+    );
+    println!(
+        "| Journal, group commit (1 connection) | {:.2} | {:.0} |",
+        grouped.as_secs_f64(),
+        rate(grouped)
+    );
+    println!("ratio: {:.1}x", rate(grouped) / rate(single));
+
+    http_latency(url).await
+}
+
+async fn http_latency(url: &str) -> anyhow::Result<()> {
+    let sessions = 256;
+    let seconds = env_usize("SURGE_BENCH_SECONDS", 10) as u64;
+    let cfg = ServeConfig {
+        db: DatabaseConfig {
+            primary: tokio_postgres::Config::from_str(url)?,
+            replica: None,
+            pool_size: 16,
+            read_pool_size: 4,
+        },
+        bind: "127.0.0.1:0".parse()?,
+        redis_url: None,
+        node_id: "bench-http".into(),
+        admin_token: None,
+        session_key: None,
+        cookie_secure: false,
+        workers: 2,
+        body_limit: 16 * 1024,
+        drain_delay: Duration::ZERO,
+        shutdown_grace: Duration::from_secs(5),
+        static_dir: None,
+        commerce: CommerceConfig {
+            reservation_ttl: Duration::from_secs(900),
+            max_line_quantity: 10,
+            shards: 2,
+            shard_queue: 100_000,
+            lease_max_chunk: 1000,
+            lease_ttl: Duration::from_secs(15),
+            lease_idle: Duration::from_secs(30),
+            reaper_period: Duration::from_secs(5),
+            cart_idle: Duration::from_secs(300),
+            journal_max_batch: 512,
+            journal_max_wait: Duration::from_millis(2),
+            journal_pool_size: 2,
+        },
+    };
+    let node = server::start(cfg).await?;
+    let base = format!("http://{}", node.addr);
+    let http = awc::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .connector(awc::Connector::new().limit(sessions))
+        .finish();
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let tasks = (0..sessions).map(|s| {
+        let (http, base) = (http.clone(), base.clone());
+        async move {
+            let mut cookie: Option<String> = None;
+            let mut lat = Vec::new();
+            let mut errors = 0usize;
+            let mut i = 0;
+            while Instant::now() < deadline {
+                let sku = format!("BENCH-{}", s % SKUS);
+                let body = format!("{{\"quantity\":{}}}", 1 + i % 2);
+                let mut req = http
+                    .put(format!("{base}/api/cart/items/{sku}"))
+                    .insert_header(("content-type", "application/json"));
+                if let Some(c) = &cookie {
+                    req = req.insert_header(("cookie", c.as_str()));
+                }
+                let t = Instant::now();
+                match req.send_body(body).await {
+                    Ok(mut resp) => {
+                        let _ = resp.body().await;
+                        lat.push(t.elapsed());
+                        if let Some(c) = resp
+                            .headers()
+                            .get("set-cookie")
+                            .and_then(|v| v.to_str().ok())
+                        {
+                            cookie = c.split(';').next().map(str::to_owned);
+                        }
+                        if resp.status().as_u16() != 200 {
+                            errors += 1;
+                        }
+                    }
+                    Err(_) => errors += 1,
+                }
+                i += 1;
+            }
+            (lat, errors)
+        }
+    });
+    let started = Instant::now();
+    let results = futures_util::future::join_all(tasks).await;
+    let elapsed = started.elapsed();
+    let errors: usize = results.iter().map(|r| r.1).sum();
+    let mut lat: Vec<Duration> = results.into_iter().flat_map(|r| r.0).collect();
+    lat.sort();
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    };
+    println!("\nPUT /api/cart/items/{{sku}}, {sessions} sessions, {seconds} s, load generator in the same process");
+    println!("| requests | errors | req/s | p50 ms | p90 ms | p99 ms | max ms |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!(
+        "| {} | {errors} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} |",
+        lat.len(),
+        lat.len() as f64 / elapsed.as_secs_f64(),
+        ms(pct(0.50)),
+        ms(pct(0.90)),
+        ms(pct(0.99)),
+        ms(lat.last().copied().unwrap_or_default())
+    );
+    node.stop_now().await;
+    Ok(())
+}
