@@ -10,6 +10,7 @@ use std::{
 };
 
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine as _};
+use surge_actors::ports::StockLevel;
 use thiserror::Error;
 
 /// One sellable variant of a product.
@@ -217,39 +218,46 @@ impl CatalogStore {
     }
 }
 
-/// Units a shopper can still buy, per SKU, as this node knows them.
+/// Units a shopper can still buy, per SKU, as this node knows them, with the row's
+/// change counter: a value only ever replaces an older one, whichever path it came by
+/// (this node's commits, the bus, or a resync).
 #[derive(Debug, Default)]
 pub struct StockLevels {
-    levels: RwLock<HashMap<String, i64>>,
+    levels: RwLock<HashMap<String, (i64, i64)>>,
 }
 
 impl StockLevels {
     /// Units available for `sku` (0 when unknown).
     pub fn get(&self, sku: &str) -> i64 {
-        let read = |m: &HashMap<String, i64>| m.get(sku).copied().unwrap_or(0);
+        self.get_with_seq(sku).map_or(0, |(a, _)| a)
+    }
+
+    /// Units and change counter of `sku`.
+    pub fn get_with_seq(&self, sku: &str) -> Option<(i64, i64)> {
+        let read = |m: &HashMap<String, (i64, i64)>| m.get(sku).copied();
         match self.levels.read() {
             Ok(guard) => read(&guard),
             Err(poisoned) => read(&poisoned.into_inner()),
         }
     }
 
-    /// Sets the level of one SKU.
-    pub fn set(&self, sku: &str, available: i64) {
-        self.replace_with(|m| {
-            m.insert(sku.to_owned(), available.max(0));
-        });
-    }
-
-    /// Replaces every level at once (after a full load from PostgreSQL).
-    pub fn replace_all(&self, levels: HashMap<String, i64>) {
-        self.replace_with(|m| *m = levels);
-    }
-
-    fn replace_with(&self, f: impl FnOnce(&mut HashMap<String, i64>)) {
+    /// Applies values newer than what is known; returns the ones that changed.
+    pub fn merge(&self, values: impl IntoIterator<Item = StockLevel>) -> Vec<StockLevel> {
+        let mut changed = Vec::new();
+        let apply = |m: &mut HashMap<String, (i64, i64)>| {
+            for v in values {
+                let newer = m.get(&v.sku).is_none_or(|&(_, seq)| v.seq > seq);
+                if newer {
+                    m.insert(v.sku.clone(), (v.available.max(0), v.seq));
+                    changed.push(v);
+                }
+            }
+        };
         match self.levels.write() {
-            Ok(mut guard) => f(&mut guard),
-            Err(poisoned) => f(&mut poisoned.into_inner()),
+            Ok(mut guard) => apply(&mut guard),
+            Err(poisoned) => apply(&mut poisoned.into_inner()),
         }
+        changed
     }
 }
 
@@ -353,6 +361,28 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn stock_levels_keep_the_newest_value() {
+        let levels = StockLevels::default();
+        let lv = |available, seq| StockLevel {
+            sku: "A".into(),
+            available,
+            seq,
+        };
+        assert_eq!(levels.merge([lv(5, 2)]).len(), 1);
+        assert!(
+            levels.merge([lv(9, 1)]).is_empty(),
+            "an older value is dropped"
+        );
+        assert!(
+            levels.merge([lv(9, 2)]).is_empty(),
+            "the same seq changes nothing"
+        );
+        assert_eq!(levels.merge([lv(4, 3)]).len(), 1);
+        assert_eq!(levels.get_with_seq("A"), Some((4, 3)));
+        assert_eq!(levels.get("B"), 0);
     }
 
     #[test]

@@ -191,6 +191,137 @@ pub struct ServeArgs {
     pub static_dir: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub commerce: CommerceArgs,
+    #[command(flatten)]
+    pub live: LiveArgs,
+}
+
+/// WebSocket, hub and bus settings.
+#[derive(Debug, Clone, Args)]
+pub struct LiveArgs {
+    /// Largest WebSocket frame in bytes (larger closes with 1009).
+    #[arg(long, env = "SURGE_WS_MAX_FRAME", value_name = "SURGE_WS_MAX_FRAME", default_value_t = 4096,
+          value_parser = clap::value_parser!(u32).range(128..=1_048_576))]
+    pub ws_max_frame: u32,
+    /// Most SKUs one socket may subscribe to (more closes with 1008).
+    #[arg(long, env = "SURGE_WS_MAX_SUBSCRIPTIONS", value_name = "SURGE_WS_MAX_SUBSCRIPTIONS", default_value_t = 200,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub ws_max_subscriptions: u32,
+    /// Client messages per second per socket (more closes with 1008).
+    #[arg(long, env = "SURGE_WS_RATE", value_name = "SURGE_WS_RATE", default_value_t = 20,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub ws_rate: u32,
+    /// Burst of client messages allowed above the rate.
+    #[arg(long, env = "SURGE_WS_BURST", value_name = "SURGE_WS_BURST", default_value_t = 40,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub ws_burst: u32,
+    /// Comma-separated origins allowed to open sockets (e.g. https://shop.example.com); empty allows any.
+    #[arg(
+        long,
+        env = "SURGE_WS_ALLOWED_ORIGINS",
+        value_name = "SURGE_WS_ALLOWED_ORIGINS",
+        default_value = ""
+    )]
+    pub ws_allowed_origins: String,
+    /// Seconds between server pings.
+    #[arg(long, env = "SURGE_WS_PING_SECS", value_name = "SURGE_WS_PING_SECS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub ws_ping_secs: u64,
+    /// A socket silent this many seconds is closed.
+    #[arg(long, env = "SURGE_WS_TIMEOUT_SECS", value_name = "SURGE_WS_TIMEOUT_SECS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub ws_timeout_secs: u64,
+    /// Milliseconds between stock messages for one SKU on one socket (coalescing).
+    #[arg(long, env = "SURGE_COALESCE_MS", value_name = "SURGE_COALESCE_MS", default_value_t = 100,
+          value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub coalesce_ms: u64,
+    /// Hub shards; defaults to the number of cores.
+    #[arg(long, env = "SURGE_HUB_SHARDS", value_name = "SURGE_HUB_SHARDS",
+          value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub hub_shards: Option<u16>,
+    /// Seconds between full stock resyncs from PostgreSQL (a safety net for lost bus messages).
+    #[arg(long, env = "SURGE_STOCK_RESYNC_SECS", value_name = "SURGE_STOCK_RESYNC_SECS", default_value_t = 5,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub stock_resync_secs: u64,
+    /// Milliseconds before the bus first retries a lost Redis connection (doubling to 5 s).
+    #[arg(long, env = "SURGE_BUS_RECONNECT_MS", value_name = "SURGE_BUS_RECONNECT_MS", default_value_t = 100,
+          value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    pub bus_reconnect_ms: u64,
+    /// Prefix of the Redis channels, so several stores can share one Redis.
+    #[arg(
+        long,
+        env = "SURGE_BUS_PREFIX",
+        value_name = "SURGE_BUS_PREFIX",
+        default_value = "surge"
+    )]
+    pub bus_prefix: String,
+}
+
+/// Validated live settings.
+#[derive(Debug, Clone)]
+pub struct LiveConfig {
+    /// Socket limits.
+    pub limits: crate::ws::protocol::WsLimits,
+    /// Stock coalescing interval.
+    pub coalesce: Duration,
+    /// Hub shards.
+    pub hub_shards: usize,
+    /// Full resync period.
+    pub resync: Duration,
+    /// Redis channel prefix.
+    pub bus_prefix: String,
+    /// First reconnect delay of the bus.
+    pub bus_reconnect: Duration,
+}
+
+impl LiveArgs {
+    /// Checks origins and the prefix.
+    pub fn validate(&self) -> Result<LiveConfig, ConfigError> {
+        let origins: Vec<String> = self
+            .ws_allowed_origins
+            .split(',')
+            .map(|o| o.trim().trim_end_matches('/').to_owned())
+            .filter(|o| !o.is_empty())
+            .collect();
+        if let Some(bad) = origins
+            .iter()
+            .find(|o| !(o.starts_with("http://") || o.starts_with("https://")))
+        {
+            return Err(ConfigError::new(
+                "SURGE_WS_ALLOWED_ORIGINS",
+                format!("{bad:?} is not an http(s) origin"),
+            ));
+        }
+        if self.bus_prefix.is_empty()
+            || !self
+                .bus_prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(ConfigError::new(
+                "SURGE_BUS_PREFIX",
+                "use letters, digits, - and _",
+            ));
+        }
+        Ok(LiveConfig {
+            limits: crate::ws::protocol::WsLimits {
+                max_frame: self.ws_max_frame as usize,
+                max_subscriptions: self.ws_max_subscriptions as usize,
+                rate: self.ws_rate,
+                burst: self.ws_burst.max(1),
+                ping_every: Duration::from_secs(self.ws_ping_secs),
+                timeout: Duration::from_secs(self.ws_timeout_secs),
+                allowed_origins: origins,
+                ..crate::ws::protocol::WsLimits::default()
+            },
+            coalesce: Duration::from_millis(self.coalesce_ms),
+            hub_shards: self.hub_shards.map(usize::from).unwrap_or_else(|| {
+                std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get)
+            }),
+            resync: Duration::from_secs(self.stock_resync_secs),
+            bus_prefix: self.bus_prefix.clone(),
+            bus_reconnect: Duration::from_millis(self.bus_reconnect_ms),
+        })
+    }
 }
 
 /// Stock, cart and Journal settings.
@@ -326,6 +457,8 @@ pub struct ServeConfig {
     pub static_dir: Option<std::path::PathBuf>,
     /// Stock, cart and Journal settings.
     pub commerce: CommerceConfig,
+    /// WebSocket, hub and bus settings.
+    pub live: LiveConfig,
 }
 
 impl ServeArgs {
@@ -399,6 +532,7 @@ impl ServeArgs {
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
             static_dir: self.static_dir.clone(),
             commerce: self.commerce.validate(),
+            live: self.live.validate()?,
         })
     }
 }

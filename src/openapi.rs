@@ -21,6 +21,8 @@ use crate::{error, http};
         http::cart::get_order,
         http::admin::upsert_product,
         http::admin::restock,
+        http::admin::set_order_status,
+        http::admin::create_campaign,
         http::ops::healthz,
         http::ops::readyz,
         http::ops::metrics,

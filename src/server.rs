@@ -23,6 +23,11 @@ use crate::{
     catalog::{CatalogStore, StockLevels},
     config::ServeConfig,
     http,
+    live::{
+        bus::{Bus, BusConfig},
+        hub::Hub,
+        Live, LiveSink,
+    },
     session::{self, SessionSigner},
     state::{AppState, Health},
     store::{
@@ -36,8 +41,6 @@ use crate::{
 
 /// How often order partitions are topped up.
 const PARTITION_PERIOD: Duration = Duration::from_secs(6 * 3600);
-/// How often the stock levels shown in the catalog are refreshed from PostgreSQL.
-const STOCK_REFRESH: Duration = Duration::from_millis(500);
 
 /// A node that is accepting requests.
 pub struct RunningServer {
@@ -73,6 +76,11 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<RunningServer> {
         }
         leases::heartbeat(&client, &cfg.node_id, commerce.lease_ttl).await?;
     }
+    let hub = Hub::start(cfg.live.hub_shards, cfg.live.coalesce);
+    let live = Live::new(
+        hub,
+        u64::try_from(cfg.live.coalesce.as_millis()).unwrap_or(100),
+    );
     let journal = PgJournal::spawn(
         db.journal.clone(),
         cfg.node_id.clone(),
@@ -81,6 +89,10 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<RunningServer> {
             max_wait: commerce.journal_max_wait,
             lease_ttl: commerce.lease_ttl,
             ..JournalConfig::default()
+        },
+        {
+            let live = live.clone();
+            Arc::new(move |levels| live.stock_changed(levels))
         },
     );
     let journal: Arc<dyn Journal> = Arc::new(journal);
@@ -112,6 +124,7 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<RunningServer> {
         shards: shards.clone(),
         limits,
         idle: commerce.cart_idle,
+        events: Arc::new(live.clone()),
     });
     let assets = match &cfg.static_dir {
         Some(dir) => Assets::from_dir(dir).with_context(|| format!("reading {}", dir.display()))?,
@@ -130,7 +143,22 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<RunningServer> {
         carts,
         shards,
         limits,
+        live: live.clone(),
+        ws_limits: cfg.live.limits.clone(),
     }));
+    let bus = Bus::start(
+        BusConfig {
+            redis_url: cfg.redis_url.clone(),
+            prefix: cfg.live.bus_prefix.clone(),
+            node_id: cfg.node_id.clone(),
+            reconnect_min: cfg.live.bus_reconnect,
+            reconnect_max: Duration::from_secs(5).max(cfg.live.bus_reconnect),
+            publish_queue: 10_000,
+        },
+        Arc::new(LiveSink(live.clone())),
+    )
+    .await?;
+    live.attach(state.clone(), bus);
     state.health.set_migrated();
     let products = state.reload_catalog(&state.db.read).await?;
     if cfg.admin_token.is_none() {
@@ -205,31 +233,27 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<RunningServer> {
             let grace = commerce.reaper_period.max(Duration::from_secs(1));
             move |state| async move {
                 let mut client = state.db.primary.get().await?;
-                leases::reap(
-                    &mut client,
-                    Scope::Dead {
-                        ttl: scope_ttl,
-                        grace,
-                    },
-                )
-                .await
-                .map(|_| ())
+                let scope = Scope::Dead {
+                    ttl: scope_ttl,
+                    grace,
+                };
+                let reaped = leases::reap(&mut client, scope).await?;
+                state.live.stock_changed(reaped.levels);
+                Ok(())
+            }
+        }),
+        every(state.clone(), Duration::from_secs(1), "campaigns", {
+            let announced = Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
+            move |state| {
+                let announced = Arc::clone(&announced);
+                async move { state.live.announce_campaigns(&announced).await }
             }
         }),
         every(
             state.clone(),
-            STOCK_REFRESH,
-            "stock levels",
-            |state| async move {
-                let client = state.db.read.get().await?;
-                let rows = client
-                    .query("SELECT sku, available + leased FROM inventory", &[])
-                    .await?;
-                state
-                    .stock
-                    .replace_all(rows.iter().map(|r| (r.get(0), r.get(1))).collect());
-                Ok(())
-            },
+            cfg.live.resync,
+            "stock resync",
+            |state| async move { state.live.resync().await.map(|_| ()) },
         ),
     ];
 
@@ -283,6 +307,9 @@ impl RunningServer {
         self.begin_drain();
         tracing::info!(delay = ?self.drain_delay, "draining: /readyz now answers 503");
         tokio::time::sleep(self.drain_delay).await;
+        // Sockets are long-lived: ask them to reconnect elsewhere (1001) rather than
+        // hold the graceful stop for the whole grace period.
+        self.state.live.hub().close_all();
         tracing::info!("closing the listener; finishing in-flight requests");
         self.handle.stop(true).await;
         if let Err(err) = self.server.await {
@@ -293,6 +320,10 @@ impl RunningServer {
         }
         let returned = self.state.shards.shutdown().await;
         tracing::info!(units = returned, "leases returned");
+        if let Some(bus) = self.state.live.bus() {
+            bus.stop().await;
+        }
+        self.state.live.hub().stop();
         if let Ok(client) = self.state.db.primary.get().await {
             if let Err(err) = leases::leave(&client, &self.state.node_id).await {
                 tracing::warn!(error = format!("{err:#}"), "could not deregister the node");
@@ -309,6 +340,10 @@ impl RunningServer {
             task.abort();
         }
         let _ = self.state.shards.shutdown().await;
+        if let Some(bus) = self.state.live.bus() {
+            bus.stop().await;
+        }
+        self.state.live.hub().stop();
         self.state.db.close();
     }
 }

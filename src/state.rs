@@ -81,6 +81,10 @@ pub struct AppState {
     pub shards: Shards,
     /// Cart rules, for validating input before it reaches an actor.
     pub limits: CartLimits,
+    /// Live updates: hub and bus.
+    pub live: crate::live::Live,
+    /// Socket limits.
+    pub ws_limits: crate::ws::protocol::WsLimits,
 }
 
 impl AppState {
@@ -91,7 +95,7 @@ impl AppState {
         let (catalog, stock) = catalog_repo::load(&**client).await?;
         let n = catalog.len();
         self.catalog.replace(catalog);
-        self.stock.replace_all(stock);
+        self.stock.merge(stock);
         self.health.set_catalog_loaded();
         Ok(n)
     }

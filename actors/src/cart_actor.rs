@@ -17,7 +17,10 @@ use uuid::Uuid;
 use crate::{
     cart::{Cart, CartError, CartLimits},
     money::Money,
-    ports::{Journal, JournalError, OrderLine, OrderSummary, PlaceOrder, SetLine, Store, WriteOp},
+    ports::{
+        CartEvents, Journal, JournalError, OrderLine, OrderSummary, PlaceOrder, SetLine, Store,
+        WriteOp,
+    },
     shard::{Shards, TakeError},
 };
 
@@ -72,6 +75,8 @@ pub struct CartDeps {
     pub limits: CartLimits,
     /// An empty cart's actor stops after this long without a request.
     pub idle: Duration,
+    /// Live updates to the shopper's sockets.
+    pub events: Arc<dyn CartEvents>,
 }
 
 /// A cart line as the API shows it.
@@ -176,6 +181,7 @@ impl Actor for CartActor {
                 .into_actor(self)
                 .map(|result, act, ctx| match result {
                     Ok(cart) => {
+                        act.deps.events.cart_claimed(&act.session_id);
                         act.cart = Some(cart);
                         act.schedule_expiry(ctx);
                     }
@@ -291,7 +297,9 @@ impl Handler<SetQuantity> for CartActor {
                         cart.apply_set(&msg.sku, msg.quantity, price, expires_at_ms);
                     }
                     act.schedule_expiry(ctx);
-                    Ok(CartView::of(act.cart()?))
+                    let view = CartView::of(act.cart()?);
+                    act.deps.events.cart_changed(&act.session_id, &view);
+                    Ok(view)
                 }
                 Err(CartFailure::Stale) => {
                     act.reload(ctx);
@@ -355,10 +363,19 @@ impl Handler<ExpireDue> for CartActor {
         AtomicResponse::new(Box::pin(work.into_actor(self).map(
             |(released, failure), act, ctx| {
                 if let Some(cart) = act.cart.as_mut() {
+                    let any = !released.is_empty();
                     for (sku, quantity, price) in released {
                         cart.apply_set(&sku, 0, price, 0);
                         metrics::counter!("reservations_expired_total")
                             .increment(quantity.unsigned_abs());
+                        act.deps
+                            .events
+                            .reservation_expired(&act.session_id, &sku, quantity);
+                    }
+                    if any {
+                        act.deps
+                            .events
+                            .cart_changed(&act.session_id, &CartView::of(cart));
                     }
                 }
                 match failure {
@@ -451,7 +468,10 @@ impl Handler<Checkout> for CartActor {
                         if !replayed {
                             if let Some(cart) = act.cart.as_mut() {
                                 cart.clear();
+                                let view = CartView::of(cart);
+                                act.deps.events.cart_changed(&act.session_id, &view);
                             }
+                            act.deps.events.order_placed(&act.session_id, order);
                             act.schedule_expiry(ctx);
                         }
                         act.orders.insert(msg.key, order.clone());
@@ -462,6 +482,20 @@ impl Handler<Checkout> for CartActor {
                 result
             },
         )))
+    }
+}
+
+/// Another node took the cart over: stop, so this copy can neither write nor expire.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Evict;
+
+impl Handler<Evict> for CartActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Evict, ctx: &mut Self::Context) {
+        self.cart = None;
+        ctx.stop();
     }
 }
 
@@ -512,6 +546,18 @@ impl CartRegistry {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if live.get(session_id).is_some_and(|a| a == addr) {
             live.remove(session_id);
+        }
+    }
+
+    /// Stops the session's actor on this node, if any (another node took the cart).
+    pub fn evict(&self, session_id: &str) {
+        let addr = self
+            .live
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(session_id);
+        if let Some(addr) = addr {
+            addr.do_send(Evict);
         }
     }
 

@@ -203,6 +203,7 @@ pub async fn upsert_product(
     tx.commit().await.map_err(anyhow::Error::from)?;
     drop(client);
     state.reload_catalog(&state.db.primary).await?;
+    state.live.catalog_changed();
     tracing::info!(slug = %input.slug, ?outcome, "product upserted");
     let catalog = state.catalog.snapshot();
     let view = catalog
@@ -268,7 +269,13 @@ pub async fn restock(
     let restocked = catalog_repo::restock(&**client, &sku, body.quantity)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no sku {:?}", sku.as_str())))?;
-    state.stock.set(&sku, restocked.sellable);
+    state
+        .live
+        .stock_changed(vec![surge_actors::ports::StockLevel {
+            sku: sku.to_string(),
+            available: restocked.sellable,
+            seq: restocked.seq,
+        }]);
     // This node sells again at once; other nodes notice on their next sold-out recheck.
     state
         .shards
@@ -284,4 +291,138 @@ pub async fn restock(
         total: restocked.total,
         available: restocked.sellable,
     }))
+}
+
+/// A new order status.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OrderStatus {
+    /// `placed`, `paid`, `shipped`, `delivered` or `cancelled`.
+    pub status: String,
+}
+
+const ORDER_STATUSES: &[&str] = &["placed", "paid", "shipped", "delivered", "cancelled"];
+
+/// Changes an order's status and tells the shopper's sockets.
+#[utoipa::path(
+    tag = "admin",
+    request_body = OrderStatus,
+    params(("id" = String, Path, description = "Order id")),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The order", body = crate::http::cart::OrderBody),
+        (status = 400, description = "Unknown status", body = ErrorBody),
+        (status = 404, description = "No such order", body = ErrorBody),
+    )
+)]
+#[post("/api/admin/orders/{id}/status")]
+pub async fn set_order_status(
+    _admin: Admin,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+    body: web::Json<OrderStatus>,
+) -> Result<HttpResponse, ApiError> {
+    if !ORDER_STATUSES.contains(&body.status.as_str()) {
+        return Err(ApiError::bad_request(
+            "invalid_status",
+            format!("status must be one of {}", ORDER_STATUSES.join(", ")),
+        ));
+    }
+    let not_found = || ApiError::NotFound("no such order".into());
+    let id = uuid::Uuid::parse_str(&id).map_err(|_| not_found())?;
+    let client = state.db.primary.get().await.map_err(anyhow::Error::from)?;
+    let session: String = client
+        .query_opt(
+            "UPDATE orders SET status = $2 WHERE id = $1 RETURNING session_id",
+            &[&id, &body.status],
+        )
+        .await
+        .map_err(anyhow::Error::from)?
+        .ok_or_else(not_found)?
+        .get(0);
+    let order = crate::store::carts::order(&**client, id, &session)
+        .await?
+        .ok_or_else(not_found)?;
+    let body = crate::http::cart::OrderBody::from(order);
+    state.live.to_session(
+        &session,
+        serde_json::json!({ "type": "order", "order": &body }),
+    );
+    tracing::info!(order = %id, status = %body.status, "order status changed");
+    Ok(HttpResponse::Ok().json(body))
+}
+
+/// A campaign to announce.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CampaignBody {
+    /// Display name, 1 to 200 characters.
+    pub name: String,
+    /// The featured product, if any.
+    #[serde(default)]
+    pub product_slug: Option<String>,
+    /// Start, Unix milliseconds.
+    pub starts_at_ms: i64,
+    /// End, Unix milliseconds (after the start).
+    pub ends_at_ms: i64,
+}
+
+/// Schedules a campaign; every socket gets a `campaign` message when it starts.
+#[utoipa::path(
+    tag = "admin",
+    request_body = CampaignBody,
+    security(("admin_token" = [])),
+    responses(
+        (status = 201, description = "Scheduled"),
+        (status = 400, description = "Invalid campaign", body = ErrorBody),
+        (status = 404, description = "Unknown product, or admin API disabled", body = ErrorBody),
+    )
+)]
+#[post("/api/admin/campaigns")]
+pub async fn create_campaign(
+    _admin: Admin,
+    state: web::Data<AppState>,
+    body: web::Json<CampaignBody>,
+) -> Result<HttpResponse, ApiError> {
+    let name = body.name.trim();
+    if name.is_empty() || name.chars().count() > 200 {
+        return Err(ApiError::bad_request(
+            "invalid_campaign",
+            "name must be 1-200 characters",
+        ));
+    }
+    if body.ends_at_ms <= body.starts_at_ms || body.starts_at_ms < 0 {
+        return Err(ApiError::bad_request(
+            "invalid_campaign",
+            "ends_at_ms must be after starts_at_ms",
+        ));
+    }
+    let client = state.db.primary.get().await.map_err(anyhow::Error::from)?;
+    let product_id: Option<i64> = match &body.product_slug {
+        None => None,
+        Some(slug) => Some(
+            client
+                .query_opt("SELECT id FROM products WHERE slug = $1", &[slug])
+                .await
+                .map_err(anyhow::Error::from)?
+                .ok_or_else(|| ApiError::NotFound(format!("no product {slug:?}")))?
+                .get(0),
+        ),
+    };
+    let id = uuid::Uuid::new_v4();
+    client
+        .execute(
+            "INSERT INTO campaigns (id, name, product_id, starts_at, ends_at)
+             VALUES ($1, $2, $3, to_timestamp($4::bigint / 1000.0), to_timestamp($5::bigint / 1000.0))",
+            &[&id, &name, &product_id, &body.starts_at_ms, &body.ends_at_ms],
+        )
+        .await
+        .map_err(anyhow::Error::from)?;
+    Ok(HttpResponse::Created().json(serde_json::json!({
+        "id": id,
+        "name": name,
+        "product_slug": body.product_slug,
+        "starts_at_ms": body.starts_at_ms,
+        "ends_at_ms": body.ends_at_ms,
+    })))
 }

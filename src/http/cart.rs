@@ -58,7 +58,8 @@ pub struct CartBody {
     pub version: i64,
 }
 
-fn cart_body(state: &AppState, view: CartView) -> CartBody {
+/// The API shape of a cart, with each line's product from the catalog.
+pub fn cart_body(state: &AppState, view: CartView) -> CartBody {
     let catalog = state.catalog.snapshot();
     CartBody {
         lines: view

@@ -1,8 +1,9 @@
 //! Catalog and inventory queries: the full catalog load, the admin upsert and restock.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use anyhow::Context as _;
+use surge_actors::ports::StockLevel;
 use tokio_postgres::{GenericClient, Transaction};
 
 use crate::catalog::{Catalog, Product, Variant};
@@ -56,11 +57,11 @@ pub enum UpsertError {
 }
 
 /// Loads every product with active variants, and every SKU's sellable stock.
-pub async fn load(client: &impl GenericClient) -> anyhow::Result<(Catalog, HashMap<String, i64>)> {
+pub async fn load(client: &impl GenericClient) -> anyhow::Result<(Catalog, Vec<StockLevel>)> {
     let rows = client
         .query(
             "SELECT p.slug, p.name, p.description, v.sku, v.attributes, v.price_minor, v.currency,
-                    COALESCE(i.available + i.leased, 0)
+                    COALESCE(i.available + i.leased, 0), COALESCE(i.stock_seq, 0)
                FROM products p
                JOIN variants v ON v.product_id = p.id AND v.active
                LEFT JOIN inventory i ON i.sku = v.sku
@@ -71,7 +72,7 @@ pub async fn load(client: &impl GenericClient) -> anyhow::Result<(Catalog, HashM
         .context("loading the catalog")?;
     let mut products: Vec<Product> = Vec::new();
     let mut current: Option<(String, String, String, Vec<Variant>)> = None;
-    let mut stock = HashMap::with_capacity(rows.len());
+    let mut stock = Vec::with_capacity(rows.len());
     for row in rows {
         let slug: String = row.get(0);
         if current.as_ref().is_some_and(|c| c.0 != slug) {
@@ -82,7 +83,11 @@ pub async fn load(client: &impl GenericClient) -> anyhow::Result<(Catalog, HashM
         let entry = current.get_or_insert_with(|| (slug, row.get(1), row.get(2), Vec::new()));
         let sku: String = row.get(3);
         let attributes: serde_json::Value = row.get(4);
-        stock.insert(sku.clone(), row.get::<_, i64>(7));
+        stock.push(StockLevel {
+            sku: sku.clone(),
+            available: row.get(7),
+            seq: row.get(8),
+        });
         entry.3.push(Variant {
             sku,
             attributes: attributes_from_json(&attributes),
@@ -196,6 +201,8 @@ pub struct Restocked {
     pub available: i64,
     /// Units a shopper can buy now (available plus unreserved leases).
     pub sellable: i64,
+    /// The row's change counter after the restock.
+    pub seq: i64,
 }
 
 /// Adds `quantity` units to a SKU's total and available; `None` when the SKU is unknown.
@@ -206,9 +213,10 @@ pub async fn restock(
 ) -> anyhow::Result<Option<Restocked>> {
     let row = client
         .query_opt(
-            "UPDATE inventory SET total = total + $2, available = available + $2, updated_at = now()
+            "UPDATE inventory SET total = total + $2, available = available + $2, updated_at = now(),
+                    stock_seq = stock_seq + 1
               WHERE sku = $1
-          RETURNING total, available, available + leased",
+          RETURNING total, available, available + leased, stock_seq",
             &[&sku, &quantity],
         )
         .await
@@ -217,5 +225,6 @@ pub async fn restock(
         total: r.get(0),
         available: r.get(1),
         sellable: r.get(2),
+        seq: r.get(3),
     }))
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use deadpool_postgres::{Pool, Transaction};
-use surge_actors::ports::{BoxFut, Journal, JournalError, WriteOp, WriteOutcome};
+use surge_actors::ports::{BoxFut, Journal, JournalError, StockLevel, WriteOp, WriteOutcome};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
@@ -45,6 +45,9 @@ struct Item {
     reply: oneshot::Sender<Result<WriteOutcome, JournalError>>,
 }
 
+/// Called after each commit with the SKUs whose sellable count changed.
+pub type StockListener = std::sync::Arc<dyn Fn(Vec<StockLevel>) + Send + Sync>;
+
 /// Handle to the node's Journal; cheap to clone.
 #[derive(Clone)]
 pub struct PgJournal {
@@ -75,15 +78,21 @@ impl Journal for PgJournal {
 
 impl PgJournal {
     /// Starts the writer on the current runtime; it ends when every handle is dropped.
-    pub fn spawn(pool: Pool, node_id: String, cfg: JournalConfig) -> Self {
+    pub fn spawn(pool: Pool, node_id: String, cfg: JournalConfig, listener: StockListener) -> Self {
         let (tx, rx) = mpsc::channel(cfg.queue);
         let capacity = cfg.queue;
-        actix_web::rt::spawn(run(rx, pool, node_id, cfg));
+        actix_web::rt::spawn(run(rx, pool, node_id, cfg, listener));
         Self { tx, capacity }
     }
 }
 
-async fn run(mut rx: mpsc::Receiver<Item>, pool: Pool, node_id: String, cfg: JournalConfig) {
+async fn run(
+    mut rx: mpsc::Receiver<Item>,
+    pool: Pool,
+    node_id: String,
+    cfg: JournalConfig,
+    listener: StockListener,
+) {
     while let Some(first) = rx.recv().await {
         let mut items = vec![first];
         let deadline = tokio::time::Instant::now() + cfg.max_wait;
@@ -103,10 +112,13 @@ async fn run(mut rx: mpsc::Receiver<Item>, pool: Pool, node_id: String, cfg: Jou
         let outcome = commit(&pool, &node_id, &cfg, &ops).await;
         metrics::histogram!("journal_commit_seconds").record(started.elapsed().as_secs_f64());
         match outcome {
-            Ok(results) => {
+            Ok((results, levels)) => {
                 metrics::counter!("journal_batches_total", "result" => "committed").increment(1);
                 for (reply, result) in replies.into_iter().zip(results) {
                     let _ = reply.send(result);
+                }
+                if !levels.is_empty() {
+                    listener(levels);
                 }
             }
             Err(err) => {
@@ -126,22 +138,25 @@ async fn run(mut rx: mpsc::Receiver<Item>, pool: Pool, node_id: String, cfg: Jou
     tracing::info!("journal stopped");
 }
 
-/// Commits one batch in one transaction; returns one result per op. The Journal's
-/// writer calls it with whatever is queued; the benchmark calls it with one op at a time
-/// for the one-transaction-per-write baseline.
+/// One result per op of a batch.
+pub type Results = Vec<Result<WriteOutcome, JournalError>>;
+
+/// Commits one batch in one transaction; returns one result per op and the SKUs whose
+/// sellable count changed. The Journal's writer calls it with whatever is queued; the
+/// benchmark calls it with one op at a time for the one-transaction-per-write baseline.
 pub async fn commit(
     pool: &Pool,
     node_id: &str,
     cfg: &JournalConfig,
     ops: &[WriteOp],
-) -> anyhow::Result<Vec<Result<WriteOutcome, JournalError>>> {
+) -> anyhow::Result<(Results, Vec<StockLevel>)> {
     let mut client = pool.get().await.context("journal connection")?;
     let tx = client.transaction().await.context("begin")?;
     let locked = lock(&tx, node_id, ops).await?;
     let plan = batch::plan(ops, locked);
-    write(&tx, node_id, cfg, ops, &plan).await?;
+    let levels = write(&tx, node_id, cfg, ops, &plan).await?;
     tx.commit().await.context("commit")?;
-    Ok(plan.results)
+    Ok((plan.results, levels))
 }
 
 /// Locks the batch's inventory rows (sorted, so batches and the reaper never deadlock)
@@ -209,7 +224,8 @@ async fn write(
     cfg: &JournalConfig,
     ops: &[WriteOp],
     plan: &Plan,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Vec<StockLevel>> {
+    let mut levels = Vec::new();
     let moved: Vec<(&String, &surge_actors::stock::Delta)> = plan
         .inventory
         .iter()
@@ -231,15 +247,27 @@ async fn write(
             .prepare_cached(
                 "UPDATE inventory i
                     SET total = i.total + d.t, available = i.available + d.a, leased = i.leased + d.l,
-                        reserved = i.reserved + d.r, sold = i.sold + d.s, updated_at = now()
+                        reserved = i.reserved + d.r, sold = i.sold + d.s, updated_at = now(),
+                        stock_seq = i.stock_seq + 1
                    FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[])
                         AS d(sku, t, a, l, r, s)
-                  WHERE i.sku = d.sku",
+                  WHERE i.sku = d.sku
+              RETURNING i.sku, i.available + i.leased, i.stock_seq, d.a + d.l <> 0",
             )
             .await?;
-        tx.execute(&stmt, &[&skus, &t, &a, &l, &r, &s])
+        for row in tx
+            .query(&stmt, &[&skus, &t, &a, &l, &r, &s])
             .await
-            .context("moving stock")?;
+            .context("moving stock")?
+        {
+            if row.get::<_, bool>(3) {
+                levels.push(StockLevel {
+                    sku: row.get(0),
+                    available: row.get(1),
+                    seq: row.get(2),
+                });
+            }
+        }
     }
     let ttl_ms = i64::try_from(cfg.lease_ttl.as_millis()).unwrap_or(i64::MAX);
     // Existing rows are updated by delta; new rows (only ever created by a grant, so
@@ -337,7 +365,7 @@ async fn write(
     if !plan.orders.is_empty() {
         write_orders(tx, node_id, ops, &plan.orders).await?;
     }
-    Ok(())
+    Ok(levels)
 }
 
 async fn write_orders(

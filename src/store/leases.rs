@@ -9,6 +9,7 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
+use surge_actors::ports::StockLevel;
 use tokio_postgres::Client;
 
 fn millis(d: Duration) -> i64 {
@@ -77,12 +78,14 @@ pub async fn leave(client: &Client, node_id: &str) -> anyhow::Result<()> {
 }
 
 /// What one reaper pass returned to `available`.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Reaped {
     /// Units from leases.
     pub lease_units: i64,
     /// Units from expired reservations.
     pub reservation_units: i64,
+    /// SKUs whose sellable count changed (reservations freed).
+    pub levels: Vec<StockLevel>,
 }
 
 /// Which leases a pass takes back.
@@ -173,22 +176,29 @@ pub async fn reap(client: &mut Client, scope: Scope<'_>) -> anyhow::Result<Reape
     let skus: Vec<&str> = moved.keys().map(String::as_str).collect();
     let lease_q: Vec<i64> = moved.values().map(|v| v.0).collect();
     let res_q: Vec<i64> = moved.values().map(|v| v.1).collect();
-    tx.execute(
-        "UPDATE inventory i
-            SET available = i.available + d.l + d.r, leased = i.leased - d.l, reserved = i.reserved - d.r,
-                updated_at = now()
-           FROM UNNEST($1::text[], $2::bigint[], $3::bigint[]) AS d(sku, l, r)
-          WHERE i.sku = d.sku",
-        &[&skus, &lease_q, &res_q],
-    )
-    .await
-    .context("returning stock")?;
+    let levels = tx
+        .query(
+            "UPDATE inventory i
+                SET available = i.available + d.l + d.r, leased = i.leased - d.l, reserved = i.reserved - d.r,
+                    updated_at = now(), stock_seq = i.stock_seq + 1
+               FROM UNNEST($1::text[], $2::bigint[], $3::bigint[]) AS d(sku, l, r)
+              WHERE i.sku = d.sku
+          RETURNING i.sku, i.available + i.leased, i.stock_seq, d.r <> 0",
+            &[&skus, &lease_q, &res_q],
+        )
+        .await
+        .context("returning stock")?
+        .iter()
+        .filter(|r| r.get::<_, bool>(3))
+        .map(|r| StockLevel { sku: r.get(0), available: r.get(1), seq: r.get(2) })
+        .collect();
     tx.commit().await.context("commit")?;
     let reaped = Reaped {
         lease_units: lease_q.iter().sum(),
         reservation_units: res_q.iter().sum(),
+        levels,
     };
-    if reaped != Reaped::default() {
+    if reaped.lease_units + reaped.reservation_units > 0 {
         tracing::info!(
             lease_units = reaped.lease_units,
             reservation_units = reaped.reservation_units,

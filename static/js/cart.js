@@ -1,8 +1,11 @@
 // Cart page (/cart): lines table with quantity edits and removal, per-line
 // reservation countdowns, and the checkout form with an idempotent retry key.
+// Live (live.js): the cart re-renders on every change from any tab, expired reservations
+// are announced, and a placed order's status follows the server.
 import { getJSON, sendJSON, errorMessage, newIdempotencyKey } from './api.js';
 import { formatMoney, attributesText, formatCountdown } from './format.js';
 import { el, setStatus, setBusy, isBusy } from './dom.js';
+import { connectLive, onLive, onReconnect } from './live.js';
 
 const byId = (id) => document.getElementById(id);
 const heading = byId('cart-heading');
@@ -22,6 +25,8 @@ const state = {
   checkoutKey: null, // reused when a checkout attempt is retried after a network/5xx failure
   expiredSeen: new Set(), // "sku:expires_at_ms" already refetched once
   refetching: false,
+  liveExpiryAt: 0, // when the server last told us a reservation expired
+  orderId: null, // the order placed on this page, whose status follows live messages
 };
 
 const itemUrl = (sku) => `/api/cart/items/${encodeURIComponent(sku)}`;
@@ -66,17 +71,23 @@ function lineRow(line, index) {
   );
 }
 
-/** Where focus was inside the table, so a re-render can put it back. */
+/** Where focus was inside the table (and a quantity being typed), so a re-render can put it back. */
 function rememberFocus() {
   const active = document.activeElement;
   if (!active || !linesBody.contains(active)) return null;
-  return { sku: active.dataset.sku, role: active.dataset.role };
+  const spot = { sku: active.dataset.sku, role: active.dataset.role, value: null };
+  if (spot.role === 'qty') {
+    const line = findLine(spot.sku);
+    if (line && active.value !== String(line.quantity)) spot.value = active.value;
+  }
+  return spot;
 }
 
 function restoreFocus(spot) {
   if (!spot) return;
   const target = [...linesBody.querySelectorAll(`[data-role="${spot.role}"]`)]
     .find((node) => node.dataset.sku === spot.sku);
+  if (target && spot.value !== null) target.value = spot.value; // an edit not yet committed
   (target || heading).focus();
 }
 
@@ -124,10 +135,12 @@ function onExpired(cell) {
   if (state.expiredSeen.has(key) || state.refetching) return;
   state.expiredSeen.add(key);
   state.refetching = true;
-  setStatus(status, 'A reservation expired. Refreshing your cart…');
+  // The server's own notice (live) names the item; don't replace it with a vaguer one.
+  const announced = () => Date.now() - state.liveExpiryAt < 5000;
+  if (!announced()) setStatus(status, 'A reservation expired. Refreshing your cart…');
   loadCart().then((ok) => {
     state.refetching = false;
-    if (ok) setStatus(status, 'A reservation expired, so your cart was refreshed.');
+    if (ok && !announced()) setStatus(status, 'A reservation expired, so your cart was refreshed.');
   });
 }
 
@@ -201,6 +214,7 @@ function onTableClick(event) {
 /* ---------- checkout ---------- */
 
 function showConfirmation(order) {
+  state.orderId = String(order.id);
   byId('order-id').textContent = order.id;
   byId('order-status').textContent = order.status;
   byId('order-total').textContent = formatMoney(order.total_minor, order.currency);
@@ -244,6 +258,45 @@ async function checkout(event) {
   setStatus(status, message, 'error');
 }
 
+/* ---------- live updates ---------- */
+
+function lineName(line, sku) {
+  if (!line) return sku;
+  const attrs = attributesText(line.attributes);
+  return `${line.product_name || sku}${attrs ? ` (${attrs})` : ''}`;
+}
+
+/** The cart changed (here, in another tab, or by expiry): show the server's version. */
+function onLiveCart({ cart }) {
+  if (!isCart(cart)) return;
+  applyCart(cart);
+}
+
+function onLiveExpired({ sku }) {
+  const line = findLine(sku);
+  if (line) state.expiredSeen.add(`${sku}:${line.expires_at_ms}`); // the countdown needn't refetch too
+  state.liveExpiryAt = Date.now();
+  setStatus(status, `Your reservation of ${lineName(line, sku)} expired; the items went back to stock.`, 'error');
+  loadCart();
+}
+
+function showOrderUpdate(order) {
+  if (typeof order.status === 'string') byId('order-status').textContent = order.status;
+  if (order.total_minor != null) byId('order-total').textContent = formatMoney(order.total_minor, order.currency);
+}
+
+function onLiveOrder({ order }) {
+  if (state.orderId !== null && String(order.id) === state.orderId) showOrderUpdate(order);
+}
+
+/** Back after a disconnection: messages meanwhile are lost, so refetch what we show. */
+async function onLiveReconnect() {
+  await loadCart();
+  if (state.orderId === null) return;
+  const result = await getJSON(`/api/orders/${encodeURIComponent(state.orderId)}`);
+  if (result.ok && result.data && String(result.data.id) === state.orderId) showOrderUpdate(result.data);
+}
+
 /* ---------- start ---------- */
 
 async function init() {
@@ -251,9 +304,20 @@ async function init() {
   linesBody.addEventListener('click', onTableClick);
   checkoutForm.addEventListener('submit', checkout);
   emailInput.addEventListener('input', () => { state.checkoutKey = null; });
+  onLive('cart', onLiveCart);
+  onLive('reservation_expired', onLiveExpired);
+  onLive('order', onLiveOrder);
+  onReconnect(onLiveReconnect);
   const ok = await loadCart();
-  if (ok) setStatus(status, '');
+  if (ok && !status.dataset.kind) setStatus(status, '');
   setInterval(tick, 1000);
+  // Connect once the cart request has given a new visitor a session cookie, so the
+  // socket belongs to the same session; then refetch once to cover the moments between.
+  const off = onLive('online', () => {
+    off();
+    loadCart();
+  });
+  connectLive();
 }
 
 init();

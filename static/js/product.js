@@ -1,7 +1,9 @@
 // Product page (/products/{slug}): loads the product, variant picker, quantity, "Add to cart".
+// Stock of every variant updates live (live.js); after a reconnect the product is refetched.
 import { getJSON, sendJSON, errorMessage } from './api.js';
 import { formatMoney, formatPriceRange, stockLabel, stockLevel, attributesText } from './format.js';
 import { el, setStatus, setBusy, isBusy, initial, colourSlot } from './dom.js';
+import { connectLive, subscribeStock, unsubscribeStock, latestStock, onReconnect } from './live.js';
 
 const title = document.getElementById('product-name');
 const status = document.getElementById('status');
@@ -16,6 +18,8 @@ const addButton = document.getElementById('add');
 const stockLine = document.getElementById('stock');
 
 let product = null;
+const subscribed = new Set(); // SKUs of this product we receive live stock for
+let addedAt = 0; // when this page last added to the cart (its own changes need no announcement)
 
 function slugFromPath(pathname) {
   const match = pathname.match(/^\/products\/([^/]+)\/?$/);
@@ -40,14 +44,18 @@ function showNotFound() {
   status.append(' ', el('a', { href: '/', text: 'Browse all products' }));
 }
 
-function variantOption(variant) {
+function optionText(variant) {
   const available = Number(variant.available) || 0;
   const stock = available > 0 ? `${available} left` : 'Sold out';
   const name = attributesText(variant.attributes) || variant.sku;
+  return `${name} — ${formatMoney(variant.price_minor, variant.currency)} — ${stock}`;
+}
+
+function variantOption(variant) {
   return el('option', {
     value: variant.sku,
-    disabled: available <= 0,
-    text: `${name} — ${formatMoney(variant.price_minor, variant.currency)} — ${stock}`,
+    disabled: (Number(variant.available) || 0) <= 0,
+    text: optionText(variant),
   });
 }
 
@@ -78,6 +86,12 @@ function showSelection() {
 function renderProduct(data) {
   const previousSku = select.value;
   product = { ...data, variants: Array.isArray(data.variants) ? data.variants : [] };
+  // A value that arrived over the live connection is at least as new as this response
+  // (every later change sends another), so it wins.
+  for (const variant of product.variants) {
+    const live = latestStock(variant.sku);
+    if (live) variant.available = live.available;
+  }
   document.title = `${product.name} — Surge`;
   title.textContent = product.name;
   thumb.className = `thumb thumb--large thumb--${colourSlot(product.slug)}`;
@@ -89,6 +103,40 @@ function renderProduct(data) {
   chooseVariant(previousSku);
   showSelection();
   detail.hidden = false;
+  followStock(product.variants.map((v) => v.sku));
+}
+
+/* ---------- live stock ---------- */
+
+/** Subscribe to this product's SKUs (and drop SKUs a refetch no longer lists). */
+function followStock(skus) {
+  const now = new Set(skus);
+  const gone = [...subscribed].filter((sku) => !now.has(sku));
+  const added = skus.filter((sku) => !subscribed.has(sku));
+  if (gone.length) unsubscribeStock(gone, onStock);
+  for (const sku of gone) subscribed.delete(sku);
+  if (added.length) subscribeStock(added, onStock);
+  for (const sku of added) subscribed.add(sku);
+}
+
+function onStock({ sku, available }) {
+  if (!product) return;
+  const variant = product.variants.find((v) => v.sku === sku);
+  if (!variant) return;
+  const before = Number(variant.available) || 0;
+  if (before === available) return;
+  variant.available = available;
+  const option = [...select.options].find((o) => o.value === sku);
+  if (option) {
+    option.textContent = optionText(variant);
+    option.disabled = available <= 0;
+  }
+  if (select.value !== sku) return;
+  showSelection();
+  // Tell screen-reader users about the changes that matter, not every count.
+  if (Date.now() - addedAt < 5000) return;
+  if (before > 0 && available <= 0) setStatus(status, 'This option just sold out.', 'error');
+  else if (before <= 0 && available > 0) setStatus(status, 'This option is back in stock.', 'success');
 }
 
 async function loadProduct(slug, { quiet = false } = {}) {
@@ -129,6 +177,7 @@ async function addToCart(event) {
     setStatus(status, errorMessage(result), 'error');
     return;
   }
+  addedAt = Date.now();
   setStatus(status, 'Added to cart', 'success');
   loadProduct(product.slug, { quiet: true }); // stock changed: refresh the counts
 }
@@ -137,8 +186,14 @@ function init() {
   select.addEventListener('change', showSelection);
   form.addEventListener('submit', addToCart);
   const slug = slugFromPath(location.pathname);
-  if (!slug) showNotFound();
-  else loadProduct(slug);
+  if (!slug) {
+    showNotFound();
+    return;
+  }
+  connectLive();
+  // Messages sent while the connection was down are not replayed: refetch.
+  onReconnect(() => loadProduct(slug, { quiet: true }));
+  loadProduct(slug);
 }
 
 init();

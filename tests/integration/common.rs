@@ -6,7 +6,7 @@
 use std::{str::FromStr, time::Duration};
 
 use surge::{
-    config::{CommerceConfig, DatabaseConfig, ServeConfig},
+    config::{CommerceConfig, DatabaseConfig, LiveConfig, ServeConfig},
     server::{self, RunningServer},
 };
 
@@ -124,6 +124,27 @@ pub struct Options {
     pub node_id: Option<String>,
     /// Reuse this database instead of creating one (for several nodes on one database).
     pub database_url: Option<String>,
+    /// WebSocket, hub and bus settings.
+    pub live: LiveConfig,
+    /// Redis for the bus (None: in-process).
+    pub redis_url: Option<String>,
+}
+
+/// Redis of the tests.
+pub fn redis_url() -> String {
+    std::env::var("SURGE_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// Live settings with a private bus prefix, so tests never hear each other.
+pub fn test_live() -> LiveConfig {
+    LiveConfig {
+        limits: surge::ws::protocol::WsLimits::default(),
+        coalesce: Duration::from_millis(100),
+        hub_shards: 2,
+        resync: Duration::from_secs(60),
+        bus_prefix: format!("t{}", uuid::Uuid::new_v4().simple()),
+        bus_reconnect: Duration::from_millis(100),
+    }
 }
 
 /// Stock settings scaled down so that expiry and reaping happen within a test.
@@ -154,6 +175,8 @@ impl Default for Options {
             commerce: test_commerce(),
             node_id: None,
             database_url: None,
+            live: test_live(),
+            redis_url: None,
         }
     }
 }
@@ -173,6 +196,9 @@ pub struct TestApp {
 impl TestApp {
     /// Starts a node.
     pub async fn spawn(opts: Options) -> Self {
+        if std::env::var_os("SURGE_TEST_LOG").is_some() {
+            surge::telemetry::init_tracing(surge::config::LogFormat::Human);
+        }
         let db = match &opts.database_url {
             Some(url) => TestDb::borrow(url),
             None => TestDb::create().await,
@@ -186,7 +212,7 @@ impl TestApp {
         let cfg = ServeConfig {
             db: db.config(),
             bind: "127.0.0.1:0".parse().expect("addr"),
-            redis_url: None,
+            redis_url: opts.redis_url.clone(),
             node_id: opts
                 .node_id
                 .clone()
@@ -200,6 +226,7 @@ impl TestApp {
             shutdown_grace: Duration::from_secs(5),
             static_dir: None,
             commerce: opts.commerce,
+            live: opts.live,
         };
         let server = server::start(cfg).await.expect("server starts");
         let base = format!("http://{}", server.addr);
@@ -452,4 +479,95 @@ pub async fn buckets(db: &TestDb, sku: &str) -> (i64, i64, i64, i64, i64) {
         .await
         .expect("inventory row");
     (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4))
+}
+
+/// A client WebSocket.
+pub type WsConn = actix_codec::Framed<awc::BoxedSocket, awc::ws::Codec>;
+
+/// What a client socket received.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WsEvent {
+    /// A JSON text message.
+    Json(serde_json::Value),
+    /// A close frame: code and reason.
+    Close(Option<u16>, String),
+    /// The connection ended without a close frame.
+    Ended,
+}
+
+/// Opens `/ws` on a node, with a session cookie when given.
+pub async fn ws_connect(base: &str, cookie: Option<&str>) -> WsConn {
+    let url = format!("{}/ws", base.replacen("http://", "ws://", 1));
+    let mut req = awc::Client::new().ws(url).max_frame_size(1 << 20);
+    if let Some(c) = cookie {
+        req = req.header("cookie", c);
+    }
+    let (_, conn) = req.connect().await.expect("websocket upgrade");
+    conn
+}
+
+/// Sends a text frame.
+pub async fn ws_send(conn: &mut WsConn, text: &str) {
+    use futures_util::SinkExt as _;
+    let _ = conn
+        .send(awc::ws::Message::Text(text.to_owned().into()))
+        .await;
+}
+
+/// The next message, or `None` after `timeout`.
+pub async fn ws_next(conn: &mut WsConn, timeout: Duration) -> Option<WsEvent> {
+    use futures_util::StreamExt as _;
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let frame = match tokio::time::timeout_at(deadline, conn.next()).await {
+            Err(_) => return None,
+            Ok(None) | Ok(Some(Err(_))) => return Some(WsEvent::Ended),
+            Ok(Some(Ok(frame))) => frame,
+        };
+        match frame {
+            awc::ws::Frame::Text(bytes) => {
+                return Some(WsEvent::Json(
+                    serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+                ))
+            }
+            awc::ws::Frame::Close(reason) => {
+                return Some(WsEvent::Close(
+                    reason.as_ref().map(|r| u16::from(r.code)),
+                    reason.and_then(|r| r.description).unwrap_or_default(),
+                ))
+            }
+            _ => continue,
+        }
+    }
+}
+
+/// Waits for a JSON message matching `pred`, skipping others; `None` after `timeout`.
+pub async fn ws_wait(
+    conn: &mut WsConn,
+    timeout: Duration,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> Option<serde_json::Value> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match ws_next(conn, left).await? {
+            WsEvent::Json(v) if pred(&v) => return Some(v),
+            WsEvent::Json(_) => continue,
+            other => panic!("socket ended while waiting: {other:?}"),
+        }
+    }
+}
+
+/// Waits for the socket to close; returns code and reason.
+pub async fn ws_closed(conn: &mut WsConn, timeout: Duration) -> (Option<u16>, String) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match ws_next(conn, left).await {
+            Some(WsEvent::Close(code, reason)) => return (code, reason),
+            Some(WsEvent::Ended) => return (None, String::new()),
+            Some(WsEvent::Json(_)) => continue,
+            None => panic!("the socket did not close within {timeout:?}"),
+        }
+    }
 }

@@ -2,9 +2,11 @@
 //! One binary for all of them, so the suite links once.
 
 mod admin;
+mod bus;
 mod catalog;
 mod commerce;
 mod common;
+mod live;
 mod migrations;
 mod nodes;
 mod ops;

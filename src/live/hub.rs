@@ -1,0 +1,437 @@
+//! The local fan-out: hub shards that know which sockets want which SKU and which
+//! sockets belong to which session. Stock values are coalesced: a shard keeps the latest
+//! value per SKU and flushes the changed ones every `coalesce` interval, so a socket gets
+//! at most one `stock` message per SKU per interval. Delivery never waits on a socket:
+//! a full socket mailbox drops the message (counted), and a socket that keeps dropping
+//! is told to close.
+
+use std::{
+    collections::{HashMap, HashSet},
+    hash::{DefaultHasher, Hash, Hasher},
+    sync::Arc,
+    time::Duration,
+};
+
+use actix::prelude::*;
+use surge_actors::ports::StockLevel;
+
+/// A text frame for a socket, shared by every recipient.
+#[derive(Message, Clone)]
+#[rtype(result = "()")]
+pub struct Push(pub Arc<str>);
+
+/// Tells a socket to close with a code: 1008 when it cannot keep up, 1001 at shutdown.
+#[derive(Message, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct Kick {
+    /// WebSocket close code.
+    pub code: u16,
+    /// Close reason.
+    pub reason: &'static str,
+}
+
+/// Identity of a socket within this node.
+pub type SocketId = u64;
+
+/// Drops in a row after which a socket is told to close.
+const MAX_DROPS: u32 = 64;
+
+struct Socket {
+    push: Recipient<Push>,
+    kick: Recipient<Kick>,
+    drops: u32,
+}
+
+/// One shard of the hub.
+pub struct HubShard {
+    sockets: HashMap<SocketId, Socket>,
+    by_sku: HashMap<String, HashSet<SocketId>>,
+    by_session: HashMap<String, HashSet<SocketId>>,
+    session_of: HashMap<SocketId, String>,
+    latest: HashMap<String, (i64, i64)>,
+    dirty: HashSet<String>,
+    coalesce: Duration,
+}
+
+impl HubShard {
+    fn deliver(&mut self, id: SocketId, msg: &Push) {
+        let Some(socket) = self.sockets.get_mut(&id) else {
+            return;
+        };
+        match socket.push.try_send(msg.clone()) {
+            Ok(()) => {
+                socket.drops = 0;
+                metrics::counter!("ws_messages_sent_total").increment(1);
+            }
+            Err(SendError::Full(_)) => {
+                socket.drops += 1;
+                metrics::counter!("ws_messages_dropped_total", "reason" => "slow").increment(1);
+                if socket.drops == MAX_DROPS {
+                    metrics::counter!("ws_slow_closed_total").increment(1);
+                    let _ = socket.kick.try_send(Kick {
+                        code: 1008,
+                        reason: "too slow",
+                    });
+                }
+            }
+            Err(SendError::Closed(_)) => self.forget(id),
+        }
+    }
+
+    fn forget(&mut self, id: SocketId) {
+        self.sockets.remove(&id);
+        self.by_sku.retain(|_, ids| {
+            ids.remove(&id);
+            !ids.is_empty()
+        });
+        if let Some(session) = self.session_of.remove(&id) {
+            if let Some(ids) = self.by_session.get_mut(&session) {
+                ids.remove(&id);
+                if ids.is_empty() {
+                    self.by_session.remove(&session);
+                }
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        let dirty: Vec<String> = self.dirty.drain().collect();
+        for sku in dirty {
+            let (Some(ids), Some(&(available, seq))) =
+                (self.by_sku.get(&sku), self.latest.get(&sku))
+            else {
+                continue;
+            };
+            let msg = Push(stock_message(&sku, available, seq).into());
+            let ids: Vec<SocketId> = ids.iter().copied().collect();
+            for id in ids {
+                self.deliver(id, &msg);
+            }
+        }
+    }
+
+    fn socket(&mut self, id: SocketId, push: Recipient<Push>, kick: Recipient<Kick>) {
+        self.sockets.entry(id).or_insert(Socket {
+            push,
+            kick,
+            drops: 0,
+        });
+    }
+}
+
+/// The JSON of a `stock` message.
+pub fn stock_message(sku: &str, available: i64, seq: i64) -> String {
+    serde_json::json!({ "type": "stock", "sku": sku, "available": available, "seq": seq })
+        .to_string()
+}
+
+impl Actor for HubShard {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(100_000);
+        ctx.run_interval(self.coalesce, |act, _| act.flush());
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Subscribe {
+    id: SocketId,
+    push: Recipient<Push>,
+    kick: Recipient<Kick>,
+    skus: Vec<String>,
+}
+
+impl Handler<Subscribe> for HubShard {
+    type Result = ();
+
+    fn handle(&mut self, msg: Subscribe, _: &mut Self::Context) {
+        self.socket(msg.id, msg.push, msg.kick);
+        for sku in msg.skus {
+            self.by_sku.entry(sku).or_default().insert(msg.id);
+        }
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Unsubscribe {
+    id: SocketId,
+    skus: Vec<String>,
+}
+
+impl Handler<Unsubscribe> for HubShard {
+    type Result = ();
+
+    fn handle(&mut self, msg: Unsubscribe, _: &mut Self::Context) {
+        for sku in msg.skus {
+            if let Some(ids) = self.by_sku.get_mut(&sku) {
+                ids.remove(&msg.id);
+                if ids.is_empty() {
+                    self.by_sku.remove(&sku);
+                }
+            }
+        }
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct JoinSession {
+    id: SocketId,
+    push: Recipient<Push>,
+    kick: Recipient<Kick>,
+    session: String,
+}
+
+impl Handler<JoinSession> for HubShard {
+    type Result = ();
+
+    fn handle(&mut self, msg: JoinSession, _: &mut Self::Context) {
+        self.socket(msg.id, msg.push, msg.kick);
+        self.by_session
+            .entry(msg.session.clone())
+            .or_default()
+            .insert(msg.id);
+        self.session_of.insert(msg.id, msg.session);
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Leave(SocketId);
+
+impl Handler<Leave> for HubShard {
+    type Result = ();
+
+    fn handle(&mut self, msg: Leave, _: &mut Self::Context) {
+        self.forget(msg.0);
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Stock(Vec<StockLevel>);
+
+impl Handler<Stock> for HubShard {
+    type Result = ();
+
+    fn handle(&mut self, msg: Stock, _: &mut Self::Context) {
+        for level in msg.0 {
+            let newer = self
+                .latest
+                .get(&level.sku)
+                .is_none_or(|&(_, seq)| level.seq > seq);
+            if newer {
+                self.latest
+                    .insert(level.sku.clone(), (level.available, level.seq));
+                if self.by_sku.contains_key(&level.sku) {
+                    self.dirty.insert(level.sku);
+                }
+            }
+        }
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct ToSession {
+    session: String,
+    msg: Push,
+}
+
+impl Handler<ToSession> for HubShard {
+    type Result = ();
+
+    fn handle(&mut self, msg: ToSession, _: &mut Self::Context) {
+        let ids: Vec<SocketId> = self
+            .by_session
+            .get(&msg.session)
+            .map(|s| s.iter().copied().collect())
+            .unwrap_or_default();
+        for id in ids {
+            self.deliver(id, &msg.msg);
+        }
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct ToAll(Push);
+
+impl Handler<ToAll> for HubShard {
+    type Result = ();
+
+    fn handle(&mut self, msg: ToAll, _: &mut Self::Context) {
+        // Every socket joins exactly one shard's session table: broadcast from there.
+        let ids: Vec<SocketId> = self.session_of.keys().copied().collect();
+        for id in ids {
+            self.deliver(id, &msg.0);
+        }
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct KickAll(Kick);
+
+impl Handler<KickAll> for HubShard {
+    type Result = ();
+
+    fn handle(&mut self, msg: KickAll, _: &mut Self::Context) {
+        for id in self.session_of.keys() {
+            if let Some(socket) = self.sockets.get(id) {
+                let _ = socket.kick.try_send(msg.0);
+            }
+        }
+    }
+}
+
+/// The node's hub: shards on their own threads, addressed by SKU or session hash.
+#[derive(Clone)]
+pub struct Hub {
+    shards: Arc<Vec<Addr<HubShard>>>,
+    _arbiters: Arc<Vec<Arbiter>>,
+}
+
+fn pick<T: Hash + ?Sized>(key: &T, n: usize) -> usize {
+    let mut h = DefaultHasher::new();
+    key.hash(&mut h);
+    usize::try_from(h.finish() % n.max(1) as u64).unwrap_or(0)
+}
+
+impl Hub {
+    /// Starts `shards` hub shards that flush coalesced stock every `coalesce`.
+    pub fn start(shards: usize, coalesce: Duration) -> Self {
+        let n = shards.max(1);
+        let mut arbiters = Vec::with_capacity(n);
+        let mut addrs = Vec::with_capacity(n);
+        for _ in 0..n {
+            let arbiter = Arbiter::new();
+            addrs.push(HubShard::start_in_arbiter(&arbiter.handle(), move |_| {
+                HubShard {
+                    sockets: HashMap::new(),
+                    by_sku: HashMap::new(),
+                    by_session: HashMap::new(),
+                    session_of: HashMap::new(),
+                    latest: HashMap::new(),
+                    dirty: HashSet::new(),
+                    coalesce,
+                }
+            }));
+            arbiters.push(arbiter);
+        }
+        Self {
+            shards: Arc::new(addrs),
+            _arbiters: Arc::new(arbiters),
+        }
+    }
+
+    fn for_key<T: Hash + ?Sized>(&self, key: &T) -> &Addr<HubShard> {
+        &self.shards[pick(key, self.shards.len())]
+    }
+
+    /// Registers a socket for its session's events and for broadcasts.
+    pub fn join(&self, id: SocketId, session: &str, push: Recipient<Push>, kick: Recipient<Kick>) {
+        self.for_key(session).do_send(JoinSession {
+            id,
+            push,
+            kick,
+            session: session.to_owned(),
+        });
+    }
+
+    /// Subscribes a socket to stock of `skus`.
+    pub fn subscribe(
+        &self,
+        id: SocketId,
+        skus: &[String],
+        push: &Recipient<Push>,
+        kick: &Recipient<Kick>,
+    ) {
+        for (shard, skus) in self.group(skus) {
+            shard.do_send(Subscribe {
+                id,
+                push: push.clone(),
+                kick: kick.clone(),
+                skus,
+            });
+        }
+    }
+
+    /// Unsubscribes a socket from `skus`.
+    pub fn unsubscribe(&self, id: SocketId, skus: &[String]) {
+        for (shard, skus) in self.group(skus) {
+            shard.do_send(Unsubscribe { id, skus });
+        }
+    }
+
+    /// Forgets a socket everywhere.
+    pub fn leave(&self, id: SocketId) {
+        for shard in self.shards.iter() {
+            shard.do_send(Leave(id));
+        }
+    }
+
+    /// New stock values (coalesced per SKU before delivery).
+    pub fn stock(&self, levels: Vec<StockLevel>) {
+        let mut groups: HashMap<usize, Vec<StockLevel>> = HashMap::new();
+        for level in levels {
+            groups
+                .entry(pick(level.sku.as_str(), self.shards.len()))
+                .or_default()
+                .push(level);
+        }
+        for (i, levels) in groups {
+            self.shards[i].do_send(Stock(levels));
+        }
+    }
+
+    /// A message for every socket of one session.
+    pub fn to_session(&self, session: &str, json: String) {
+        self.for_key(session).do_send(ToSession {
+            session: session.to_owned(),
+            msg: Push(json.into()),
+        });
+    }
+
+    /// A message for every socket of this node.
+    pub fn to_all(&self, json: String) {
+        let msg = Push(json.into());
+        for shard in self.shards.iter() {
+            shard.do_send(ToAll(msg.clone()));
+        }
+    }
+
+    fn group(&self, skus: &[String]) -> Vec<(&Addr<HubShard>, Vec<String>)> {
+        let mut groups: HashMap<usize, Vec<String>> = HashMap::new();
+        for sku in skus {
+            groups
+                .entry(pick(sku.as_str(), self.shards.len()))
+                .or_default()
+                .push(sku.clone());
+        }
+        groups
+            .into_iter()
+            .map(|(i, skus)| (&self.shards[i], skus))
+            .collect()
+    }
+
+    /// Asks every socket of this node to close with 1001 (going away), at shutdown.
+    pub fn close_all(&self) {
+        for shard in self.shards.iter() {
+            shard.do_send(KickAll(Kick {
+                code: 1001,
+                reason: "going away",
+            }));
+        }
+    }
+
+    /// Stops the shard threads.
+    pub fn stop(&self) {
+        for a in self._arbiters.iter() {
+            a.stop();
+        }
+    }
+}

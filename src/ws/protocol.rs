@@ -1,0 +1,161 @@
+//! The live protocol's messages and limits, without IO (see docs/PROTOCOL.md).
+
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+
+use crate::catalog::is_valid_sku;
+
+/// What a client may send.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ClientMessage {
+    /// Receive stock of these SKUs.
+    Subscribe {
+        /// SKUs.
+        skus: Vec<String>,
+    },
+    /// Stop receiving stock of these SKUs.
+    Unsubscribe {
+        /// SKUs.
+        skus: Vec<String>,
+    },
+}
+
+/// Why a client message was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// Not a message of the protocol (the socket stays open).
+    Invalid(String),
+}
+
+/// Parses and validates one text frame.
+pub fn parse(text: &str) -> Result<ClientMessage, Refusal> {
+    let msg: ClientMessage =
+        serde_json::from_str(text).map_err(|e| Refusal::Invalid(e.to_string()))?;
+    let (ClientMessage::Subscribe { skus } | ClientMessage::Unsubscribe { skus }) = &msg;
+    if let Some(bad) = skus.iter().find(|s| !is_valid_sku(s)) {
+        return Err(Refusal::Invalid(format!("{bad:?} is not a SKU")));
+    }
+    Ok(msg)
+}
+
+/// The `error` message sent for a refused frame.
+pub fn error_message(refusal: &Refusal) -> String {
+    let Refusal::Invalid(detail) = refusal;
+    serde_json::json!({ "type": "error", "code": "invalid_message", "message": detail }).to_string()
+}
+
+/// A token bucket: `rate` messages per second with bursts up to `burst`.
+#[derive(Debug, Clone)]
+pub struct RateLimit {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl RateLimit {
+    /// A full bucket.
+    pub fn new(rate: u32, burst: u32, now: Instant) -> Self {
+        Self {
+            rate: f64::from(rate),
+            burst: f64::from(burst),
+            tokens: f64::from(burst),
+            last: now,
+        }
+    }
+
+    /// Takes a token; `false` when the client is over its rate.
+    pub fn allow(&mut self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Socket limits.
+#[derive(Debug, Clone)]
+pub struct WsLimits {
+    /// Largest frame in bytes (larger closes with 1009).
+    pub max_frame: usize,
+    /// Most SKUs one socket may subscribe to (more closes with 1008).
+    pub max_subscriptions: usize,
+    /// Messages per second (more closes with 1008).
+    pub rate: u32,
+    /// Burst allowance.
+    pub burst: u32,
+    /// Ping interval.
+    pub ping_every: Duration,
+    /// A socket silent this long is closed.
+    pub timeout: Duration,
+    /// Messages queued for one socket before new ones are dropped.
+    pub mailbox: usize,
+    /// Origins allowed to open sockets; empty allows any.
+    pub allowed_origins: Vec<String>,
+}
+
+impl Default for WsLimits {
+    fn default() -> Self {
+        Self {
+            max_frame: 4096,
+            max_subscriptions: 200,
+            rate: 20,
+            burst: 40,
+            ping_every: Duration::from_secs(10),
+            timeout: Duration::from_secs(30),
+            mailbox: 256,
+            allowed_origins: Vec::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_two_ops_and_refuses_the_rest() {
+        assert_eq!(
+            parse(r#"{"op":"subscribe","skus":["A-1","B"]}"#),
+            Ok(ClientMessage::Subscribe {
+                skus: vec!["A-1".into(), "B".into()]
+            })
+        );
+        assert!(matches!(
+            parse(r#"{"op":"unsubscribe","skus":[]}"#),
+            Ok(ClientMessage::Unsubscribe { .. })
+        ));
+        for bad in [
+            "",
+            "{",
+            "[]",
+            r#"{"op":"shout"}"#,
+            r#"{"op":"subscribe"}"#,
+            r#"{"op":"subscribe","skus":["a b"]}"#,
+            r#"{"op":"subscribe","skus":[],"x":1}"#,
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+        assert!(error_message(&Refusal::Invalid("x".into())).contains("invalid_message"));
+    }
+
+    #[test]
+    fn rate_limit_allows_bursts_then_the_rate() {
+        let t0 = Instant::now();
+        let mut rl = RateLimit::new(10, 5, t0);
+        assert_eq!((0..5).filter(|_| rl.allow(t0)).count(), 5);
+        assert!(!rl.allow(t0));
+        assert!(
+            rl.allow(t0 + Duration::from_millis(100)),
+            "one token per 100 ms"
+        );
+        assert!(!rl.allow(t0 + Duration::from_millis(100)));
+    }
+}

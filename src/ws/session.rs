@@ -1,0 +1,202 @@
+//! The WebSocket transport (actix-web-actors): one `WsSession` actor per socket. It
+//! turns frames into protocol messages and hub calls, and hub pushes into frames. This
+//! is the only module that knows the WebSocket library.
+
+use std::{
+    collections::HashSet,
+    sync::atomic::{AtomicU64, Ordering},
+    time::Instant,
+};
+
+use actix::prelude::*;
+use actix_web::{get, http::header, web, HttpRequest, HttpResponse};
+use actix_web_actors::ws;
+
+use super::protocol::{self, ClientMessage, RateLimit};
+use crate::{
+    error::ApiError,
+    live::hub::{stock_message, Kick, Push, SocketId},
+    session::Session,
+    state::AppState,
+};
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// One socket.
+pub struct WsSession {
+    id: SocketId,
+    session_id: String,
+    state: web::Data<AppState>,
+    subs: HashSet<String>,
+    last_seen: Instant,
+    rate: RateLimit,
+}
+
+fn close(ctx: &mut ws::WebsocketContext<WsSession>, code: ws::CloseCode, reason: &str) {
+    ctx.close(Some(ws::CloseReason {
+        code,
+        description: Some(reason.to_owned()),
+    }));
+    ctx.stop();
+}
+
+impl WsSession {
+    fn subscribe(&mut self, skus: Vec<String>, ctx: &mut ws::WebsocketContext<Self>) {
+        let new: Vec<String> = skus
+            .into_iter()
+            .filter(|s| !self.subs.contains(s))
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        if self.subs.len() + new.len() > self.state.ws_limits.max_subscriptions {
+            metrics::counter!("ws_closed_total", "reason" => "too_many_subscriptions").increment(1);
+            return close(ctx, ws::CloseCode::Policy, "too many subscriptions");
+        }
+        let addr = ctx.address();
+        self.state.live.hub().subscribe(
+            self.id,
+            &new,
+            &addr.clone().recipient(),
+            &addr.recipient(),
+        );
+        // The current value at once, so the client starts from the truth.
+        for sku in &new {
+            if let Some((available, seq)) = self.state.stock.get_with_seq(sku) {
+                ctx.text(stock_message(sku, available, seq));
+            }
+        }
+        self.subs.extend(new);
+    }
+}
+
+impl Actor for WsSession {
+    type Context = ws::WebsocketContext<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let limits = &self.state.ws_limits;
+        ctx.set_mailbox_capacity(limits.mailbox);
+        let addr = ctx.address();
+        self.state.live.hub().join(
+            self.id,
+            &self.session_id,
+            addr.clone().recipient(),
+            addr.recipient(),
+        );
+        ctx.text(
+            serde_json::json!({
+                "type": "welcome",
+                "max_subscriptions": limits.max_subscriptions,
+                "coalesce_ms": self.state.live.coalesce_ms(),
+            })
+            .to_string(),
+        );
+        let (every, timeout) = (limits.ping_every, limits.timeout);
+        ctx.run_interval(every, move |act, ctx| {
+            if act.last_seen.elapsed() > timeout {
+                metrics::counter!("ws_closed_total", "reason" => "timeout").increment(1);
+                close(ctx, ws::CloseCode::Away, "ping timeout");
+            } else {
+                ctx.ping(b"");
+            }
+        });
+        metrics::gauge!("ws_open_sockets").increment(1.0);
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        self.state.live.hub().leave(self.id);
+        metrics::gauge!("ws_open_sockets").decrement(1.0);
+    }
+}
+
+impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for WsSession {
+    fn handle(&mut self, msg: Result<ws::Message, ws::ProtocolError>, ctx: &mut Self::Context) {
+        self.last_seen = Instant::now();
+        let msg = match msg {
+            Ok(m) => m,
+            Err(ws::ProtocolError::Overflow) => {
+                metrics::counter!("ws_closed_total", "reason" => "frame_too_big").increment(1);
+                return close(ctx, ws::CloseCode::Size, "frame too big");
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "websocket protocol error");
+                return close(ctx, ws::CloseCode::Protocol, "protocol error");
+            }
+        };
+        match msg {
+            ws::Message::Text(text) => {
+                if !self.rate.allow(Instant::now()) {
+                    metrics::counter!("ws_closed_total", "reason" => "rate_limit").increment(1);
+                    return close(ctx, ws::CloseCode::Policy, "rate limit");
+                }
+                match protocol::parse(&text) {
+                    Ok(ClientMessage::Subscribe { skus }) => self.subscribe(skus, ctx),
+                    Ok(ClientMessage::Unsubscribe { skus }) => {
+                        self.state.live.hub().unsubscribe(self.id, &skus);
+                        for s in &skus {
+                            self.subs.remove(s);
+                        }
+                    }
+                    Err(refusal) => ctx.text(protocol::error_message(&refusal)),
+                }
+            }
+            ws::Message::Ping(p) => ctx.pong(&p),
+            ws::Message::Pong(_) | ws::Message::Nop => {}
+            ws::Message::Binary(_) | ws::Message::Continuation(_) => {
+                close(ctx, ws::CloseCode::Unsupported, "text frames only");
+            }
+            ws::Message::Close(reason) => {
+                ctx.close(reason);
+                ctx.stop();
+            }
+        }
+    }
+}
+
+impl Handler<Push> for WsSession {
+    type Result = ();
+
+    fn handle(&mut self, msg: Push, ctx: &mut Self::Context) {
+        ctx.text(&*msg.0);
+    }
+}
+
+impl Handler<Kick> for WsSession {
+    type Result = ();
+
+    fn handle(&mut self, msg: Kick, ctx: &mut Self::Context) {
+        close(ctx, ws::CloseCode::from(msg.code), msg.reason);
+    }
+}
+
+/// Opens a live socket for the caller's session.
+#[get("/ws")]
+pub async fn ws_route(
+    req: HttpRequest,
+    stream: web::Payload,
+    state: web::Data<AppState>,
+    session: Session,
+) -> Result<HttpResponse, actix_web::Error> {
+    let allowed = &state.ws_limits.allowed_origins;
+    if !allowed.is_empty() {
+        let origin = req
+            .headers()
+            .get(header::ORIGIN)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if !allowed.iter().any(|a| a == origin) {
+            return Err(ApiError::Forbidden.into());
+        }
+    }
+    let limits = &state.ws_limits;
+    let actor = WsSession {
+        id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+        session_id: session.id,
+        rate: RateLimit::new(limits.rate, limits.burst, Instant::now()),
+        state: state.clone(),
+        subs: HashSet::new(),
+        last_seen: Instant::now(),
+    };
+    ws::WsResponseBuilder::new(actor, &req, stream)
+        .frame_size(limits.max_frame)
+        .start()
+}

@@ -1,0 +1,440 @@
+// Live updates over one WebSocket per page (GET /ws, see docs/PROTOCOL.md): stock of
+// the SKUs on screen, the session's cart, reservation expiries, orders and campaigns.
+//
+// One connection per page (a module singleton). It reconnects with exponential backoff,
+// shows an honest "paused" notice while it is down, resubscribes on every (re)connect
+// and then asks the page to refetch what it shows, because messages sent while it was
+// away are not replayed. Malformed messages are ignored; nothing here throws.
+//
+//   connectLive()                          open the socket (idempotent)
+//   subscribeStock(skus, cb) → unsubscribe  cb({sku, available, seq}) for every newer value
+//   unsubscribeStock(skus[, cb])            drop one callback, or the SKUs altogether
+//   latestStock(sku)                        {available, seq} received on the current
+//                                           connection, or null (offline / not yet known)
+//   onLive(type, cb) → off                  type: 'cart' | 'reservation_expired' | 'order' |
+//                                           'campaign' (cb gets the message) or
+//                                           'online' | 'offline' (cb gets {type})
+//   onReconnect(cb) → off                   cb() after every reconnect: refetch the page
+//   isLive()                                whether the socket is open
+
+const BACKOFF_MIN_MS = 1000;
+const BACKOFF_MAX_MS = 30000;
+const JITTER = 0.2; // ±20 %
+const NOTICE_DELAY_MS = 1000; // a blip shorter than this shows nothing
+const NOTICE_TEXT = 'Live updates paused — reconnecting…';
+const DEFAULT_MAX_SUBSCRIPTIONS = 200;
+const MAX_FRAME_CHARS = 3500; // the server closes a socket on frames over 4096 bytes
+const FLUSH_DELAY_MS = 50; // gather subscription changes into one message
+const SEND_RATE = 10; // messages per second, well under the server's 20/s...
+const SEND_BURST = 20; // ...and burst 40
+const SKU_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
+const MESSAGE_TYPES = ['cart', 'reservation_expired', 'order', 'campaign', 'online', 'offline'];
+
+const live = {
+  started: false,
+  suspended: false, // page in the back/forward cache
+  socket: null,
+  open: false,
+  opens: 0, // successful opens so far
+  failed: false, // some attempt failed or a socket dropped since the page loaded
+  delay: BACKOFF_MIN_MS,
+  retryTimer: 0,
+  noticeTimer: 0,
+  flushTimer: 0,
+  maxSubscriptions: DEFAULT_MAX_SUBSCRIPTIONS,
+  warnedLimit: false,
+  tokens: SEND_BURST,
+  tokensAt: 0,
+  wanted: new Map(), // sku → Set of callbacks, in subscription order
+  sent: new Set(), // SKUs subscribed on the current socket
+  latest: new Map(), // sku → {available, seq, fresh}; fresh = received on this socket
+  listeners: new Map(MESSAGE_TYPES.map((type) => [type, new Set()])),
+  reconnectCallbacks: new Set(),
+};
+
+/* ---------- helpers ---------- */
+
+function socketUrl() {
+  const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
+  return `${scheme}//${location.host}/ws`;
+}
+
+/** Report a callback's error without breaking the dispatch to the others. */
+function safeCall(callback, value) {
+  try {
+    callback(value);
+  } catch (error) {
+    console.error('live: a callback failed', error);
+  }
+}
+
+function emit(type, value) {
+  const set = live.listeners.get(type);
+  if (!set) return;
+  for (const callback of [...set]) safeCall(callback, value);
+}
+
+/** A list (or one string) of SKUs → valid, distinct SKUs. */
+function normaliseSkus(skus) {
+  let list = [];
+  if (typeof skus === 'string') list = [skus];
+  else if (skus && typeof skus[Symbol.iterator] === 'function') list = [...skus];
+  return [...new Set(list.filter((s) => typeof s === 'string' && SKU_PATTERN.test(s)))];
+}
+
+const isObject = (value) => value !== null && typeof value === 'object' && !Array.isArray(value);
+
+/* ---------- the offline notice ---------- */
+
+/** The notice region exists from the start (empty = invisible), so screen readers announce it. */
+function noticeRegion() {
+  let node = document.getElementById('live-status');
+  if (!node && document.body) {
+    node = document.createElement('div');
+    node.id = 'live-status';
+    node.className = 'live-status';
+    node.setAttribute('role', 'status');
+    node.setAttribute('aria-live', 'polite');
+    document.body.append(node);
+  }
+  return node;
+}
+
+function armNotice() {
+  if (live.noticeTimer || live.open) return;
+  live.noticeTimer = setTimeout(() => {
+    live.noticeTimer = 0;
+    const node = noticeRegion();
+    if (node && !live.open && node.textContent !== NOTICE_TEXT) node.textContent = NOTICE_TEXT;
+  }, NOTICE_DELAY_MS);
+}
+
+function clearNotice() {
+  clearTimeout(live.noticeTimer);
+  live.noticeTimer = 0;
+  const node = document.getElementById('live-status');
+  if (node) node.textContent = '';
+}
+
+/* ---------- sending subscriptions ---------- */
+
+/** Client-side token bucket, so a busy page never trips the server's rate limit. */
+function takeToken() {
+  const now = Date.now();
+  live.tokens = Math.min(SEND_BURST, live.tokens + ((now - live.tokensAt) / 1000) * SEND_RATE);
+  live.tokensAt = now;
+  if (live.tokens < 1) return false;
+  live.tokens -= 1;
+  return true;
+}
+
+/** Split SKUs so that each message stays well under the server's frame limit. */
+function chunks(skus) {
+  const out = [];
+  let current = [];
+  let size = 40; // {"op":"unsubscribe","skus":[]} and change
+  for (const sku of skus) {
+    if (current.length && size + sku.length + 3 > MAX_FRAME_CHARS) {
+      out.push(current);
+      current = [];
+      size = 40;
+    }
+    current.push(sku);
+    size += sku.length + 3;
+  }
+  if (current.length) out.push(current);
+  return out;
+}
+
+function send(message) {
+  try {
+    live.socket.send(JSON.stringify(message));
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+function scheduleFlush(delay = FLUSH_DELAY_MS) {
+  if (!live.flushTimer) live.flushTimer = setTimeout(flush, delay);
+}
+
+/** Bring the server's subscriptions in line with what the page wants (at most the limit). */
+function flush() {
+  live.flushTimer = 0;
+  const socket = live.socket;
+  if (!socket || !live.open || socket.readyState !== WebSocket.OPEN) return;
+
+  const desired = new Set();
+  for (const sku of live.wanted.keys()) {
+    if (desired.size >= live.maxSubscriptions) break;
+    desired.add(sku);
+  }
+  if (live.wanted.size > desired.size && !live.warnedLimit) {
+    live.warnedLimit = true;
+    console.warn(`live: ${live.wanted.size} SKUs wanted, the server allows ${live.maxSubscriptions}`);
+  }
+  const drop = [...live.sent].filter((sku) => !desired.has(sku));
+  const add = [...desired].filter((sku) => !live.sent.has(sku));
+
+  // Unsubscribe first, so the server never counts more than the limit.
+  for (const part of chunks(drop)) {
+    if (!takeToken()) return scheduleFlush(1000 / SEND_RATE);
+    if (!send({ op: 'unsubscribe', skus: part })) return;
+    for (const sku of part) {
+      live.sent.delete(sku);
+      const known = live.latest.get(sku);
+      if (known) known.fresh = false;
+    }
+  }
+  for (const part of chunks(add)) {
+    if (!takeToken()) return scheduleFlush(1000 / SEND_RATE);
+    if (!send({ op: 'subscribe', skus: part })) return;
+    for (const sku of part) live.sent.add(sku);
+  }
+}
+
+/* ---------- incoming messages ---------- */
+
+function onStock(message) {
+  const { sku, available, seq } = message;
+  if (typeof sku !== 'string' || !SKU_PATTERN.test(sku)) return;
+  if (typeof available !== 'number' || !Number.isFinite(available)) return;
+  if (typeof seq !== 'number' || !Number.isFinite(seq)) return;
+  const callbacks = live.wanted.get(sku);
+  if (!callbacks) return; // a late answer for a SKU no longer on screen
+  const known = live.latest.get(sku);
+  if (known && seq < known.seq) return; // an older value arriving late
+  const value = { sku, available: Math.max(0, Math.trunc(available)), seq };
+  live.latest.set(sku, { available: value.available, seq, fresh: true });
+  for (const callback of [...callbacks]) safeCall(callback, { ...value });
+}
+
+function onMessage(data) {
+  if (typeof data !== 'string') return;
+  let message;
+  try {
+    message = JSON.parse(data);
+  } catch {
+    return;
+  }
+  if (!isObject(message) || typeof message.type !== 'string') return;
+  switch (message.type) {
+    case 'welcome': {
+      const max = message.max_subscriptions;
+      if (Number.isInteger(max) && max > 0) {
+        live.maxSubscriptions = max;
+        scheduleFlush();
+      }
+      break;
+    }
+    case 'stock':
+      onStock(message);
+      break;
+    case 'cart':
+      if (isObject(message.cart) && Array.isArray(message.cart.lines)) emit('cart', message);
+      break;
+    case 'reservation_expired':
+      if (typeof message.sku === 'string') emit('reservation_expired', message);
+      break;
+    case 'order':
+      if (isObject(message.order) && message.order.id != null) emit('order', message);
+      break;
+    case 'campaign':
+      if (isObject(message.campaign)) emit('campaign', message);
+      break;
+    case 'error':
+      console.warn('live: the server did not understand a message', message.code, message.message);
+      break;
+    default:
+      break; // newer servers may send more types
+  }
+}
+
+/* ---------- connection ---------- */
+
+function onOpen() {
+  const reconnected = live.opens > 0 || live.failed;
+  live.open = true;
+  live.opens += 1;
+  live.delay = BACKOFF_MIN_MS;
+  live.tokens = SEND_BURST;
+  live.tokensAt = Date.now();
+  live.sent.clear();
+  clearNotice();
+  clearTimeout(live.flushTimer);
+  live.flushTimer = 0;
+  flush(); // resubscribe to everything on screen; the server answers with current values
+  emit('online', { type: 'online' });
+  if (reconnected) for (const callback of [...live.reconnectCallbacks]) safeCall(callback);
+}
+
+function onDown() {
+  const wasOpen = live.open;
+  live.socket = null;
+  live.open = false;
+  live.failed = true;
+  live.sent.clear();
+  for (const known of live.latest.values()) known.fresh = false;
+  if (live.suspended) return;
+  armNotice();
+  if (wasOpen) emit('offline', { type: 'offline' });
+  scheduleRetry();
+}
+
+function scheduleRetry() {
+  if (live.retryTimer || live.suspended) return;
+  const wait = live.delay * (1 + (Math.random() * 2 - 1) * JITTER);
+  live.delay = Math.min(live.delay * 2, BACKOFF_MAX_MS);
+  live.retryTimer = setTimeout(() => {
+    live.retryTimer = 0;
+    openSocket();
+  }, wait);
+}
+
+function openSocket() {
+  clearTimeout(live.retryTimer);
+  live.retryTimer = 0;
+  if (live.socket || live.suspended) return;
+  let socket;
+  try {
+    socket = new WebSocket(socketUrl());
+  } catch {
+    live.failed = true;
+    armNotice();
+    scheduleRetry();
+    return;
+  }
+  live.socket = socket;
+  socket.addEventListener('open', () => {
+    if (socket === live.socket) onOpen();
+  });
+  socket.addEventListener('message', (event) => {
+    if (socket === live.socket) onMessage(event.data);
+  });
+  const down = () => {
+    if (socket !== live.socket) return;
+    try {
+      socket.close();
+    } catch {
+      // already closing
+    }
+    onDown();
+  };
+  socket.addEventListener('close', down);
+  socket.addEventListener('error', down);
+}
+
+/** Retry at once when the browser says the network is back. */
+function onBrowserOnline() {
+  if (live.socket || live.suspended) return;
+  live.delay = BACKOFF_MIN_MS;
+  openSocket();
+}
+
+/** Close the socket while the page sits in the back/forward cache; reopen on return. */
+function onPageHide(event) {
+  if (!event.persisted) return;
+  live.suspended = true;
+  clearTimeout(live.retryTimer);
+  live.retryTimer = 0;
+  clearNotice();
+  const socket = live.socket;
+  if (socket) {
+    onDown();
+    try {
+      socket.close(1000);
+    } catch {
+      // already closed
+    }
+  }
+}
+
+function onPageShow(event) {
+  if (!event.persisted || !live.suspended) return;
+  live.suspended = false;
+  live.failed = true; // whatever changed meanwhile must be refetched
+  live.delay = BACKOFF_MIN_MS;
+  armNotice();
+  openSocket();
+}
+
+/* ---------- public API ---------- */
+
+/** Open the live connection (once per page); safe to call again. */
+export function connectLive() {
+  if (live.started) return;
+  live.started = true;
+  if (typeof WebSocket !== 'function') return; // very old browser: the page still works
+  noticeRegion();
+  window.addEventListener('online', onBrowserOnline);
+  window.addEventListener('pagehide', onPageHide);
+  window.addEventListener('pageshow', onPageShow);
+  armNotice(); // if the first connection takes more than a second, say so
+  openSocket();
+}
+
+/** Receive {sku, available, seq} for each SKU whenever a newer value arrives. */
+export function subscribeStock(skus, callback) {
+  const list = normaliseSkus(skus);
+  const fn = typeof callback === 'function' ? callback : null;
+  for (const sku of list) {
+    let callbacks = live.wanted.get(sku);
+    if (!callbacks) {
+      callbacks = new Set();
+      live.wanted.set(sku, callbacks);
+    }
+    if (fn) callbacks.add(fn);
+    // Already subscribed on this socket: the server will not answer again, so hand
+    // the new callback the value we have.
+    const known = live.latest.get(sku);
+    if (fn && known && known.fresh && live.sent.has(sku)) {
+      queueMicrotask(() => {
+        const now = live.latest.get(sku);
+        if (now && now.fresh && live.wanted.get(sku)?.has(fn)) {
+          safeCall(fn, { sku, available: now.available, seq: now.seq });
+        }
+      });
+    }
+  }
+  scheduleFlush();
+  return () => unsubscribeStock(list, fn);
+}
+
+/** Stop one callback (when given) or every callback for these SKUs. */
+export function unsubscribeStock(skus, callback) {
+  for (const sku of normaliseSkus(skus)) {
+    const callbacks = live.wanted.get(sku);
+    if (!callbacks) continue;
+    if (typeof callback === 'function') callbacks.delete(callback);
+    if (typeof callback !== 'function' || callbacks.size === 0) live.wanted.delete(sku);
+  }
+  scheduleFlush();
+}
+
+/** The value of a SKU received on the current connection, or null. */
+export function latestStock(sku) {
+  const known = live.latest.get(sku);
+  if (!known || !known.fresh || !live.open) return null;
+  return { sku, available: known.available, seq: known.seq };
+}
+
+/** Listen for 'cart', 'reservation_expired', 'order', 'campaign', 'online' or 'offline'. */
+export function onLive(type, callback) {
+  const set = live.listeners.get(type);
+  if (!set || typeof callback !== 'function') return () => {};
+  set.add(callback);
+  return () => set.delete(callback);
+}
+
+/** Run after every reconnect: messages sent while away are lost, so refetch. */
+export function onReconnect(callback) {
+  if (typeof callback !== 'function') return () => {};
+  live.reconnectCallbacks.add(callback);
+  return () => live.reconnectCallbacks.delete(callback);
+}
+
+/** Whether the live connection is open right now. */
+export function isLive() {
+  return live.open;
+}
