@@ -33,7 +33,9 @@ test: services
 	  export SURGE_TEST_PG_URL="$$SURGE_PG_URL" SURGE_TEST_REDIS_URL="$$REDIS_URL" && \
 	  unset DATABASE_URL REDIS_URL && \
 	  echo "==> cargo test (PostgreSQL $$SURGE_TEST_PG_URL, Redis $$SURGE_TEST_REDIS_URL)" && \
-	  $(CARGO) test --workspace --locked
+	  $(CARGO) test --workspace --locked && \
+	  echo "==> browser tests (headless Chromium)" && \
+	  bash scripts/browser-test.sh
 
 lint:
 	$(CARGO) fmt --all -- --check

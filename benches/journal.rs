@@ -15,7 +15,7 @@ use std::{
 use anyhow::Context as _;
 use futures_util::{stream, StreamExt};
 use surge::{
-    config::{CommerceConfig, DatabaseConfig, ServeConfig},
+    config::{CommerceConfig, DatabaseConfig, LiveConfig, ServeConfig},
     server,
     store::{
         journal::{self, JournalConfig, PgJournal},
@@ -143,7 +143,7 @@ async fn bench(url: &str, writes: usize) -> anyhow::Result<()> {
             async move {
                 journal::commit(&pool, "bench-single", &cfg, &[op])
                     .await
-                    .map(|r| r[0].is_ok())
+                    .map(|(results, _)| results.first().is_some_and(Result::is_ok))
             }
         })
         .buffer_unordered(CONCURRENCY)
@@ -159,6 +159,7 @@ async fn bench(url: &str, writes: usize) -> anyhow::Result<()> {
         db.journal.clone(),
         "bench-journal".into(),
         cfg.clone(),
+        Arc::new(|_| {}),
     ));
     let started = Instant::now();
     let failures = stream::iter(journal_carts.iter().enumerate())
@@ -234,6 +235,7 @@ async fn http_latency(url: &str) -> anyhow::Result<()> {
             journal_max_wait: Duration::from_millis(2),
             journal_pool_size: 2,
         },
+        live: LiveConfig::default(),
     };
     let node = server::start(cfg).await?;
     let base = format!("http://{}", node.addr);

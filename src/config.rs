@@ -273,6 +273,19 @@ pub struct LiveConfig {
     pub bus_reconnect: Duration,
 }
 
+impl Default for LiveConfig {
+    fn default() -> Self {
+        Self {
+            limits: crate::ws::protocol::WsLimits::default(),
+            coalesce: Duration::from_millis(100),
+            hub_shards: 2,
+            resync: Duration::from_secs(5),
+            bus_prefix: "surge".into(),
+            bus_reconnect: Duration::from_millis(100),
+        }
+    }
+}
+
 impl LiveArgs {
     /// Checks origins and the prefix.
     pub fn validate(&self) -> Result<LiveConfig, ConfigError> {

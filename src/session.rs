@@ -106,6 +106,10 @@ pub async fn attach(
     let (id, fresh) = match req.cookie(COOKIE) {
         Some(c) => match signer.verify(c.value()) {
             Some(id) => (id, false),
+            // A browser ignores cookies on a refused WebSocket handshake, so a socket
+            // with a stale cookie (say, after a key change) starts a fresh session in
+            // its upgrade response instead; the API still refuses such a cookie.
+            None if req.path() == "/ws" => (uuid::Uuid::new_v4().simple().to_string(), true),
             None => {
                 let mut resp = error_response(
                     StatusCode::BAD_REQUEST,

@@ -43,7 +43,7 @@ use tokio::{
 /// Event kinds, in the order of [`BusEvent`]; one Redis channel each.
 const KINDS: [&str; 5] = ["stock", "catalog", "session", "takeover", "campaign"];
 
-/// How long `start` waits for the first subscription (or the first failure) before
+/// How long `start` waits for both connections to come up (or to fail once) before
 /// leaving the rest to the background tasks.
 const INITIAL_WAIT: Duration = Duration::from_secs(1);
 /// Time limit on each command we send (SETNAME, SUBSCRIBE, PUBLISH, PING).

@@ -39,6 +39,7 @@ const live = {
   failed: false, // some attempt failed or a socket dropped since the page loaded
   delay: BACKOFF_MIN_MS,
   retryTimer: 0,
+  probing: false,
   noticeTimer: 0,
   flushTimer: 0,
   maxSubscriptions: DEFAULT_MAX_SUBSCRIPTIONS,
@@ -280,11 +281,36 @@ function onDown() {
   armNotice();
   if (wasOpen) emit('offline', { type: 'offline' });
   scheduleRetry();
+  if (!wasOpen) probeSession();
+}
+
+/**
+ * A socket that never opened may have been refused for a session cookie the server no
+ * longer accepts (its signing key changed). Browsers ignore cookies on a refused
+ * handshake, so ask over HTTP, where the server clears such a cookie; then retry at once.
+ */
+async function probeSession() {
+  if (live.probing) return;
+  live.probing = true;
+  try {
+    const response = await fetch('/api/cart', { credentials: 'same-origin', headers: { Accept: 'application/json' } });
+    if (response.status !== 400) return;
+    const body = await response.json().catch(() => null);
+    const code = isObject(body) && isObject(body.error) ? body.error.code : null;
+    if (code === 'invalid_session' && !live.socket && !live.suspended) {
+      live.delay = BACKOFF_MIN_MS;
+      openSocket();
+    }
+  } catch {
+    // the server is unreachable: the backoff goes on
+  } finally {
+    live.probing = false;
+  }
 }
 
 function scheduleRetry() {
   if (live.retryTimer || live.suspended) return;
-  const wait = live.delay * (1 + (Math.random() * 2 - 1) * JITTER);
+  const wait = Math.min(BACKOFF_MAX_MS, live.delay * (1 + (Math.random() * 2 - 1) * JITTER));
   live.delay = Math.min(live.delay * 2, BACKOFF_MAX_MS);
   live.retryTimer = setTimeout(() => {
     live.retryTimer = 0;

@@ -24,7 +24,12 @@ as_root() {
 
 # --- what the tests need -------------------------------------------------------------
 
-command -v node >/dev/null 2>&1 || die "node is missing (Node.js 18 or newer)"
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  say "installing Node.js and npm: apt-get install -y nodejs npm"
+  export DEBIAN_FRONTEND=noninteractive
+  as_root apt-get update
+  as_root apt-get install -y nodejs npm
+fi
 
 if [ -d node_modules/playwright-core ]; then
   say "playwright-core is installed"
