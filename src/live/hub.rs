@@ -68,7 +68,8 @@ impl HubShard {
                 metrics::counter!("ws_messages_dropped_total", "reason" => "slow").increment(1);
                 if socket.drops == MAX_DROPS {
                     metrics::counter!("ws_slow_closed_total").increment(1);
-                    let _ = socket.kick.try_send(Kick {
+                    // do_send: the mailbox is full by definition, and the kick must land.
+                    socket.kick.do_send(Kick {
                         code: 1008,
                         reason: "too slow",
                     });
@@ -282,7 +283,7 @@ impl Handler<KickAll> for HubShard {
     fn handle(&mut self, msg: KickAll, _: &mut Self::Context) {
         for id in self.session_of.keys() {
             if let Some(socket) = self.sockets.get(id) {
-                let _ = socket.kick.try_send(msg.0);
+                socket.kick.do_send(msg.0);
             }
         }
     }
@@ -433,5 +434,114 @@ impl Hub {
         for a in self._arbiters.iter() {
             a.stop();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// A socket that records what it gets; a `stuck` one never reads its mailbox.
+    struct Probe {
+        got: Arc<Mutex<Vec<String>>>,
+        stuck: bool,
+    }
+
+    impl Actor for Probe {
+        type Context = Context<Self>;
+        fn started(&mut self, ctx: &mut Self::Context) {
+            // Like a WsSession: room for a full flush of its subscriptions.
+            ctx.set_mailbox_capacity(256);
+            if self.stuck {
+                // Blocks its own mailbox for the whole test, like a client that never reads.
+                ctx.wait(actix::fut::wrap_future(actix_web::rt::time::sleep(
+                    Duration::from_secs(30),
+                )));
+            }
+        }
+    }
+
+    impl Handler<Push> for Probe {
+        type Result = ();
+        fn handle(&mut self, msg: Push, _: &mut Self::Context) {
+            self.got.lock().expect("lock").push(msg.0.to_string());
+        }
+    }
+
+    impl Handler<Kick> for Probe {
+        type Result = ();
+        fn handle(&mut self, _: Kick, _: &mut Self::Context) {}
+    }
+
+    fn probe(stuck: bool) -> (Addr<Probe>, Arc<Mutex<Vec<String>>>) {
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let addr = Probe {
+            got: got.clone(),
+            stuck,
+        }
+        .start();
+        (addr, got)
+    }
+
+    fn level(sku: &str, available: i64, seq: i64) -> StockLevel {
+        StockLevel {
+            sku: sku.into(),
+            available,
+            seq,
+        }
+    }
+
+    #[actix_web::test]
+    async fn coalesces_to_the_latest_value_and_drops_stale_ones() {
+        let hub = Hub::start(2, Duration::from_millis(50));
+        let (addr, got) = probe(false);
+        hub.subscribe(
+            1,
+            &["A".to_owned()],
+            &addr.clone().recipient(),
+            &addr.recipient(),
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(20)).await;
+        hub.stock(vec![
+            level("A", 5, 1),
+            level("A", 4, 2),
+            level("A", 3, 3),
+            level("A", 9, 1),
+        ]);
+        actix_web::rt::time::sleep(Duration::from_millis(150)).await;
+        let got = got.lock().expect("lock").clone();
+        assert_eq!(got.len(), 1, "one message per SKU per interval: {got:?}");
+        assert!(
+            got[0].contains("\"available\":3") && got[0].contains("\"seq\":3"),
+            "{got:?}"
+        );
+        hub.stop();
+    }
+
+    #[actix_web::test]
+    async fn a_stuck_socket_never_stalls_the_others() {
+        let hub = Hub::start(1, Duration::from_millis(10));
+        let (healthy, got) = probe(false);
+        let (stuck, stuck_got) = probe(true);
+        let skus: Vec<String> = (0..100).map(|i| format!("S{i}")).collect();
+        hub.subscribe(1, &skus, &healthy.clone().recipient(), &healthy.recipient());
+        hub.subscribe(2, &skus, &stuck.clone().recipient(), &stuck.recipient());
+        actix_web::rt::time::sleep(Duration::from_millis(20)).await;
+        // Each round fills the stuck socket's mailbox further; from the third on it drops.
+        for round in 1..=5 {
+            hub.stock(skus.iter().map(|s| level(s, round, round)).collect());
+            actix_web::rt::time::sleep(Duration::from_millis(60)).await;
+        }
+        assert_eq!(
+            got.lock().expect("lock").len(),
+            500,
+            "the healthy socket got every message"
+        );
+        assert!(
+            stuck_got.lock().expect("lock").is_empty(),
+            "the stuck one read nothing"
+        );
+        hub.stop();
     }
 }
