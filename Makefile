@@ -35,7 +35,9 @@ test: services
 	  echo "==> cargo test (PostgreSQL $$SURGE_TEST_PG_URL, Redis $$SURGE_TEST_REDIS_URL)" && \
 	  $(CARGO) test --workspace --locked && \
 	  echo "==> browser tests (headless Chromium)" && \
-	  bash scripts/browser-test.sh
+	  bash scripts/browser-test.sh && \
+	  echo "==> load-test smoke (correctness only)" && \
+	  bash scripts/loadtest-smoke.sh
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -49,3 +51,50 @@ clean-services:
 
 bench-journal: services
 	@source $(ENV_FILE) && SURGE_BENCH_PG_URL="$$SURGE_PG_URL" SURGE_LOG=warn $(CARGO) bench --bench journal
+
+# ---- Load tests: surge-loadtest (loadtests/, see loadtests/README.md) -----------------
+# Release builds. Each bench runs against `surge serve` on a database of its own that is
+# dropped afterwards (loadtests/node.sh); reports go to artifacts/loadtest/*.json.
+LT_BIN := target/release/surge-loadtest
+LT_NODE := bash loadtests/node.sh target/release/surge $(LT_BIN)
+LT_OUT := artifacts/loadtest
+
+.PHONY: loadtest-release loadtest-smoke bench-browse bench-flash-sale bench-fanout bench-cluster
+
+loadtest-release:
+	@echo "==> building surge and surge-loadtest (release)"
+	@$(CARGO) build --release --locked -p surge -p surge-loadtest
+
+loadtest-smoke: services
+	@source $(ENV_FILE) && bash scripts/loadtest-smoke.sh
+
+bench-browse: services loadtest-release
+	@source $(ENV_FILE) && $(LT_NODE) browse -- \
+	  $(LT_BIN) browse --duration 15s --concurrency 64 --report $(LT_OUT)/browse.json
+
+bench-flash-sale: services loadtest-release
+	@source $(ENV_FILE); status=0; \
+	  $(LT_NODE) flash-sale -- \
+	    $(LT_BIN) flash-sale --buyers 20000 --units 1000 --concurrency 1000 --duration 120s \
+	      --report $(LT_OUT)/flash-sale.json || status=1; \
+	  echo "==> the same sale, every buyer's session and cart made before it starts (--warm-sessions)"; \
+	  $(LT_NODE) flash-sale-warm -- \
+	    $(LT_BIN) flash-sale --buyers 20000 --units 1000 --concurrency 1000 --duration 120s \
+	      --warm-sessions --report $(LT_OUT)/flash-sale-warm.json || status=1; \
+	  exit $$status
+
+bench-fanout: services loadtest-release
+	@ulimit -n 200000 2>/dev/null || { \
+	    echo "==> cannot raise the open-file limit to 200000 (hard limit $$(ulimit -Hn)); using $$(ulimit -Hn)"; \
+	    ulimit -n "$$(ulimit -Hn)"; }; \
+	  echo "==> open-file limit: $$(ulimit -n)"; \
+	  source $(ENV_FILE); status=0; \
+	  for n in 1000 10000 50000; do \
+	    $(LT_NODE) fanout-$$n -- $(LT_BIN) fanout --subscribers $$n --changes 20 \
+	      --duration 300s --fit-fd-limit --source-ips 127.0.0.2,127.0.0.3,127.0.0.4 \
+	      --report $(LT_OUT)/fanout-$$n.json || status=1; \
+	  done; \
+	  exit $$status
+
+bench-cluster: services loadtest-release
+	@source $(ENV_FILE) && LT_SKIP_BUILD=1 bash scripts/cluster.sh

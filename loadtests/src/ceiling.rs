@@ -1,0 +1,384 @@
+//! The ceilings Surge is compared with: a bare actix-web server that answers static
+//! JSON (what HTTP alone costs here), and COPY straight into PostgreSQL (what durable
+//! writes alone cost here).
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use actix_web::{dev::ServerHandle, web, App, HttpRequest, HttpResponse, HttpServer};
+use anyhow::{anyhow, Context as _};
+use futures_util::SinkExt as _;
+use serde_json::json;
+
+use crate::{
+    browse::{self, Plan},
+    catalog,
+    cli::{CeilingDbArgs, CeilingHttpArgs},
+    db,
+    http::{self, ClientOptions},
+    report::{Report, Section},
+    util::{thousands, Rng},
+};
+
+/// Worker threads of the ceiling server (Surge's benchmarks use 2 as well).
+pub const CEILING_WORKERS: usize = 2;
+
+/// A JSON object of exactly `bytes` bytes (at least `{"p":""}`).
+pub fn json_body(bytes: usize) -> web::Bytes {
+    let pad = bytes.saturating_sub(8);
+    let mut s = String::with_capacity(bytes.max(8));
+    s.push_str("{\"p\":\"");
+    s.extend(std::iter::repeat_n('x', pad));
+    s.push_str("\"}");
+    web::Bytes::from(s)
+}
+
+/// The bare server, running on its own thread.
+pub struct CeilingServer {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    handle: ServerHandle,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl CeilingServer {
+    /// Starts it on 127.0.0.1 (a free port): list paths (`/api/products`) get
+    /// `list_body`, every other path `product_body`.
+    pub fn start(product_body: web::Bytes, list_body: web::Bytes) -> anyhow::Result<Self> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("ceiling-http".into())
+            .spawn(move || {
+                let tx_err = tx.clone();
+                let result = actix_web::rt::System::new().block_on(async move {
+                    let server = HttpServer::new(move || {
+                        let (product, list) = (product_body.clone(), list_body.clone());
+                        App::new().default_service(web::to(move |req: HttpRequest| {
+                            let body = if req.path() == "/api/products" {
+                                list.clone()
+                            } else {
+                                product.clone()
+                            };
+                            async move {
+                                HttpResponse::Ok()
+                                    .content_type("application/json")
+                                    .body(body)
+                            }
+                        }))
+                    })
+                    .workers(CEILING_WORKERS)
+                    .disable_signals()
+                    .shutdown_timeout(1)
+                    .bind(("127.0.0.1", 0))?;
+                    let addr = server
+                        .addrs()
+                        .first()
+                        .copied()
+                        .ok_or_else(|| std::io::Error::other("no address bound"))?;
+                    let server = server.run();
+                    let _ = tx.send(Ok((addr, server.handle())));
+                    server.await
+                });
+                if let Err(e) = result {
+                    let _ = tx_err.send(Err(e));
+                }
+            })
+            .context("starting the ceiling server thread")?;
+        let (addr, handle) = rx
+            .recv_timeout(Duration::from_secs(10))
+            .map_err(|_| anyhow!("the ceiling server did not start"))?
+            .context("starting the ceiling server")?;
+        Ok(Self {
+            addr,
+            handle,
+            thread,
+        })
+    }
+
+    /// Its base URL.
+    pub fn base(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops it and waits for its thread.
+    pub async fn stop(self) {
+        self.handle.stop(false).await;
+        let _ = actix_web::rt::task::spawn_blocking(move || self.thread.join()).await;
+    }
+}
+
+/// Starts the ceiling, drives it with the browse generator, stops it.
+pub async fn http_run(
+    plan: Arc<Plan>,
+    product_bytes: usize,
+    list_bytes: usize,
+    duration: Duration,
+    concurrency: usize,
+    threads: usize,
+    timeout: Duration,
+) -> anyhow::Result<Section> {
+    let server = CeilingServer::start(json_body(product_bytes), json_body(list_bytes))?;
+    let base = server.base();
+    println!(
+        "ceiling-http: {base} ({CEILING_WORKERS} workers, bodies {product_bytes} / {list_bytes} bytes) for {:.1} s",
+        duration.as_secs_f64()
+    );
+    let section = browse::drive(
+        "ceiling-http",
+        vec![base],
+        plan,
+        duration,
+        concurrency,
+        threads,
+        timeout,
+    )
+    .await;
+    server.stop().await;
+    section
+}
+
+/// `ceiling-http` on its own.
+pub async fn http_main(args: CeilingHttpArgs) -> anyhow::Result<Report> {
+    let c = &args.common;
+    let (plan, product, list) = match args.body_bytes {
+        Some(n) => (
+            Plan {
+                slugs: (0..200).map(|i| format!("product-{i}")).collect(),
+                cursors: Vec::new(),
+                words: vec!["shirt".into()],
+                list_percent: args.list_percent,
+            },
+            n,
+            n,
+        ),
+        None => {
+            let bases = c.base_strings()?;
+            let probe = http::client(&ClientOptions {
+                timeout: c.timeout,
+                connections: 4,
+                source: None,
+            });
+            let cat = catalog::fetch(&probe, &bases[0], 0).await?;
+            let (p, l) = (cat.product_page_bytes, cat.list_page_bytes);
+            (Plan::new(&cat, args.list_percent), p, l)
+        }
+    };
+    let section = http_run(
+        Arc::new(plan),
+        product,
+        list,
+        c.duration,
+        c.concurrency,
+        c.threads,
+        c.timeout,
+    )
+    .await?;
+    let mut report = Report::new(
+        "ceiling-http",
+        json!({ "common": c.json(), "product_bytes": product, "list_bytes": list }),
+    );
+    report.figure_f64("ceiling-http req/s", section.rps(), 0);
+    report.sections.push(section);
+    report.check_errors(c.strict);
+    Ok(report)
+}
+
+/// Committed rows per second of COPY into a throwaway table.
+#[derive(Debug, Clone, Copy)]
+pub struct DbCeiling {
+    /// Rows committed.
+    pub rows: u64,
+    /// COPY statements (transactions) committed.
+    pub copies: u64,
+    /// Wall time.
+    pub elapsed: Duration,
+}
+
+impl DbCeiling {
+    /// Committed rows per second.
+    pub fn rows_per_s(&self) -> f64 {
+        crate::report::per_second(self.rows, self.elapsed)
+    }
+}
+
+fn order_rows(rng: &mut Rng, n: usize, buf: &mut Vec<u8>) {
+    use std::io::Write as _;
+    buf.clear();
+    for i in 0..n {
+        let order = uuid::Uuid::from_u64_pair(rng.next_u64(), rng.next_u64());
+        let session = uuid::Uuid::from_u64_pair(rng.next_u64(), rng.next_u64()).simple();
+        // Writing to a Vec cannot fail.
+        let _ = writeln!(
+            buf,
+            "{order}\t{session}\tSKU-{:05}\t{}\t{}\tEUR\tbuyer{i}@loadtest.example\tnode-1",
+            rng.below(1300),
+            1 + rng.below(3),
+            500 + rng.below(20_000)
+        );
+    }
+}
+
+/// Runs COPY batches of `batch_rows` rows over `connections` connections for
+/// `duration` into a table of a new schema, then drops the schema.
+pub async fn db_run(
+    url: &str,
+    duration: Duration,
+    connections: usize,
+    batch_rows: usize,
+) -> anyhow::Result<DbCeiling> {
+    let schema = format!("lt_ceiling_{}", uuid::Uuid::new_v4().simple());
+    let admin = db::connect(url).await?;
+    admin
+        .batch_execute(&format!(
+            "CREATE SCHEMA {schema};
+             CREATE TABLE {schema}.order_rows (
+                 order_id UUID NOT NULL, session_id TEXT NOT NULL, sku TEXT NOT NULL,
+                 quantity BIGINT NOT NULL, unit_price_minor BIGINT NOT NULL,
+                 currency CHAR(3) NOT NULL, email TEXT NOT NULL, node_id TEXT NOT NULL,
+                 created_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+        ))
+        .await
+        .context("creating the ceiling table")?;
+    let result = copy_load(url, &schema, duration, connections, batch_rows).await;
+    let dropped = admin
+        .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+        .await
+        .context("dropping the ceiling schema");
+    let out = result?;
+    dropped?;
+    Ok(out)
+}
+
+async fn copy_load(
+    url: &str,
+    schema: &str,
+    duration: Duration,
+    connections: usize,
+    batch_rows: usize,
+) -> anyhow::Result<DbCeiling> {
+    let rows = Arc::new(AtomicU64::new(0));
+    let copies = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let deadline = started + duration;
+    let stmt = format!(
+        "COPY {schema}.order_rows (order_id, session_id, sku, quantity, unit_price_minor, currency, email, node_id) FROM STDIN"
+    );
+    let tasks = (0..connections.max(1)).map(|w| {
+        let (rows, copies, stmt) = (rows.clone(), copies.clone(), stmt.clone());
+        async move {
+            let client = db::connect(url).await?;
+            let mut rng = Rng::new(w as u64);
+            let mut buf = Vec::new();
+            for _ in 0..1_000_000u64 {
+                if Instant::now() >= deadline {
+                    break;
+                }
+                order_rows(&mut rng, batch_rows.max(1), &mut buf);
+                let sink = client.copy_in::<_, std::io::Cursor<Vec<u8>>>(&stmt).await?;
+                let mut sink = Box::pin(sink);
+                sink.send(std::io::Cursor::new(std::mem::take(&mut buf)))
+                    .await?;
+                let n = sink.as_mut().finish().await?;
+                rows.fetch_add(n, Ordering::Relaxed);
+                copies.fetch_add(1, Ordering::Relaxed);
+            }
+            anyhow::Ok(())
+        }
+    });
+    for r in futures_util::future::join_all(tasks).await {
+        r.context("COPY into the ceiling table")?;
+    }
+    Ok(DbCeiling {
+        rows: rows.load(Ordering::Relaxed),
+        copies: copies.load(Ordering::Relaxed),
+        elapsed: started.elapsed(),
+    })
+}
+
+/// Adds the COPY ceiling figures and the ratio of `durable_per_s` to it.
+pub fn add_db_figures(report: &mut Report, ceiling: &DbCeiling, durable_per_s: f64) {
+    report.figure_f64(
+        "ceiling-db rows/s (COPY, committed)",
+        ceiling.rows_per_s(),
+        0,
+    );
+    report.figure(
+        "ceiling-db rows, COPYs",
+        json!({ "rows": ceiling.rows, "copies": ceiling.copies }),
+        format!(
+            "{} rows in {} COPYs",
+            thousands(ceiling.rows),
+            thousands(ceiling.copies)
+        ),
+    );
+    let ratio = if ceiling.rows_per_s() > 0.0 {
+        durable_per_s / ceiling.rows_per_s()
+    } else {
+        0.0
+    };
+    report.figure(
+        "durable ops/s / ceiling-db rows/s",
+        json!((ratio * 10_000.0).round() / 10_000.0),
+        format!("{:.2} %", ratio * 100.0),
+    );
+}
+
+/// `ceiling-db` on its own.
+pub async fn db_main(args: CeilingDbArgs) -> anyhow::Result<Report> {
+    let c = &args.common;
+    println!(
+        "ceiling-db: COPY {} rows per transaction over {} connections for {:.1} s",
+        args.batch_rows,
+        c.concurrency,
+        c.duration.as_secs_f64()
+    );
+    let result = db_run(
+        &args.database_url,
+        c.duration,
+        c.concurrency,
+        args.batch_rows,
+    )
+    .await?;
+    let mut report = Report::new(
+        "ceiling-db",
+        json!({ "common": c.json(), "batch_rows": args.batch_rows }),
+    );
+    report.figure_f64(
+        "ceiling-db rows/s (COPY, committed)",
+        result.rows_per_s(),
+        0,
+    );
+    report.figure_int("rows", result.rows);
+    report.figure_int("COPY transactions", result.copies);
+    report.figure_f64("seconds", result.elapsed.as_secs_f64(), 2);
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_has_the_asked_size_and_is_json() {
+        for n in [8, 100, 1234] {
+            let b = json_body(n);
+            assert_eq!(b.len(), n);
+            assert!(serde_json::from_slice::<serde_json::Value>(&b).is_ok());
+        }
+    }
+
+    #[test]
+    fn rows_have_eight_columns() {
+        let mut buf = Vec::new();
+        order_rows(&mut Rng::new(1), 3, &mut buf);
+        let text = String::from_utf8(buf).expect("utf8");
+        assert_eq!(text.lines().count(), 3);
+        assert!(text.lines().all(|l| l.split('\t').count() == 8));
+    }
+}

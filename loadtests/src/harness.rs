@@ -1,0 +1,129 @@
+//! Running load: each load thread has its own actix `System` (awc clients are
+//! single-threaded) and runs its share of the workers; results come back to the
+//! caller's runtime without blocking it.
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use anyhow::anyhow;
+
+/// Load threads that were started and whose results can be awaited.
+pub struct Threads<T> {
+    results: Vec<tokio::sync::oneshot::Receiver<T>>,
+}
+
+/// Starts `threads` OS threads; thread `t` runs `make(t)` to completion on its own
+/// actix `System`. The future need not be `Send`: it is created on its thread.
+pub fn spawn<T, F, Fut>(threads: usize, make: F) -> anyhow::Result<Threads<T>>
+where
+    T: Send + 'static,
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = T> + 'static,
+{
+    let make = Arc::new(make);
+    let mut results = Vec::with_capacity(threads);
+    for t in 0..threads.max(1) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let make = make.clone();
+        std::thread::Builder::new()
+            .name(format!("load-{t}"))
+            .spawn(move || {
+                let out = actix_web::rt::System::new().block_on(make(t));
+                let _ = tx.send(out);
+            })
+            .map_err(|e| anyhow!("starting load thread {t}: {e}"))?;
+        results.push(rx);
+    }
+    Ok(Threads { results })
+}
+
+impl<T> Threads<T> {
+    /// Waits for every thread's result.
+    pub async fn join(self) -> anyhow::Result<Vec<T>> {
+        let mut out = Vec::with_capacity(self.results.len());
+        for (t, rx) in self.results.into_iter().enumerate() {
+            out.push(rx.await.map_err(|_| anyhow!("load thread {t} panicked"))?);
+        }
+        Ok(out)
+    }
+}
+
+/// Starts threads and waits for all of them.
+pub async fn run<T, F, Fut>(threads: usize, make: F) -> anyhow::Result<Vec<T>>
+where
+    T: Send + 'static,
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = T> + 'static,
+{
+    spawn(threads, make)?.join().await
+}
+
+/// How many of `total` workers thread `t` of `threads` runs.
+pub fn share(total: usize, threads: usize, t: usize) -> usize {
+    let threads = threads.max(1);
+    total / threads + usize::from(t < total % threads)
+}
+
+/// Ends the process if it is still running after `limit`: the last guarantee that a
+/// run stops by itself, whatever the server does.
+pub fn watchdog(limit: Duration) {
+    let _ = std::thread::Builder::new()
+        .name("watchdog".into())
+        .spawn(move || {
+            std::thread::sleep(limit);
+            eprintln!(
+                "surge-loadtest: still running after {} s; stopping (watchdog)",
+                limit.as_secs()
+            );
+            std::process::exit(124);
+        });
+}
+
+/// Short jittered exponential backoff: `base` doubling per attempt up to `cap`.
+pub fn backoff(
+    attempt: u32,
+    base: Duration,
+    cap: Duration,
+    rng: &mut crate::util::Rng,
+) -> Duration {
+    let exp = base.saturating_mul(1u32 << attempt.min(10)).min(cap);
+    let half = exp / 2;
+    let jitter_us = rng.below(usize::try_from(half.as_micros()).unwrap_or(0) + 1) as u64;
+    half + Duration::from_micros(jitter_us)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shares_add_up() {
+        for total in [0, 1, 7, 1000] {
+            for threads in [1, 2, 3] {
+                let sum: usize = (0..threads).map(|t| share(total, threads, t)).sum();
+                assert_eq!(sum, total);
+            }
+        }
+    }
+
+    #[test]
+    fn backoff_is_bounded() {
+        let mut rng = crate::util::Rng::new(3);
+        for a in 0..40 {
+            let d = backoff(
+                a,
+                Duration::from_millis(5),
+                Duration::from_millis(100),
+                &mut rng,
+            );
+            assert!(d <= Duration::from_millis(100));
+        }
+    }
+
+    #[test]
+    fn threads_return_results() {
+        let out = actix_web::rt::System::new()
+            .block_on(run(3, |t| async move { t * 10 }))
+            .expect("threads");
+        assert_eq!(out, vec![0, 10, 20]);
+    }
+}
