@@ -78,6 +78,7 @@ fn line(cart_id: Uuid, sku: &str) -> WriteOp {
         expires_at_ms: 4_102_444_800_000,
         unit_price_minor: 1000,
         currency: Currency::parse("EUR").unwrap_or_else(|_| unreachable!()),
+        create_for_session: None,
     })
 }
 

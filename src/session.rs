@@ -24,6 +24,8 @@ pub const COOKIE: &str = "surge_session";
 pub struct Session {
     /// Random id (32 hex characters).
     pub id: String,
+    /// Created by this request: nothing of it exists in PostgreSQL yet.
+    pub fresh: bool,
 }
 
 /// Signs and verifies session cookies.
@@ -124,7 +126,10 @@ pub async fn attach(
         },
         None => (uuid::Uuid::new_v4().simple().to_string(), true),
     };
-    req.extensions_mut().insert(Session { id: id.clone() });
+    req.extensions_mut().insert(Session {
+        id: id.clone(),
+        fresh,
+    });
     let mut res = next.call(req).await?.map_into_boxed_body();
     if fresh {
         let cookie = signer.cookie(signer.sign(&id));

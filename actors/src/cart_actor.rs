@@ -136,6 +136,10 @@ impl CartView {
 /// The actor.
 pub struct CartActor {
     session_id: String,
+    /// The session was created by this very request: no cart can exist yet.
+    fresh: bool,
+    /// Whether the cart row exists in PostgreSQL.
+    persisted: bool,
     cart: Option<Cart>,
     deps: Arc<CartDeps>,
     registry: CartRegistry,
@@ -162,6 +166,28 @@ impl CartActor {
         }
     }
 
+    /// Claims the session's cart for this node and loads it; messages wait meanwhile.
+    fn load(&mut self, ctx: &mut Context<Self>) {
+        let store = Arc::clone(&self.deps.store);
+        let session = self.session_id.clone();
+        ctx.wait(
+            async move { store.claim_cart(session).await }
+                .into_actor(self)
+                .map(|result, act, ctx| match result {
+                    Ok(cart) => {
+                        act.deps.events.cart_claimed(&act.session_id);
+                        act.cart = Some(cart);
+                        act.persisted = true;
+                        act.schedule_expiry(ctx);
+                    }
+                    Err(err) => {
+                        tracing::warn!(%err, "could not load cart");
+                        ctx.stop();
+                    }
+                }),
+        );
+    }
+
     /// Stop and let a fresh actor reload the cart (after a stale write).
     fn reload(&mut self, ctx: &mut Context<Self>) {
         self.cart = None;
@@ -174,23 +200,13 @@ impl Actor for CartActor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(64);
-        let store = Arc::clone(&self.deps.store);
-        let session = self.session_id.clone();
-        ctx.wait(
-            async move { store.claim_cart(session).await }
-                .into_actor(self)
-                .map(|result, act, ctx| match result {
-                    Ok(cart) => {
-                        act.deps.events.cart_claimed(&act.session_id);
-                        act.cart = Some(cart);
-                        act.schedule_expiry(ctx);
-                    }
-                    Err(err) => {
-                        tracing::warn!(%err, "could not load cart");
-                        ctx.stop();
-                    }
-                }),
-        );
+        if self.fresh {
+            // Nothing to load: the cart row is written with the first line.
+            self.cart = Some(Cart::new(Uuid::new_v4(), 0));
+            self.persisted = false;
+        } else {
+            self.load(ctx);
+        }
         let idle = self.deps.idle;
         ctx.run_interval(idle.max(Duration::from_millis(100)) / 2, move |act, ctx| {
             let empty = act.cart.as_ref().is_none_or(|c| c.lines.is_empty());
@@ -254,6 +270,7 @@ impl Handler<SetQuantity> for CartActor {
         let deps = Arc::clone(&self.deps);
         let sku = msg.sku.clone();
         let price = msg.unit_price;
+        let create_for_session = (!self.persisted).then(|| self.session_id.clone());
         let work = async move {
             let shard = deps.shards.for_sku(&sku);
             if delta > 0 {
@@ -274,6 +291,7 @@ impl Handler<SetQuantity> for CartActor {
                 expires_at_ms,
                 unit_price_minor: price.minor,
                 currency: price.currency,
+                create_for_session,
             });
             match deps.journal.write(op).await {
                 Ok(_) => {
@@ -293,6 +311,7 @@ impl Handler<SetQuantity> for CartActor {
         AtomicResponse::new(Box::pin(work.into_actor(self).map(
             move |result, act, ctx| match result {
                 Ok(()) => {
+                    act.persisted = true;
                     if let Some(cart) = act.cart.as_mut() {
                         cart.apply_set(&msg.sku, msg.quantity, price, expires_at_ms);
                     }
@@ -348,6 +367,7 @@ impl Handler<ExpireDue> for CartActor {
                     expires_at_ms: now,
                     unit_price_minor: price.minor,
                     currency: price.currency,
+                    create_for_session: None,
                 });
                 match deps.journal.write(op).await {
                     Ok(_) => {
@@ -516,7 +536,10 @@ impl CartRegistry {
     }
 
     /// The session's actor, started (and its cart loaded) on first use.
-    pub fn get(&self, session_id: &str) -> Addr<CartActor> {
+    ///
+    /// `fresh` says the session was created by this request, so no cart exists yet and
+    /// nothing needs loading.
+    pub fn get(&self, session_id: &str, fresh: bool) -> Addr<CartActor> {
         let mut live = self
             .live
             .lock()
@@ -526,6 +549,8 @@ impl CartRegistry {
         }
         let actor = CartActor {
             session_id: session_id.to_owned(),
+            fresh,
+            persisted: false,
             cart: None,
             deps: Arc::clone(&self.deps),
             registry: self.clone(),

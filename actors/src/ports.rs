@@ -31,6 +31,9 @@ pub struct SetLine {
     pub unit_price_minor: i64,
     /// Currency of the price.
     pub currency: Currency,
+    /// Set on a cart's first write: create the cart row for this session in the same
+    /// batch (a brand-new session costs no write of its own).
+    pub create_for_session: Option<String>,
 }
 
 /// One line of an order.

@@ -128,7 +128,9 @@ where
     CartActor: actix::Handler<M>,
 {
     for attempt in 0..2 {
-        let addr: Addr<CartActor> = state.carts.get(&session.id);
+        // A retry must load from PostgreSQL: the first attempt may have found that
+        // another node already made this session's cart.
+        let addr: Addr<CartActor> = state.carts.get(&session.id, session.fresh && attempt == 0);
         match addr.send(make()).await {
             Ok(Ok(r)) => return Ok(r),
             Ok(Err(CartFailure::Stale)) | Err(MailboxError::Closed) if attempt == 0 => continue,

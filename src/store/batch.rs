@@ -262,6 +262,7 @@ mod tests {
             expires_at_ms: 1,
             unit_price_minor: 100,
             currency: Currency::parse("EUR").expect("valid"),
+            create_for_session: None,
         })
     }
 

@@ -191,6 +191,29 @@ async fn lock(tx: &Transaction<'_>, node_id: &str, ops: &[WriteOp]) -> anyhow::R
             locked.lease.insert(row.get(0), row.get(1));
         }
     }
+    let new_carts: Vec<(Uuid, &str)> = ops
+        .iter()
+        .filter_map(|op| match op {
+            WriteOp::SetLine(l) => l.create_for_session.as_deref().map(|s| (l.cart_id, s)),
+            _ => None,
+        })
+        .collect();
+    if !new_carts.is_empty() {
+        // First writes of new sessions. A session whose cart another node made first
+        // keeps that one: this cart id is then missing below and its write is stale.
+        let ids: Vec<Uuid> = new_carts.iter().map(|(id, _)| *id).collect();
+        let sessions: Vec<&str> = new_carts.iter().map(|(_, s)| *s).collect();
+        let stmt = tx
+            .prepare_cached(
+                "INSERT INTO carts (id, session_id, owner_node)
+                 SELECT id, s, $3 FROM UNNEST($1::uuid[], $2::text[]) AS t(id, s)
+                 ON CONFLICT DO NOTHING",
+            )
+            .await?;
+        tx.execute(&stmt, &[&ids, &sessions, &node_id])
+            .await
+            .context("creating carts")?;
+    }
     if !carts.is_empty() {
         let stmt = tx
             .prepare_cached(

@@ -454,3 +454,44 @@ async fn a_restock_sells_again_on_every_node() {
     b.stop().await;
     a.stop().await;
 }
+
+#[actix_web::test]
+async fn a_new_sessions_cart_made_on_two_nodes_at_once_ends_up_as_one() {
+    let a = TestApp::empty().await;
+    make_sku(&a, "TWIN-1", 10).await;
+    make_sku(&a, "TWIN-2", 10).await;
+    let b = a.join().await;
+    b.state()
+        .reload_catalog(&b.state().db.primary)
+        .await
+        .expect("catalog");
+    let http = shared_client();
+    // The session is born on node A (no cart row yet)...
+    let mut on_a = Buyer::new(&a.base, http.clone());
+    assert_eq!(on_a.cart().await.0, 200);
+    // ...its first line lands on node B, which makes the cart row...
+    let mut on_b = Buyer::new(&b.base, http.clone());
+    on_b.cookie = on_a.cookie.clone();
+    assert_eq!(on_b.set("TWIN-1", 2).await.0, 200);
+    // ...and node A, which still holds an unsaved empty cart, must adopt that row.
+    let (status, cart) = on_a.set("TWIN-2", 1).await;
+    assert_eq!(status, 200, "{cart}");
+    let lines: Vec<&str> = cart["lines"]
+        .as_array()
+        .expect("lines")
+        .iter()
+        .filter_map(|l| l["sku"].as_str())
+        .collect();
+    assert_eq!(lines, vec!["TWIN-1", "TWIN-2"], "one cart with both lines");
+    let carts: i64 =
+        a.db.client()
+            .await
+            .query_one("SELECT count(*) FROM carts", &[])
+            .await
+            .expect("n")
+            .get(0);
+    assert_eq!(carts, 1);
+    assert_stock_sound(&a.db).await;
+    b.stop().await;
+    a.stop().await;
+}

@@ -218,7 +218,8 @@ impl TestApp {
                 .clone()
                 .unwrap_or_else(|| format!("test-{}", uuid::Uuid::new_v4().simple())),
             admin_token: opts.admin_token,
-            session_key: None,
+            // One key for every test node, so a shopper can move between nodes.
+            session_key: Some(b"test-session-key-shared-by-every-node".to_vec()),
             cookie_secure: false,
             workers: 2,
             body_limit: opts.body_limit,
@@ -258,6 +259,11 @@ impl TestApp {
             ..Options::default()
         })
         .await
+    }
+
+    /// The node's shared state.
+    pub fn state(&self) -> &surge::state::AppState {
+        &self.server.as_ref().expect("running").state
     }
 
     /// Absolute URL of a path.
