@@ -19,32 +19,33 @@ const DEFAULT_LIMIT: usize = 24;
 /// Largest page size.
 const MAX_LIMIT: usize = 100;
 
-/// A variant as shoppers see it.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct VariantView {
+/// A variant as shoppers see it; borrows from the catalog snapshot, so answering
+/// copies nothing but the live stock numbers.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct VariantView<'a> {
     /// Stock-keeping unit.
-    pub sku: String,
+    pub sku: &'a str,
     /// Size, colour and the like.
-    pub attributes: BTreeMap<String, String>,
+    pub attributes: &'a BTreeMap<String, String>,
     /// Price in minor units.
     pub price_minor: i64,
     /// ISO 4217 code.
-    pub currency: String,
+    pub currency: &'a str,
     /// Units a shopper can buy now.
     pub available: i64,
 }
 
-/// A product as shoppers see it.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct ProductView {
+/// A product as shoppers see it, borrowed from the catalog snapshot.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProductView<'a> {
     /// URL key.
-    pub slug: String,
+    pub slug: &'a str,
     /// Display name.
-    pub name: String,
+    pub name: &'a str,
     /// Display description.
-    pub description: String,
+    pub description: &'a str,
     /// ISO 4217 code of every price.
-    pub currency: String,
+    pub currency: &'a str,
     /// Lowest variant price.
     pub price_min_minor: i64,
     /// Highest variant price.
@@ -52,32 +53,29 @@ pub struct ProductView {
     /// Units available over all variants.
     pub available: i64,
     /// Variants in display order.
-    pub variants: Vec<VariantView>,
+    pub variants: Vec<VariantView<'a>>,
 }
 
-impl ProductView {
+impl<'a> ProductView<'a> {
     /// Joins a catalog product with the current stock levels.
-    pub fn new(product: &Product, stock: &StockLevels) -> Self {
-        let variants: Vec<VariantView> = product
+    pub fn new(product: &'a Product, stock: &StockLevels) -> Self {
+        let variants: Vec<VariantView<'a>> = product
             .variants
             .iter()
             .map(|v| VariantView {
-                sku: v.sku.clone(),
-                attributes: v.attributes.clone(),
+                sku: &v.sku,
+                attributes: &v.attributes,
                 price_minor: v.price_minor,
-                currency: v.currency.clone(),
+                currency: &v.currency,
                 available: stock.get(&v.sku),
             })
             .collect();
         let prices = variants.iter().map(|v| v.price_minor);
         Self {
-            slug: product.slug.clone(),
-            name: product.name.clone(),
-            description: product.description.clone(),
-            currency: variants
-                .first()
-                .map(|v| v.currency.clone())
-                .unwrap_or_default(),
+            slug: &product.slug,
+            name: &product.name,
+            description: &product.description,
+            currency: variants.first().map_or("", |v| v.currency),
             price_min_minor: prices.clone().min().unwrap_or(0),
             price_max_minor: prices.max().unwrap_or(0),
             available: variants.iter().map(|v| v.available).sum(),
@@ -87,10 +85,10 @@ impl ProductView {
 }
 
 /// One page of products.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct ProductPage {
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProductPage<'a> {
     /// Products on this page.
-    pub items: Vec<ProductView>,
+    pub items: Vec<ProductView<'a>>,
     /// Pass as `cursor` for the next page; null on the last page.
     pub next_cursor: Option<String>,
 }
