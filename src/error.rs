@@ -148,8 +148,10 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        if let Self::Internal(err) = self {
-            tracing::error!(error = format!("{err:#}"), "request failed");
+        match self {
+            Self::Internal(err) => tracing::error!(error = format!("{err:#}"), "request failed"),
+            Self::Unavailable => tracing::warn!("answered 503: nothing was committed"),
+            _ => {}
         }
         let mut resp = HttpResponse::build(self.status_code()).json(ErrorBody {
             error: ErrorDetail {

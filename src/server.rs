@@ -180,7 +180,7 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<RunningServer> {
                     .add(("X-Content-Type-Options", "nosniff"))
                     .add(("Referrer-Policy", "strict-origin-when-cross-origin")),
             )
-            .wrap(TracingLogger::default())
+            .wrap(TracingLogger::<http::request_span::LeanSpan>::new())
     })
     .workers(cfg.workers)
     .disable_signals()

@@ -6,6 +6,7 @@ pub mod cart;
 pub mod middleware;
 pub mod ops;
 pub mod products;
+pub mod request_span;
 pub mod storefront;
 
 use actix_web::{http::StatusCode, web, HttpRequest, HttpResponse};
