@@ -38,19 +38,69 @@ pub struct Product {
     /// Active variants in display order; never empty.
     pub variants: Vec<Variant>,
     search_key: String,
+    /// The product's JSON up to its live numbers, encoded once per catalog load.
+    json_head: String,
+    /// Each variant's JSON up to its live `available`.
+    json_variants: Vec<String>,
 }
 
 impl Product {
     /// Builds a product, precomputing its search key.
     pub fn new(slug: String, name: String, description: String, variants: Vec<Variant>) -> Self {
         let search_key = format!("{} {}", name.to_lowercase(), slug);
+        // Strings and string maps always encode.
+        fn js<T: serde::Serialize + ?Sized>(v: &T) -> String {
+            serde_json::to_string(v).unwrap_or_else(|_| "null".to_owned())
+        }
+        let currency = variants.first().map_or("", |v| v.currency.as_str());
+        let prices = variants.iter().map(|v| v.price_minor);
+        let json_head = format!(
+            "{{\"slug\":{},\"name\":{},\"description\":{},\"currency\":{},\"price_min_minor\":{},\"price_max_minor\":{},",
+            js(slug.as_str()),
+            js(name.as_str()),
+            js(description.as_str()),
+            js(currency),
+            prices.clone().min().unwrap_or(0),
+            prices.max().unwrap_or(0),
+        );
+        let json_variants = variants
+            .iter()
+            .map(|v| {
+                format!(
+                    "{{\"sku\":{},\"attributes\":{},\"price_minor\":{},\"currency\":{},\"available\":",
+                    js(v.sku.as_str()),
+                    js(&v.attributes),
+                    v.price_minor,
+                    js(v.currency.as_str()),
+                )
+            })
+            .collect();
         Self {
             slug,
             name,
             description,
             variants,
             search_key,
+            json_head,
+            json_variants,
         }
+    }
+
+    /// Appends this product's JSON with the live `available` of each variant (and
+    /// their sum): the same document as `ProductView`, without encoding it per request.
+    pub fn write_json(&self, out: &mut String, available: &[i64]) {
+        use std::fmt::Write as _;
+        out.push_str(&self.json_head);
+        let total: i64 = available.iter().sum();
+        let _ = write!(out, "\"available\":{total},\"variants\":[");
+        for (i, (prefix, a)) in self.json_variants.iter().zip(available).enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(prefix);
+            let _ = write!(out, "{a}}}");
+        }
+        out.push_str("]}");
     }
 
     /// Whether every whitespace-separated term of `terms` occurs in the name or slug.
@@ -235,6 +285,20 @@ impl StockLevels {
     /// Units and change counter of `sku`.
     pub fn get_with_seq(&self, sku: &str) -> Option<(i64, i64)> {
         let read = |m: &HashMap<String, (i64, i64)>| m.get(sku).copied();
+        match self.levels.read() {
+            Ok(guard) => read(&guard),
+            Err(poisoned) => read(&poisoned.into_inner()),
+        }
+    }
+
+    /// Units available for each SKU of a product, under one lock.
+    pub fn for_variants(&self, variants: &[Variant]) -> Vec<i64> {
+        let read = |m: &HashMap<String, (i64, i64)>| {
+            variants
+                .iter()
+                .map(|v| m.get(&v.sku).map_or(0, |&(a, _)| a))
+                .collect()
+        };
         match self.levels.read() {
             Ok(guard) => read(&guard),
             Err(poisoned) => read(&poisoned.into_inner()),

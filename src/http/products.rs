@@ -146,14 +146,21 @@ pub async fn list_products(
         .map_err(|PageError::InvalidCursor| {
             ApiError::bad_request("invalid_cursor", "cursor is not valid")
         })?;
-    Ok(HttpResponse::Ok().json(ProductPage {
-        items: page
-            .items
-            .into_iter()
-            .map(|p| ProductView::new(p, &state.stock))
-            .collect(),
-        next_cursor: page.next_cursor,
-    }))
+    // The `ProductPage` document, from each product's pre-encoded JSON.
+    let mut body = String::with_capacity(1024 * page.items.len() + 64);
+    body.push_str("{\"items\":[");
+    for (i, product) in page.items.iter().enumerate() {
+        if i > 0 {
+            body.push(',');
+        }
+        product.write_json(&mut body, &state.stock.for_variants(&product.variants));
+    }
+    body.push_str("],\"next_cursor\":");
+    body.push_str(&serde_json::to_string(&page.next_cursor).unwrap_or_else(|_| "null".into()));
+    body.push('}');
+    Ok(HttpResponse::Ok()
+        .content_type("application/json")
+        .body(body))
 }
 
 /// One product with its variants and live availability.
@@ -174,12 +181,57 @@ pub async fn get_product(
     let product = catalog
         .get(&slug)
         .ok_or_else(|| ApiError::NotFound(format!("no product with slug {:?}", slug.as_str())))?;
-    Ok(HttpResponse::Ok().json(ProductView::new(product, &state.stock)))
+    let mut body = String::with_capacity(1024);
+    product.write_json(&mut body, &state.stock.for_variants(&product.variants));
+    Ok(HttpResponse::Ok()
+        .content_type("application/json")
+        .body(body))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::catalog::{StockLevels, Variant};
+    use surge_actors::ports::StockLevel;
+
+    #[test]
+    fn pre_encoded_json_is_the_product_view() {
+        let mut attributes = BTreeMap::new();
+        attributes.insert("size".to_owned(), "M \"tall\"".to_owned());
+        attributes.insert("colour".to_owned(), "Grün / ✓".to_owned());
+        let variants = vec![
+            Variant {
+                sku: "A-1".into(),
+                attributes: attributes.clone(),
+                price_minor: 1999,
+                currency: "EUR".into(),
+            },
+            Variant {
+                sku: "A-2".into(),
+                attributes: BTreeMap::new(),
+                price_minor: 2499,
+                currency: "EUR".into(),
+            },
+        ];
+        let product = Product::new(
+            "a".into(),
+            "Quote \" and \\ slash".into(),
+            "line\nbreak <b>".into(),
+            variants,
+        );
+        let stock = StockLevels::default();
+        stock.merge([StockLevel {
+            sku: "A-1".into(),
+            available: 3,
+            seq: 1,
+        }]);
+        let mut fast = String::new();
+        product.write_json(&mut fast, &stock.for_variants(&product.variants));
+        let fast: serde_json::Value = serde_json::from_str(&fast).expect("valid JSON");
+        let slow = serde_json::to_value(ProductView::new(&product, &stock)).expect("serialises");
+        assert_eq!(fast, slow);
+        assert_eq!(fast["available"], 3);
+    }
 
     #[test]
     fn limit_bounds() {
