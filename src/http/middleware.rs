@@ -1,17 +1,80 @@
 //! Request metrics and the request-id response header.
 
-use std::time::Instant;
+use std::{
+    collections::HashMap,
+    sync::{Arc, OnceLock, RwLock},
+    time::Instant,
+};
 
 use actix_web::{
     body::MessageBody,
     dev::{ServiceRequest, ServiceResponse},
-    http::header::{HeaderName, HeaderValue},
+    http::{
+        header::{HeaderName, HeaderValue},
+        Method,
+    },
     middleware::Next,
-    HttpMessage as _,
+    HttpMessage as _, HttpRequest,
 };
+use metrics::{Counter, Histogram};
 use tracing_actix_web::RequestId;
 
 static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Metric handles of one route, by method and status, made once: a request then
+/// costs two atomic updates instead of building and hashing label strings.
+struct RouteMetrics {
+    pattern: String,
+    handles: RwLock<HashMap<(Method, u16), (Counter, Histogram)>>,
+}
+
+impl RouteMetrics {
+    fn handles(&self, method: &Method, status: u16) -> (Counter, Histogram) {
+        let key = (method.clone(), status);
+        if let Some(h) = self.handles.read().ok().and_then(|m| m.get(&key).cloned()) {
+            return h;
+        }
+        let labels = [
+            ("method", method.to_string()),
+            ("route", self.pattern.clone()),
+            ("status", status.to_string()),
+        ];
+        let h = (
+            metrics::counter!("http_requests_total", &labels),
+            metrics::histogram!("http_request_duration_seconds", &labels),
+        );
+        if let Ok(mut m) = self.handles.write() {
+            m.insert(key, h.clone());
+        }
+        h
+    }
+}
+
+/// Routes by resource name (every route here is named after its handler).
+fn route(req: &HttpRequest) -> Arc<RouteMetrics> {
+    static ROUTES: OnceLock<RwLock<HashMap<String, Arc<RouteMetrics>>>> = OnceLock::new();
+    let make = || {
+        Arc::new(RouteMetrics {
+            pattern: req
+                .match_pattern()
+                .unwrap_or_else(|| "unmatched".to_owned()),
+            handles: RwLock::default(),
+        })
+    };
+    let Some(name) = req.match_name() else {
+        // Unnamed or unmatched: rare, so the slow path is fine.
+        return make();
+    };
+    let routes = ROUTES.get_or_init(RwLock::default);
+    if let Some(r) = routes.read().ok().and_then(|m| m.get(name).cloned()) {
+        return r;
+    }
+    let r = make();
+    if let Ok(mut m) = routes.write() {
+        m.insert(name.to_owned(), Arc::clone(&r));
+    }
+    r
+}
 
 /// Counts requests and records their latency by route pattern (not raw path, so that
 /// label cardinality stays bounded), method and status; echoes the request id.
@@ -20,19 +83,12 @@ pub async fn observe(
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let start = Instant::now();
-    let method = req.method().to_string();
+    let method = req.method().clone();
     let request_id = req.extensions().get::<RequestId>().copied();
     let mut res = next.call(req).await?;
-    let route = res
-        .request()
-        .match_pattern()
-        .unwrap_or_else(|| "unmatched".to_owned());
-    let status = res.status().as_u16().to_string();
-    let elapsed = start.elapsed().as_secs_f64();
-    metrics::counter!("http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status.clone())
-        .increment(1);
-    metrics::histogram!("http_request_duration_seconds", "method" => method, "route" => route, "status" => status)
-        .record(elapsed);
+    let (counter, histogram) = route(res.request()).handles(&method, res.status().as_u16());
+    counter.increment(1);
+    histogram.record(start.elapsed().as_secs_f64());
     if let Some(id) = request_id {
         if let Ok(value) = HeaderValue::from_str(&id.to_string()) {
             res.headers_mut().insert(REQUEST_ID.clone(), value);
