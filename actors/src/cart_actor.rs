@@ -585,19 +585,4 @@ impl CartRegistry {
             addr.do_send(Evict);
         }
     }
-
-    /// Number of live carts.
-    pub fn len(&self) -> usize {
-        self.live.lock().map_or(0, |m| m.len())
-    }
-
-    /// Whether no cart is live.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// The shared dependencies.
-    pub fn deps(&self) -> &CartDeps {
-        &self.deps
-    }
 }

@@ -219,22 +219,6 @@ impl Handler<Restocked> for InventoryShard {
     }
 }
 
-/// Units this node holds for a SKU (its lease), for display.
-#[derive(Message)]
-#[rtype(result = "i64")]
-pub struct LeaseOf {
-    /// The SKU.
-    pub sku: String,
-}
-
-impl Handler<LeaseOf> for InventoryShard {
-    type Result = i64;
-
-    fn handle(&mut self, msg: LeaseOf, _: &mut Self::Context) -> i64 {
-        self.stock.lease_of(&msg.sku)
-    }
-}
-
 /// Gives every leased unit back (graceful shutdown); resolves when committed.
 #[derive(Message)]
 #[rtype(result = "i64")]
@@ -374,11 +358,6 @@ impl Shards {
         sku.hash(&mut h);
         let i = usize::try_from(h.finish() % self.shards.len() as u64).unwrap_or(0);
         &self.shards[i]
-    }
-
-    /// Every shard.
-    pub fn all(&self) -> &[ShardHandle] {
-        &self.shards
     }
 
     /// Gives every lease back and stops the shard threads.

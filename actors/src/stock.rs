@@ -303,11 +303,6 @@ impl ShardStock {
         self.skus.entry(sku.to_owned()).or_default()
     }
 
-    /// Read-only view of a SKU.
-    pub fn peek(&self, sku: &str) -> Option<&SkuStock> {
-        self.skus.get(sku)
-    }
-
     /// See [`SkuStock::take`].
     pub fn take(&mut self, sku: &str, n: i64, now: u64) -> Take {
         let policy = self.policy;

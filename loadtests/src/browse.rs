@@ -84,15 +84,10 @@ pub async fn drive(
     let recs = harness::run(threads, move |t| {
         let (bases, plan) = (bases.clone(), plan.clone());
         async move {
-            let workers = harness::share(concurrency, threads, t);
-            let client = http::client(&ClientOptions {
-                timeout,
-                connections: workers.max(1),
-                source: None,
-            });
+            let (workers, client) = harness::thread_client(concurrency, threads, t, timeout);
             let tasks = (0..workers).map(|w| {
                 let (client, bases, plan) = (client.clone(), bases.clone(), plan.clone());
-                let base = bases[(w * threads + t) % bases.len()].clone();
+                let base = harness::base_for(&bases, threads, t, w).to_owned();
                 async move {
                     let mut rec = Recorder::default();
                     let mut rng = Rng::new((t * 100_000 + w) as u64);

@@ -150,15 +150,10 @@ pub async fn run(args: CartArgs) -> anyhow::Result<Report> {
     let results = harness::run(threads, move |t| {
         let (skus, bases) = (skus.clone(), bases.clone());
         async move {
-            let workers = harness::share(concurrency, threads, t);
-            let client = http::client(&ClientOptions {
-                timeout,
-                connections: workers.max(1),
-                source: None,
-            });
+            let (workers, client) = harness::thread_client(concurrency, threads, t, timeout);
             let tasks = (0..workers).map(|w| {
                 let skus = skus.clone();
-                let base: Rc<str> = Rc::from(bases[(w * threads + t) % bases.len()].as_str());
+                let base: Rc<str> = Rc::from(harness::base_for(&bases, threads, t, w));
                 let client = client.clone();
                 async move {
                     let mut rec = Recorder::default();
@@ -192,9 +187,7 @@ pub async fn run(args: CartArgs) -> anyhow::Result<Report> {
     })
     .await?;
     let rss_after = c.server_pid.and_then(|p| rss_kib(p).ok());
-    let all: Vec<_> = results.into_iter().flatten().collect();
-    let load_end = all.iter().map(|(_, e)| *e).max().unwrap_or(deadline);
-    let rec = Recorder::merged(all.iter().map(|(r, _)| r));
+    let (rec, load_end) = harness::merge_timed(results, deadline);
     let elapsed = load_end.duration_since(started);
     let durable = rec.status_count(PUT, 200) + rec.status_count(DELETE, 200);
     let durable_per_s = per_second(durable, elapsed);

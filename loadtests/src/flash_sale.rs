@@ -208,12 +208,7 @@ async fn warm(
     let out = harness::run(threads, move |t| {
         let (next, bases) = (next.clone(), bases.clone());
         async move {
-            let workers = harness::share(concurrency, threads, t);
-            let client = http::client(&ClientOptions {
-                timeout,
-                connections: workers.max(1),
-                source: None,
-            });
+            let (workers, client) = harness::thread_client(concurrency, threads, t, timeout);
             let bases: Vec<Rc<str>> = bases.iter().map(|b| Rc::from(b.as_str())).collect();
             let tasks = (0..workers).map(|_| {
                 let (next, bases, client) = (next.clone(), bases.clone(), client.clone());
@@ -329,12 +324,7 @@ pub async fn run(args: FlashSaleArgs) -> anyhow::Result<Report> {
         harness::run(threads, move |t| {
             let (shared, sku, bases) = (shared.clone(), sku.clone(), bases.clone());
             async move {
-                let workers = harness::share(concurrency, threads, t);
-                let client = http::client(&ClientOptions {
-                    timeout,
-                    connections: workers.max(1),
-                    source: None,
-                });
+                let (workers, client) = harness::thread_client(concurrency, threads, t, timeout);
                 let ctx = Rc::new(Ctx {
                     bases: bases.iter().map(|b| Rc::from(b.as_str())).collect(),
                     sku,

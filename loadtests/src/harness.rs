@@ -63,6 +63,41 @@ pub fn share(total: usize, threads: usize, t: usize) -> usize {
     total / threads + usize::from(t < total % threads)
 }
 
+/// Thread `t`'s share of the workers and an HTTP client sized for them.
+pub fn thread_client(
+    concurrency: usize,
+    threads: usize,
+    t: usize,
+    timeout: Duration,
+) -> (usize, awc::Client) {
+    let workers = share(concurrency, threads, t);
+    let client = crate::http::client(&crate::http::ClientOptions {
+        timeout,
+        connections: workers.max(1),
+        source: None,
+    });
+    (workers, client)
+}
+
+/// The base URL worker `w` of thread `t` talks to: workers spread over the nodes.
+pub fn base_for(bases: &[String], threads: usize, t: usize, w: usize) -> &str {
+    bases[(w * threads + t) % bases.len()].as_str()
+}
+
+/// Merges the per-worker recorders of a timed run; also returns when the last worker
+/// stopped (or `deadline` when none reported).
+pub fn merge_timed(
+    results: Vec<Vec<(crate::report::Recorder, std::time::Instant)>>,
+    deadline: std::time::Instant,
+) -> (crate::report::Recorder, std::time::Instant) {
+    let all: Vec<_> = results.into_iter().flatten().collect();
+    let end = all.iter().map(|(_, e)| *e).max().unwrap_or(deadline);
+    (
+        crate::report::Recorder::merged(all.iter().map(|(r, _)| r)),
+        end,
+    )
+}
+
 /// Ends the process if it is still running after `limit`: the last guarantee that a
 /// run stops by itself, whatever the server does.
 pub fn watchdog(limit: Duration) {

@@ -216,11 +216,9 @@ async fn bad_input_is_4xx_and_changes_nothing() {
     }
     // Forged and altered cookies are refused and cleared.
     let valid = buyer.cookie.clone().expect("cookie");
-    let altered = valid.replacen(
-        &valid[14..15],
-        if &valid[14..15] == "a" { "b" } else { "a" },
-        1,
-    );
+    // Change the first character of the session id (right after `surge_session=`).
+    let swapped = if &valid[14..15] == "a" { "b" } else { "a" };
+    let altered = format!("{}{swapped}{}", &valid[..14], &valid[15..]);
     for cookie in [
         "surge_session=0123456789abcdef0123456789abcdef.AAAA".to_owned(),
         "surge_session=garbage".to_owned(),
