@@ -1,13 +1,19 @@
 //! The one error shape every endpoint answers with:
-//! `{"error":{"code":"...","message":"..."}}` and the matching status.
+//! `{"error":{"code":"...","message":"..."}}` and the matching status. Failures of the
+//! layers below convert with `?`: a database that is down or busy answers 503 with
+//! `Retry-After`, anything else that is not the caller's fault 500.
 
 use actix_web::{
     error::{JsonPayloadError, PathError, QueryPayloadError},
     http::{header, StatusCode},
     HttpRequest, HttpResponse, ResponseError,
 };
+use deadpool_postgres::PoolError;
 use serde::Serialize;
+use surge_actors::{order::UnknownStatus, validated::EmailError};
 use utoipa::ToSchema;
+
+use crate::store::{self, DbError};
 
 /// Errors an HTTP handler can answer with; each maps to one status and code.
 #[derive(Debug, thiserror::Error)]
@@ -64,9 +70,68 @@ pub enum ApiError {
         /// Seconds the client should wait.
         retry_after_secs: u64,
     },
+    /// PostgreSQL failed in a way worth a retry (no connection in time, a lost
+    /// connection, a conflict or a shutdown); details are logged, not shown.
+    #[error("service unavailable, retry later")]
+    Database(#[source] anyhow::Error),
     /// A dependency failed; details are logged, not shown.
     #[error("internal error")]
-    Internal(#[from] anyhow::Error),
+    Internal(anyhow::Error),
+}
+
+/// Whether the first database error in `err`'s chain is worth a retry; `None` when the
+/// chain holds no database error.
+fn transient_db_error(err: &anyhow::Error) -> Option<bool> {
+    err.chain().find_map(|cause| {
+        if let Some(e) = cause.downcast_ref::<DbError>() {
+            Some(e.is_transient())
+        } else if cause.is::<PoolError>() {
+            Some(true)
+        } else {
+            cause
+                .downcast_ref::<tokio_postgres::Error>()
+                .map(store::is_transient)
+        }
+    })
+}
+
+impl From<anyhow::Error> for ApiError {
+    fn from(err: anyhow::Error) -> Self {
+        match transient_db_error(&err) {
+            Some(true) => Self::Database(err),
+            _ => Self::Internal(err),
+        }
+    }
+}
+
+impl From<DbError> for ApiError {
+    fn from(err: DbError) -> Self {
+        anyhow::Error::from(err).into()
+    }
+}
+
+impl From<PoolError> for ApiError {
+    fn from(err: PoolError) -> Self {
+        DbError::from(err).into()
+    }
+}
+
+impl From<tokio_postgres::Error> for ApiError {
+    fn from(err: tokio_postgres::Error) -> Self {
+        DbError::from(err).into()
+    }
+}
+
+impl From<EmailError> for ApiError {
+    fn from(err: EmailError) -> Self {
+        Self::bad_request("invalid_email", err.to_string())
+    }
+}
+
+impl From<UnknownStatus> for ApiError {
+    fn from(err: UnknownStatus) -> Self {
+        Self::bad_request("invalid_status", err.to_string())
+    }
 }
 
 impl ApiError {
@@ -89,7 +154,7 @@ impl ApiError {
             Self::Busy { .. } => "busy",
             Self::InsufficientStock { .. } => "insufficient_stock",
             Self::ReservationExpired { .. } => "reservation_expired",
-            Self::Unavailable => "unavailable",
+            Self::Unavailable | Self::Database(_) => "unavailable",
             Self::Internal(_) => "internal",
         }
     }
@@ -142,7 +207,7 @@ impl ResponseError for ApiError {
             Self::InsufficientStock { .. } | Self::ReservationExpired { .. } => {
                 StatusCode::CONFLICT
             }
-            Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable | Self::Database(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -151,6 +216,12 @@ impl ResponseError for ApiError {
         match self {
             Self::Internal(err) => tracing::error!(error = format!("{err:#}"), "request failed"),
             Self::Unavailable => tracing::warn!("answered 503: nothing was committed"),
+            Self::Database(err) => {
+                tracing::warn!(
+                    error = format!("{err:#}"),
+                    "answered 503: database unavailable"
+                );
+            }
             _ => {}
         }
         let mut resp = HttpResponse::build(self.status_code()).json(ErrorBody {
@@ -178,7 +249,7 @@ impl ResponseError for ApiError {
                 resp.headers_mut()
                     .insert(header::RETRY_AFTER, (*retry_after_secs).into());
             }
-            Self::Unavailable => {
+            Self::Unavailable | Self::Database(_) => {
                 resp.headers_mut().insert(header::RETRY_AFTER, 1u64.into());
             }
             _ => {}
@@ -210,4 +281,54 @@ pub fn query_error(err: QueryPayloadError, _req: &HttpRequest) -> actix_web::Err
 /// Turns path-parameter failures into 400.
 pub fn path_error(err: PathError, _req: &HttpRequest) -> actix_web::Error {
     ApiError::bad_request("invalid_path", err.to_string()).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use actix_web::body::MessageBody as _;
+    use deadpool_postgres::TimeoutType;
+
+    use super::*;
+
+    fn answer(err: ApiError) -> (u16, Option<String>, serde_json::Value) {
+        let resp = err.error_response();
+        let retry = resp
+            .headers()
+            .get(header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let status = resp.status().as_u16();
+        let body = resp.into_body().try_into_bytes().unwrap_or_default();
+        let body = serde_json::from_slice(&body).unwrap_or_default();
+        (status, retry, body)
+    }
+
+    #[test]
+    fn a_pool_timeout_is_503_with_retry_after() {
+        let timeout = PoolError::Timeout(TimeoutType::Wait);
+        for err in [
+            ApiError::from(PoolError::Timeout(TimeoutType::Wait)),
+            ApiError::from(DbError::from(PoolError::Closed)),
+            ApiError::from(anyhow::Error::from(timeout).context("restocking")),
+        ] {
+            let (status, retry, body) = answer(err);
+            assert_eq!(status, 503);
+            assert_eq!(retry.as_deref(), Some("1"));
+            assert_eq!(body["error"]["code"], "unavailable");
+            assert_eq!(body["error"]["message"], "service unavailable, retry later");
+        }
+    }
+
+    #[test]
+    fn other_failures_stay_500() {
+        let corrupt = DbError::Corrupt("order x has status \"lost\"".into());
+        for err in [
+            ApiError::from(corrupt),
+            ApiError::from(anyhow::anyhow!("no database involved")),
+        ] {
+            let (status, retry, body) = answer(err);
+            assert_eq!((status, retry), (500, None));
+            assert_eq!(body["error"]["code"], "internal");
+        }
+    }
 }

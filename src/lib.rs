@@ -7,6 +7,7 @@
 pub mod assets;
 pub mod catalog;
 pub mod cli;
+pub mod commerce;
 pub mod config;
 pub mod error;
 pub mod http;
@@ -14,6 +15,7 @@ pub mod live;
 pub mod openapi;
 pub mod server;
 pub mod session;
+pub mod session_cookie;
 pub mod state;
 pub mod store;
 pub mod telemetry;

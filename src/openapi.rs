@@ -1,33 +1,19 @@
-//! The OpenAPI description, generated from the handlers' annotations.
+//! The OpenAPI description. Its paths are collected from the routes as they are
+//! registered (see `http::routes`); this adds the title, the tags, the shared schemas
+//! and the admin token scheme.
 
+use actix_web::web::Bytes;
 use utoipa::{
     openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
     Modify, OpenApi,
 };
 
-use crate::{error, http};
+use crate::error;
 
-/// The API document served at `/openapi.json`.
+/// What every document starts from.
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Surge", description = "Real-time commerce server: catalog, carts, checkout and live stock."),
-    paths(
-        http::products::list_products,
-        http::products::get_product,
-        http::cart::get_cart,
-        http::cart::put_item,
-        http::cart::delete_item,
-        http::cart::checkout,
-        http::cart::get_order,
-        http::admin::upsert_product,
-        http::admin::restock,
-        http::admin::set_order_status,
-        http::admin::create_campaign,
-        http::ops::healthz,
-        http::ops::readyz,
-        http::ops::metrics,
-        http::ops::openapi,
-    ),
     components(schemas(error::ErrorBody, error::ErrorDetail)),
     modifiers(&AdminToken),
     tags(
@@ -37,7 +23,7 @@ use crate::{error, http};
         (name = "ops", description = "Health, readiness, metrics"),
     )
 )]
-pub struct ApiDoc;
+struct Base;
 
 struct AdminToken;
 
@@ -48,5 +34,35 @@ impl Modify for AdminToken {
             "admin_token",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
+    }
+}
+
+/// The document served at `/openapi.json`, encoded once.
+pub struct ApiDocument {
+    doc: utoipa::openapi::OpenApi,
+    json: Bytes,
+}
+
+impl ApiDocument {
+    /// The base document with the paths and schemas collected from the routes.
+    pub fn new(collected: utoipa::openapi::OpenApi) -> Self {
+        let mut doc = Base::openapi();
+        doc.merge(collected);
+        // A document of strings, numbers and maps always encodes.
+        let json = serde_json::to_vec(&doc).unwrap_or_else(|_| b"{}".to_vec());
+        Self {
+            doc,
+            json: json.into(),
+        }
+    }
+
+    /// The document.
+    pub fn doc(&self) -> &utoipa::openapi::OpenApi {
+        &self.doc
+    }
+
+    /// The document as JSON (a cheap, shared copy).
+    pub fn json(&self) -> Bytes {
+        self.json.clone()
     }
 }

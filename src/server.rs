@@ -28,7 +28,7 @@ use crate::{
         hub::Hub,
         Live, LiveSink,
     },
-    session::{self, SessionSigner},
+    session_cookie::SessionSigner,
     state::{AppState, Health},
     store::{
         carts::PgStore,
@@ -172,7 +172,6 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<RunningServer> {
             .app_data(app_state.clone())
             .configure(|c| http::routes(c, body_limit))
             .default_service(web::to(http::not_found))
-            .wrap(from_fn(session::attach))
             .wrap(from_fn(http::middleware::observe))
             .wrap(Compress::default())
             .wrap(

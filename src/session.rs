@@ -1,177 +1,155 @@
-//! Signed session cookies. The cookie carries a random session id and an HMAC-SHA256
-//! of it under `SURGE_SESSION_KEY`, so a client cannot forge or alter one; the server
-//! keeps no session table.
+//! Shopper sessions on the routes that need one. Each such route (or scope) wraps itself
+//! in [`Sessions`], which verifies the signed cookie, creates a session when there is
+//! none, and hands the handler a [`Session`]; every other route never sees a cookie.
+
+use std::{
+    future::{ready, Ready},
+    rc::Rc,
+};
 
 use actix_web::{
     body::{BoxBody, MessageBody},
-    cookie::{Cookie, SameSite},
-    dev::{ServiceRequest, ServiceResponse},
+    dev::{forward_ready, Payload, Service, ServiceRequest, ServiceResponse, Transform},
     http::{header, StatusCode},
-    middleware::Next,
-    web, HttpMessage as _,
+    web, FromRequest, HttpMessage as _, HttpRequest,
 };
-use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine as _};
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
+use futures_util::future::LocalBoxFuture;
+use surge_actors::validated::SessionId;
 
-use crate::{error::error_response, state::AppState};
+use crate::{
+    error::{error_response, ApiError},
+    session_cookie::COOKIE,
+    state::AppState,
+};
 
-/// Name of the session cookie.
-pub const COOKIE: &str = "surge_session";
-
-/// The caller's session, put in request extensions by [`attach`].
+/// The caller's session, put in request extensions by [`Sessions`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Session {
-    /// Random id (32 hex characters).
-    pub id: String,
+    /// The random id the cookie carries.
+    pub id: SessionId,
     /// Created by this request: nothing of it exists in PostgreSQL yet.
     pub fresh: bool,
 }
 
-/// Signs and verifies session cookies.
-pub struct SessionSigner {
-    key: Vec<u8>,
-    secure: bool,
+/// What a cookie whose signature fails gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BadCookie {
+    /// 400 `invalid_session`, clearing the cookie so that the browser starts afresh.
+    Refuse,
+    /// A fresh session, set in the response.
+    Replace,
 }
 
-impl SessionSigner {
-    /// A signer with `key`, or a random key (sessions then end with the process).
-    pub fn new(key: Option<Vec<u8>>, secure: bool) -> Self {
-        let key = key.unwrap_or_else(|| {
-            let a = uuid::Uuid::new_v4();
-            let b = uuid::Uuid::new_v4();
-            [a.as_bytes().as_slice(), b.as_bytes().as_slice()].concat()
-        });
-        Self { key, secure }
-    }
-
-    fn mac(&self, id: &str) -> Hmac<Sha256> {
-        // HMAC takes keys of any length.
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.key)
-            .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
-        mac.update(id.as_bytes());
-        mac
-    }
-
-    /// The cookie value for a session id.
-    pub fn sign(&self, id: &str) -> String {
-        let tag = self.mac(id).finalize().into_bytes();
-        format!("{id}.{}", URL_SAFE_NO_PAD.encode(tag))
-    }
-
-    /// The session id of a cookie value, if the signature holds (checked in constant time).
-    pub fn verify(&self, value: &str) -> Option<String> {
-        let (id, tag) = value.split_once('.')?;
-        if id.len() != 32
-            || !id
-                .bytes()
-                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
-        {
-            return None;
-        }
-        let tag = URL_SAFE_NO_PAD.decode(tag).ok()?;
-        self.mac(id).verify_slice(&tag).ok()?;
-        Some(id.to_owned())
-    }
-
-    fn cookie(&self, value: String) -> Cookie<'static> {
-        Cookie::build(COOKIE, value)
-            .path("/")
-            .http_only(true)
-            .same_site(SameSite::Lax)
-            .secure(self.secure)
-            .finish()
-    }
+/// Middleware of the routes that belong to a shopper's session.
+#[derive(Debug, Clone, Copy)]
+pub struct Sessions {
+    bad_cookie: BadCookie,
 }
 
-/// Paths that belong to a shopper's session.
-fn needs_session(path: &str) -> bool {
-    path.starts_with("/api/cart")
-        || path.starts_with("/api/checkout")
-        || path.starts_with("/api/orders")
-        || path == "/ws"
-}
-
-/// Middleware: verifies the session cookie, creates a session when there is none, and
-/// refuses an invalid cookie with 400 (clearing it, so the browser starts afresh).
-pub async fn attach(
-    req: ServiceRequest,
-    next: Next<impl MessageBody + 'static>,
-) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
-    if !needs_session(req.path()) {
-        return Ok(next.call(req).await?.map_into_boxed_body());
-    }
-    let Some(state) = req.app_data::<web::Data<AppState>>().cloned() else {
-        return Ok(next.call(req).await?.map_into_boxed_body());
-    };
-    let signer = &state.sessions;
-    let (id, fresh) = match req.cookie(COOKIE) {
-        Some(c) => match signer.verify(c.value()) {
-            Some(id) => (id, false),
-            // A browser ignores cookies on a refused WebSocket handshake, so a socket
-            // with a stale cookie (say, after a key change) starts a fresh session in
-            // its upgrade response instead; the API still refuses such a cookie.
-            None if req.path() == "/ws" => (uuid::Uuid::new_v4().simple().to_string(), true),
-            None => {
-                let mut resp = error_response(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_session",
-                    "the session cookie is not valid; it has been cleared, retry",
-                );
-                let mut gone = signer.cookie(String::new());
-                gone.make_removal();
-                let _ = resp.add_cookie(&gone);
-                return Ok(req.into_response(resp));
-            }
-        },
-        None => (uuid::Uuid::new_v4().simple().to_string(), true),
-    };
-    req.extensions_mut().insert(Session {
-        id: id.clone(),
-        fresh,
-    });
-    let mut res = next.call(req).await?.map_into_boxed_body();
-    if fresh {
-        let cookie = signer.cookie(signer.sign(&id));
-        if let Ok(value) = header::HeaderValue::from_str(&cookie.to_string()) {
-            res.headers_mut().append(header::SET_COOKIE, value);
+impl Sessions {
+    /// For the API: an invalid cookie is refused with 400 and cleared, so the shopper
+    /// learns that the cart it names is not theirs instead of silently losing it.
+    pub fn api() -> Self {
+        Self {
+            bad_cookie: BadCookie::Refuse,
         }
     }
-    Ok(res)
+
+    /// For the WebSocket handshake: a browser ignores cookies on a refused handshake,
+    /// so a stale cookie (say, after a key change) gets a fresh session in the upgrade
+    /// response instead.
+    pub fn socket() -> Self {
+        Self {
+            bad_cookie: BadCookie::Replace,
+        }
+    }
 }
 
-impl actix_web::FromRequest for Session {
-    type Error = crate::error::ApiError;
-    type Future = std::future::Ready<Result<Self, Self::Error>>;
+impl<S, B> Transform<S, ServiceRequest> for Sessions
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error> + 'static,
+    B: MessageBody + 'static,
+{
+    type Response = ServiceResponse<BoxBody>;
+    type Error = actix_web::Error;
+    type Transform = SessionService<S>;
+    type InitError = ();
+    type Future = Ready<Result<Self::Transform, Self::InitError>>;
 
-    fn from_request(req: &actix_web::HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
-        std::future::ready(req.extensions().get::<Session>().cloned().ok_or_else(|| {
-            crate::error::ApiError::Internal(anyhow::anyhow!("session middleware missing"))
+    fn new_transform(&self, service: S) -> Self::Future {
+        ready(Ok(SessionService {
+            service: Rc::new(service),
+            bad_cookie: self.bad_cookie,
         }))
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// [`Sessions`] around one route or scope.
+pub struct SessionService<S> {
+    service: Rc<S>,
+    bad_cookie: BadCookie,
+}
 
-    #[test]
-    fn signatures_hold_and_tampering_fails() {
-        let s = SessionSigner::new(Some(b"k".repeat(32)), false);
-        let id = uuid::Uuid::new_v4().simple().to_string();
-        let value = s.sign(&id);
-        assert_eq!(s.verify(&value), Some(id.clone()));
-        let other = SessionSigner::new(Some(b"x".repeat(32)), false);
-        assert_eq!(other.verify(&value), None, "another key");
-        let mut altered = value.clone().into_bytes();
-        altered[0] = if altered[0] == b'a' { b'b' } else { b'a' };
-        assert_eq!(
-            s.verify(std::str::from_utf8(&altered).expect("ascii")),
-            None,
-            "altered id"
-        );
-        assert_eq!(s.verify(&format!("{id}.AAAA")), None, "forged tag");
-        assert_eq!(s.verify(&id), None, "no tag");
-        assert_eq!(s.verify("../etc.x"), None);
+impl<S, B> Service<ServiceRequest> for SessionService<S>
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error> + 'static,
+    B: MessageBody + 'static,
+{
+    type Response = ServiceResponse<BoxBody>;
+    type Error = actix_web::Error;
+    type Future = LocalBoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    forward_ready!(service);
+
+    fn call(&self, req: ServiceRequest) -> Self::Future {
+        let service = Rc::clone(&self.service);
+        let bad_cookie = self.bad_cookie;
+        Box::pin(async move {
+            let Some(state) = req.app_data::<web::Data<AppState>>().cloned() else {
+                return Err(ApiError::Internal(anyhow::anyhow!("no session signer")).into());
+            };
+            let signer = &state.sessions;
+            let (id, fresh) = match req.cookie(COOKIE) {
+                None => (SessionId::random(), true),
+                Some(c) => match (signer.verify(c.value()), bad_cookie) {
+                    (Some(id), _) => (id, false),
+                    (None, BadCookie::Replace) => (SessionId::random(), true),
+                    (None, BadCookie::Refuse) => {
+                        let mut resp = error_response(
+                            StatusCode::BAD_REQUEST,
+                            "invalid_session",
+                            "the session cookie is not valid; it has been cleared, retry",
+                        );
+                        let mut gone = signer.cookie(String::new());
+                        gone.make_removal();
+                        let _ = resp.add_cookie(&gone);
+                        return Ok(req.into_response(resp));
+                    }
+                },
+            };
+            let cookie = fresh.then(|| signer.cookie(signer.sign(&id)));
+            req.extensions_mut().insert(Session { id, fresh });
+            let mut res = service.call(req).await?.map_into_boxed_body();
+            if let Some(cookie) = cookie {
+                if let Ok(value) = header::HeaderValue::from_str(&cookie.to_string()) {
+                    res.headers_mut().append(header::SET_COOKIE, value);
+                }
+            }
+            Ok(res)
+        })
+    }
+}
+
+impl FromRequest for Session {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, Self::Error>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready(req.extensions().get::<Session>().cloned().ok_or_else(|| {
+            ApiError::Internal(anyhow::anyhow!(
+                "session middleware missing on {}",
+                req.path()
+            ))
+        }))
     }
 }

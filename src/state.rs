@@ -11,7 +11,7 @@ use surge_actors::{cart::CartLimits, cart_actor::CartRegistry, shard::Shards};
 use crate::{
     assets::Assets,
     catalog::{CatalogStore, StockLevels},
-    session::SessionSigner,
+    session_cookie::SessionSigner,
     store::{catalog_repo, Db},
 };
 

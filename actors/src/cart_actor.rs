@@ -470,7 +470,7 @@ impl Handler<Checkout> for CartActor {
             };
             let summary = OrderSummary {
                 id: order.order_id,
-                status: "placed".into(),
+                status: crate::order::OrderStatus::Placed,
                 email: order.email.clone(),
                 lines: order.lines.clone(),
                 total_minor: order.total_minor,

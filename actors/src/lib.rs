@@ -5,6 +5,8 @@
 pub mod cart;
 pub mod cart_actor;
 pub mod money;
+pub mod order;
 pub mod ports;
 pub mod shard;
 pub mod stock;
+pub mod validated;

@@ -132,8 +132,8 @@ pub trait Journal: Send + Sync + 'static {
 pub struct OrderSummary {
     /// Order id.
     pub id: Uuid,
-    /// `placed`, `paid`, `shipped`, `delivered` or `cancelled`.
-    pub status: String,
+    /// Where the order stands.
+    pub status: crate::order::OrderStatus,
     /// Contact address.
     pub email: String,
     /// Lines.

@@ -9,15 +9,35 @@ use actix_web::{dev::Payload, http::header, post, web, FromRequest, HttpRequest,
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+use surge_actors::{
+    order::OrderStatus,
+    validated::{Sku, Slug},
+};
 use utoipa::ToSchema;
+use utoipa_actix_web::{scope, service_config::ServiceConfig};
 
 use super::products::ProductView;
 use crate::{
-    catalog::{is_valid_sku, is_valid_slug},
+    commerce::restock::{restock as add_stock, RestockError},
     error::{ApiError, ErrorBody},
     state::AppState,
-    store::catalog_repo::{self, ProductInput, UpsertError, Upserted, VariantInput},
+    store::{
+        campaigns::{self, CampaignError, NewCampaign},
+        catalog_repo::{self, ProductInput, UpsertError, Upserted, VariantInput},
+        orders,
+    },
 };
+
+/// The admin API; each handler checks the token itself (see [`Admin`]).
+pub fn routes(cfg: &mut ServiceConfig) {
+    cfg.service(
+        scope("/api/admin")
+            .service(upsert_product)
+            .service(restock)
+            .service(set_order_status)
+            .service(create_campaign),
+    );
+}
 
 /// Proof that the request carries the admin token.
 ///
@@ -100,7 +120,7 @@ fn invalid(message: impl Into<String>) -> ApiError {
 impl ProductUpsert {
     /// Checks every field, so that nothing invalid reaches the database.
     fn validate(self) -> Result<ProductInput, ApiError> {
-        if !is_valid_slug(&self.slug) {
+        if Slug::parse(&self.slug).is_err() {
             return Err(invalid(
                 "slug must be 1-128 lowercase letters, digits or dashes",
             ));
@@ -121,7 +141,7 @@ impl ProductUpsert {
         let currency = self.variants[0].currency.clone();
         let mut variants = Vec::with_capacity(self.variants.len());
         for v in self.variants {
-            if !is_valid_sku(&v.sku) {
+            if Sku::parse(&v.sku).is_err() {
                 return Err(invalid(format!("sku {:?} is not valid", v.sku)));
             }
             if !seen.insert(v.sku.clone()) {
@@ -181,27 +201,14 @@ impl ProductUpsert {
         (status = 413, description = "Body too large", body = ErrorBody),
     )
 )]
-#[post("/api/admin/products")]
+#[post("/products")]
 pub async fn upsert_product(
     _admin: Admin,
     state: web::Data<AppState>,
     body: web::Json<ProductUpsert>,
 ) -> Result<HttpResponse, ApiError> {
     let input = body.into_inner().validate()?;
-    let mut client = state.db.primary.get().await.map_err(anyhow::Error::from)?;
-    let tx = client.transaction().await.map_err(anyhow::Error::from)?;
-    let outcome = match catalog_repo::upsert_product(&tx, &input).await {
-        Ok(outcome) => outcome,
-        Err(UpsertError::SkuTaken(sku)) => {
-            return Err(ApiError::Conflict {
-                code: "sku_taken",
-                message: format!("sku {sku} belongs to another product"),
-            })
-        }
-        Err(UpsertError::Db(e)) => return Err(e.into()),
-    };
-    tx.commit().await.map_err(anyhow::Error::from)?;
-    drop(client);
+    let outcome = catalog_repo::save_product(&state.db.primary, &input).await?;
     state.reload_catalog(&state.db.primary).await?;
     state.live.catalog_changed();
     tracing::info!(slug = %input.slug, ?outcome, "product upserted");
@@ -249,7 +256,7 @@ pub struct StockView {
         (status = 404, description = "Unknown SKU, or admin API disabled", body = ErrorBody),
     )
 )]
-#[post("/api/admin/inventory/{sku}/restock")]
+#[post("/inventory/{sku}/restock")]
 pub async fn restock(
     _admin: Admin,
     state: web::Data<AppState>,
@@ -262,32 +269,17 @@ pub async fn restock(
             format!("quantity must be an integer from 1 to {MAX_RESTOCK}"),
         ));
     }
-    if !is_valid_sku(&sku) {
-        return Err(ApiError::NotFound(format!("no sku {:?}", sku.as_str())));
-    }
-    let client = state.db.primary.get().await.map_err(anyhow::Error::from)?;
-    let restocked = catalog_repo::restock(&**client, &sku, body.quantity)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no sku {:?}", sku.as_str())))?;
-    state
-        .live
-        .stock_changed(vec![surge_actors::ports::StockLevel {
-            sku: sku.to_string(),
-            available: restocked.sellable,
-            seq: restocked.seq,
-        }]);
-    // This node sells again at once; other nodes notice on their next sold-out recheck.
-    state
-        .shards
-        .for_sku(&sku)
-        .addr()
-        .do_send(surge_actors::shard::Restocked {
-            sku: sku.to_string(),
-            available: restocked.available,
-        });
-    tracing::info!(sku = %sku, quantity = body.quantity, total = restocked.total, "restocked");
+    let sku = Sku::parse(&sku).map_err(|_| RestockError::UnknownSku(sku.into_inner()))?;
+    let restocked = add_stock(
+        &state.db.primary,
+        &state.live,
+        &state.shards,
+        &sku,
+        body.quantity,
+    )
+    .await?;
     Ok(HttpResponse::Ok().json(StockView {
-        sku: sku.into_inner(),
+        sku: sku.into_string(),
         total: restocked.total,
         available: restocked.sellable,
     }))
@@ -296,17 +288,16 @@ pub async fn restock(
 /// A new order status.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct OrderStatus {
+#[schema(as = OrderStatus)]
+pub struct StatusChange {
     /// `placed`, `paid`, `shipped`, `delivered` or `cancelled`.
     pub status: String,
 }
 
-const ORDER_STATUSES: &[&str] = &["placed", "paid", "shipped", "delivered", "cancelled"];
-
 /// Changes an order's status and tells the shopper's sockets.
 #[utoipa::path(
     tag = "admin",
-    request_body = OrderStatus,
+    request_body = StatusChange,
     params(("id" = String, Path, description = "Order id")),
     security(("admin_token" = [])),
     responses(
@@ -315,32 +306,19 @@ const ORDER_STATUSES: &[&str] = &["placed", "paid", "shipped", "delivered", "can
         (status = 404, description = "No such order", body = ErrorBody),
     )
 )]
-#[post("/api/admin/orders/{id}/status")]
+#[post("/orders/{id}/status")]
 pub async fn set_order_status(
     _admin: Admin,
     state: web::Data<AppState>,
     id: web::Path<String>,
-    body: web::Json<OrderStatus>,
+    body: web::Json<StatusChange>,
 ) -> Result<HttpResponse, ApiError> {
-    if !ORDER_STATUSES.contains(&body.status.as_str()) {
-        return Err(ApiError::bad_request(
-            "invalid_status",
-            format!("status must be one of {}", ORDER_STATUSES.join(", ")),
-        ));
-    }
+    // Any status may follow any other for now; `OrderStatus::can_become` is the rule
+    // this route will enforce.
+    let status = OrderStatus::parse(&body.status)?;
     let not_found = || ApiError::NotFound("no such order".into());
     let id = uuid::Uuid::parse_str(&id).map_err(|_| not_found())?;
-    let client = state.db.primary.get().await.map_err(anyhow::Error::from)?;
-    let session: String = client
-        .query_opt(
-            "UPDATE orders SET status = $2 WHERE id = $1 RETURNING session_id",
-            &[&id, &body.status],
-        )
-        .await
-        .map_err(anyhow::Error::from)?
-        .ok_or_else(not_found)?
-        .get(0);
-    let order = crate::store::carts::order(&**client, id, &session)
+    let (session, order) = orders::set_status(&state.db.primary, id, status)
         .await?
         .ok_or_else(not_found)?;
     let body = crate::http::cart::OrderBody::from(order);
@@ -373,12 +351,12 @@ pub struct CampaignBody {
     request_body = CampaignBody,
     security(("admin_token" = [])),
     responses(
-        (status = 201, description = "Scheduled"),
+        (status = 201, description = "Scheduled", body = ScheduledCampaign),
         (status = 400, description = "Invalid campaign", body = ErrorBody),
         (status = 404, description = "Unknown product, or admin API disabled", body = ErrorBody),
     )
 )]
-#[post("/api/admin/campaigns")]
+#[post("/campaigns")]
 pub async fn create_campaign(
     _admin: Admin,
     state: web::Data<AppState>,
@@ -397,32 +375,69 @@ pub async fn create_campaign(
             "ends_at_ms must be after starts_at_ms",
         ));
     }
-    let client = state.db.primary.get().await.map_err(anyhow::Error::from)?;
-    let product_id: Option<i64> = match &body.product_slug {
-        None => None,
-        Some(slug) => Some(
-            client
-                .query_opt("SELECT id FROM products WHERE slug = $1", &[slug])
-                .await
-                .map_err(anyhow::Error::from)?
-                .ok_or_else(|| ApiError::NotFound(format!("no product {slug:?}")))?
-                .get(0),
-        ),
-    };
-    let id = uuid::Uuid::new_v4();
-    client
-        .execute(
-            "INSERT INTO campaigns (id, name, product_id, starts_at, ends_at)
-             VALUES ($1, $2, $3, to_timestamp($4::bigint / 1000.0), to_timestamp($5::bigint / 1000.0))",
-            &[&id, &name, &product_id, &body.starts_at_ms, &body.ends_at_ms],
-        )
-        .await
-        .map_err(anyhow::Error::from)?;
-    Ok(HttpResponse::Created().json(serde_json::json!({
-        "id": id,
-        "name": name,
-        "product_slug": body.product_slug,
-        "starts_at_ms": body.starts_at_ms,
-        "ends_at_ms": body.ends_at_ms,
-    })))
+    let id = campaigns::insert(
+        &state.db.primary,
+        &NewCampaign {
+            name,
+            product_slug: body.product_slug.as_deref(),
+            starts_at_ms: body.starts_at_ms,
+            ends_at_ms: body.ends_at_ms,
+        },
+    )
+    .await?;
+    Ok(HttpResponse::Created().json(ScheduledCampaign {
+        id,
+        name: name.to_owned(),
+        product_slug: body.product_slug.clone(),
+        starts_at_ms: body.starts_at_ms,
+        ends_at_ms: body.ends_at_ms,
+    }))
+}
+
+/// A scheduled campaign.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ScheduledCampaign {
+    /// Campaign id.
+    pub id: uuid::Uuid,
+    /// Display name, trimmed.
+    pub name: String,
+    /// The featured product, if any.
+    pub product_slug: Option<String>,
+    /// Start, Unix milliseconds.
+    pub starts_at_ms: i64,
+    /// End, Unix milliseconds.
+    pub ends_at_ms: i64,
+}
+
+impl From<UpsertError> for ApiError {
+    fn from(err: UpsertError) -> Self {
+        match err {
+            UpsertError::SkuTaken(sku) => ApiError::Conflict {
+                code: "sku_taken",
+                message: format!("sku {sku} belongs to another product"),
+            },
+            UpsertError::Db(e) => e.into(),
+        }
+    }
+}
+
+impl From<RestockError> for ApiError {
+    fn from(err: RestockError) -> Self {
+        match err {
+            RestockError::UnknownSku(sku) => ApiError::NotFound(format!("no sku {sku:?}")),
+            RestockError::Db(e) => e.into(),
+            RestockError::Write(e) => e.into(),
+        }
+    }
+}
+
+impl From<CampaignError> for ApiError {
+    fn from(err: CampaignError) -> Self {
+        match err {
+            CampaignError::UnknownProduct(slug) => {
+                ApiError::NotFound(format!("no product {slug:?}"))
+            }
+            CampaignError::Db(e) => e.into(),
+        }
+    }
 }

@@ -1,5 +1,6 @@
 //! Cart, checkout and order endpoints. Each request goes to the session's `CartActor`,
-//! which answers only after its change is committed in PostgreSQL.
+//! which answers only after its change is committed in PostgreSQL. Every route here
+//! belongs to a shopper's session.
 
 use std::collections::BTreeMap;
 
@@ -11,16 +12,38 @@ use surge_actors::{
     cart_actor::{CartActor, CartFailure, CartView, Checkout, GetCart, SetQuantity},
     money::{Currency, Money},
     ports::OrderSummary,
+    validated::{Email, Sku},
 };
 use utoipa::ToSchema;
+use utoipa_actix_web::{scope, service_config::ServiceConfig};
 
 use crate::{
-    catalog::is_valid_sku,
     error::{ApiError, ErrorBody},
-    session::Session,
+    session::{Session, Sessions},
     state::AppState,
-    store::carts,
+    store::orders,
 };
+
+/// The cart, checkout and orders, each scope behind [`Sessions`].
+pub fn routes(cfg: &mut ServiceConfig) {
+    cfg.service(
+        scope("/api/cart")
+            .wrap(Sessions::api())
+            .service(get_cart)
+            .service(put_item)
+            .service(delete_item),
+    )
+    .service(
+        scope("/api/checkout")
+            .wrap(Sessions::api())
+            .service(checkout),
+    )
+    .service(
+        scope("/api/orders")
+            .wrap(Sessions::api())
+            .service(get_order),
+    );
+}
 
 /// A cart line with its product, as the API shows it.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -130,7 +153,9 @@ where
     for attempt in 0..2 {
         // A retry must load from PostgreSQL: the first attempt may have found that
         // another node already made this session's cart.
-        let addr: Addr<CartActor> = state.carts.get(&session.id, session.fresh && attempt == 0);
+        let addr: Addr<CartActor> = state
+            .carts
+            .get(session.id.as_str(), session.fresh && attempt == 0);
         match addr.send(make()).await {
             Ok(Ok(r)) => return Ok(r),
             Ok(Err(CartFailure::Stale)) | Err(MailboxError::Closed) if attempt == 0 => continue,
@@ -146,7 +171,7 @@ where
 
 /// The caller's cart.
 #[utoipa::path(tag = "cart", responses((status = 200, description = "The cart", body = CartBody), (status = 400, description = "Invalid session cookie", body = ErrorBody)))]
-#[get("/api/cart")]
+#[get("")]
 pub async fn get_cart(
     state: web::Data<AppState>,
     session: Session,
@@ -163,14 +188,14 @@ pub struct QuantityBody {
     pub quantity: i64,
 }
 
-fn priced_sku(state: &AppState, sku: &str) -> Result<Money, ApiError> {
+/// The SKU of a path and its price; 404 for anything the catalog does not sell.
+fn priced_sku(state: &AppState, raw: &str) -> Result<(Sku, Money), ApiError> {
+    let not_found = || ApiError::NotFound(format!("no sku {raw:?}"));
+    let sku = Sku::parse(raw).map_err(|_| not_found())?;
     let catalog = state.catalog.snapshot();
-    let (_, variant) = catalog
-        .variant(sku)
-        .filter(|_| is_valid_sku(sku))
-        .ok_or_else(|| ApiError::NotFound(format!("no sku {sku:?}")))?;
+    let (_, variant) = catalog.variant(sku.as_str()).ok_or_else(not_found)?;
     let currency = Currency::parse(&variant.currency).map_err(|e| ApiError::Internal(e.into()))?;
-    Ok(Money::new(variant.price_minor, currency))
+    Ok((sku, Money::new(variant.price_minor, currency)))
 }
 
 /// Sets a line's quantity, reserving or releasing the difference.
@@ -187,14 +212,14 @@ fn priced_sku(state: &AppState, sku: &str) -> Result<Money, ApiError> {
         (status = 503, description = "Nothing committed; retry", body = ErrorBody),
     )
 )]
-#[put("/api/cart/items/{sku}")]
+#[put("/items/{sku}")]
 pub async fn put_item(
     state: web::Data<AppState>,
     session: Session,
     sku: web::Path<String>,
     body: web::Json<QuantityBody>,
 ) -> Result<HttpResponse, ApiError> {
-    let price = priced_sku(&state, &sku)?;
+    let (sku, price) = priced_sku(&state, &sku)?;
     let max = state.limits.max_line_quantity;
     if !(1..=max).contains(&body.quantity) {
         return Err(ApiError::bad_request(
@@ -203,7 +228,7 @@ pub async fn put_item(
         ));
     }
     let view = ask(&state, &session, || SetQuantity {
-        sku: sku.clone(),
+        sku: sku.to_string(),
         quantity: body.quantity,
         unit_price: price,
     })
@@ -217,15 +242,15 @@ pub async fn put_item(
     params(("sku" = String, Path, description = "The SKU")),
     responses((status = 200, description = "The cart after the change", body = CartBody), (status = 404, description = "Unknown SKU", body = ErrorBody))
 )]
-#[delete("/api/cart/items/{sku}")]
+#[delete("/items/{sku}")]
 pub async fn delete_item(
     state: web::Data<AppState>,
     session: Session,
     sku: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let price = priced_sku(&state, &sku)?;
+    let (sku, price) = priced_sku(&state, &sku)?;
     let view = ask(&state, &session, || SetQuantity {
-        sku: sku.clone(),
+        sku: sku.to_string(),
         quantity: 0,
         unit_price: price,
     })
@@ -275,7 +300,7 @@ impl From<OrderSummary> for OrderBody {
     fn from(o: OrderSummary) -> Self {
         Self {
             id: o.id,
-            status: o.status,
+            status: o.status.as_str().to_owned(),
             email: o.email,
             lines: o
                 .lines
@@ -291,23 +316,6 @@ impl From<OrderSummary> for OrderBody {
             created_at_ms: o.created_at_ms,
         }
     }
-}
-
-/// A plausible address: one `@`, a dotted domain, no spaces, at most 254 characters.
-pub fn is_valid_email(email: &str) -> bool {
-    let Some((local, domain)) = email.split_once('@') else {
-        return false;
-    };
-    email.len() <= 254
-        && !local.is_empty()
-        && local.len() <= 64
-        && domain.contains('.')
-        && !domain.starts_with('.')
-        && !domain.ends_with('.')
-        && !domain.contains('@')
-        && email
-            .chars()
-            .all(|c| c.is_ascii_graphic() || (!c.is_ascii() && !c.is_control()))
 }
 
 fn idempotency_key(req: &HttpRequest) -> Result<String, ApiError> {
@@ -346,7 +354,7 @@ fn idempotency_key(req: &HttpRequest) -> Result<String, ApiError> {
         (status = 503, description = "Nothing committed; retry with the same key", body = ErrorBody),
     )
 )]
-#[post("/api/checkout")]
+#[post("")]
 pub async fn checkout(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -354,16 +362,10 @@ pub async fn checkout(
     body: web::Json<CheckoutBody>,
 ) -> Result<HttpResponse, ApiError> {
     let key = idempotency_key(&req)?;
-    let email = body.email.trim().to_owned();
-    if !is_valid_email(&email) {
-        return Err(ApiError::bad_request(
-            "invalid_email",
-            "email is not a valid address",
-        ));
-    }
+    let email = Email::parse(body.email.trim())?;
     let (order, replayed) = ask(&state, &session, || Checkout {
         key: key.clone(),
-        email: email.clone(),
+        email: email.to_string(),
     })
     .await?;
     let mut resp = HttpResponse::Created();
@@ -379,7 +381,7 @@ pub async fn checkout(
     params(("id" = String, Path, description = "Order id")),
     responses((status = 200, description = "The order", body = OrderBody), (status = 404, description = "No such order for this session", body = ErrorBody))
 )]
-#[get("/api/orders/{id}")]
+#[get("/{id}")]
 pub async fn get_order(
     state: web::Data<AppState>,
     session: Session,
@@ -387,26 +389,8 @@ pub async fn get_order(
 ) -> Result<HttpResponse, ApiError> {
     let not_found = || ApiError::NotFound("no such order".into());
     let id = uuid::Uuid::parse_str(&id).map_err(|_| not_found())?;
-    let client = state.db.primary.get().await.map_err(anyhow::Error::from)?;
-    let order = carts::order(&**client, id, &session.id)
+    let order = orders::find_for_session(&state.db.primary, id, session.id.as_str())
         .await?
         .ok_or_else(not_found)?;
     Ok(HttpResponse::Ok().json(OrderBody::from(order)))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::is_valid_email;
-
-    #[test]
-    fn email_rules() {
-        for good in ["a@b.co", "first.last+tag@shop.example.com"] {
-            assert!(is_valid_email(good), "{good}");
-        }
-        for bad in [
-            "", "a", "a@b", "@b.co", "a@.co", "a@b.", "a b@c.de", "a@b@c.de", "a@b.co\n",
-        ] {
-            assert!(!is_valid_email(bad), "{bad:?}");
-        }
-    }
 }

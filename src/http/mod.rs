@@ -1,5 +1,9 @@
 //! HTTP routes. Handlers are thin: they validate input, call the catalog, the store or
 //! the actors, and shape the JSON answer.
+//!
+//! Each module registers its own routes with their scopes and middleware (`routes`),
+//! and the API description is collected from those same calls, so a route cannot be
+//! served undocumented or documented at a path it is not served at.
 
 pub mod admin;
 pub mod cart;
@@ -9,9 +13,15 @@ pub mod products;
 pub mod request_span;
 pub mod storefront;
 
-use actix_web::{http::StatusCode, web, HttpRequest, HttpResponse};
+use std::sync::OnceLock;
 
-use crate::error::{error_response, json_error, path_error, query_error};
+use actix_web::{http::StatusCode, web, HttpRequest, HttpResponse};
+use utoipa_actix_web::{service_config::ServiceConfig, AppExt as _};
+
+use crate::{
+    error::{error_response, json_error, path_error, query_error},
+    openapi::ApiDocument,
+};
 
 /// Registers every route and the extractor limits.
 pub fn routes(cfg: &mut web::ServiceConfig, body_limit: usize) {
@@ -23,26 +33,32 @@ pub fn routes(cfg: &mut web::ServiceConfig, body_limit: usize) {
     .app_data(web::PayloadConfig::new(body_limit))
     .app_data(web::QueryConfig::default().error_handler(query_error))
     .app_data(web::PathConfig::default().error_handler(path_error))
-    .service(ops::healthz)
-    .service(ops::readyz)
-    .service(ops::metrics)
-    .service(ops::openapi)
-    .service(products::list_products)
-    .service(products::get_product)
-    .service(cart::get_cart)
-    .service(cart::put_item)
-    .service(cart::delete_item)
-    .service(cart::checkout)
-    .service(cart::get_order)
-    .service(admin::upsert_product)
-    .service(admin::restock)
-    .service(admin::set_order_status)
-    .service(admin::create_campaign)
-    .service(crate::ws::session::ws_route)
-    .service(storefront::index)
-    .service(storefront::product)
-    .service(storefront::cart)
-    .service(storefront::static_asset);
+    .app_data(api_document());
+    register(&mut ServiceConfig::new(cfg));
+}
+
+/// Every module's routes, in matching order.
+fn register(cfg: &mut ServiceConfig) {
+    cfg.configure(ops::routes)
+        .configure(products::routes)
+        .configure(cart::routes)
+        .configure(admin::routes)
+        .map(|c| c.service(crate::ws::session::ws_route))
+        .configure(storefront::routes);
+}
+
+/// The API description, collected once from the same registration the server uses.
+pub fn api_document() -> web::Data<ApiDocument> {
+    static DOCUMENT: OnceLock<web::Data<ApiDocument>> = OnceLock::new();
+    DOCUMENT
+        .get_or_init(|| {
+            let (_, paths) = actix_web::App::new()
+                .into_utoipa_app()
+                .configure(register)
+                .split_for_parts();
+            web::Data::new(ApiDocument::new(paths))
+        })
+        .clone()
 }
 
 /// JSON 404 for every path no route matches.

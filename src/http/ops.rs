@@ -4,9 +4,18 @@ use std::time::Duration;
 
 use actix_web::{get, http::StatusCode, web, HttpResponse};
 use serde::Serialize;
-use utoipa::{OpenApi as _, ToSchema};
+use utoipa::ToSchema;
+use utoipa_actix_web::service_config::ServiceConfig;
 
-use crate::{state::AppState, store::migrate};
+use crate::{openapi::ApiDocument, state::AppState, store::migrate};
+
+/// Liveness, readiness, metrics and the API description; no session, no token.
+pub fn routes(cfg: &mut ServiceConfig) {
+    cfg.service(healthz)
+        .service(readyz)
+        .service(metrics)
+        .service(openapi);
+}
 
 /// How long /readyz waits for the database before calling it unreachable.
 const DB_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -87,6 +96,8 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
 /// This API's OpenAPI 3 description, generated from the handlers.
 #[utoipa::path(tag = "ops", responses((status = 200, description = "OpenAPI document")))]
 #[get("/openapi.json")]
-pub async fn openapi() -> HttpResponse {
-    HttpResponse::Ok().json(crate::openapi::ApiDoc::openapi())
+pub async fn openapi(doc: web::Data<ApiDocument>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(doc.json())
 }

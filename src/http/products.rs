@@ -5,12 +5,18 @@ use std::collections::BTreeMap;
 use actix_web::{get, web, HttpResponse};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
+use utoipa_actix_web::service_config::ServiceConfig;
 
 use crate::{
     catalog::{PageError, Product, StockLevels},
     error::{ApiError, ErrorBody},
     state::AppState,
 };
+
+/// The catalog, open to anyone.
+pub fn routes(cfg: &mut ServiceConfig) {
+    cfg.service(list_products).service(get_product);
+}
 
 /// Longest accepted search query, in characters.
 const MAX_QUERY_CHARS: usize = 100;

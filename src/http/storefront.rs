@@ -6,7 +6,19 @@ use actix_web::{
     web, HttpRequest, HttpResponse,
 };
 
+use utoipa_actix_web::service_config::ServiceConfig;
+
 use crate::{assets::Asset, error::ApiError, state::AppState};
+
+/// The storefront's pages and assets; not part of the API description.
+pub fn routes(cfg: &mut ServiceConfig) {
+    cfg.map(|c| {
+        c.service(index)
+            .service(product)
+            .service(cart)
+            .service(static_asset)
+    });
+}
 
 const IMMUTABLE: &str = "public, max-age=31536000, immutable";
 const REVALIDATE: &str = "no-cache";

@@ -1,4 +1,4 @@
-//! The reads the actors need ([`Store`]) and order lookups, on PostgreSQL.
+//! The reads the actors need ([`Store`]), on PostgreSQL.
 
 use std::collections::BTreeMap;
 
@@ -7,9 +7,8 @@ use deadpool_postgres::Pool;
 use surge_actors::{
     cart::{Cart, CartLine},
     money::{Currency, Money},
-    ports::{BoxFut, OrderLine, OrderSummary, Store, StoreError},
+    ports::{BoxFut, OrderSummary, Store, StoreError},
 };
-use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
 /// [`Store`] on a connection pool.
@@ -57,9 +56,9 @@ impl Store for PgStore {
                 .map_err(|e| StoreError(e.to_string()))?;
             match row {
                 None => Ok(None),
-                Some(r) => order(&**client, r.get(0), &session_id)
+                Some(r) => super::orders::find(&**client, r.get(0), &session_id)
                     .await
-                    .map_err(store_err),
+                    .map_err(|e| store_err(e.into())),
             }
         })
     }
@@ -119,42 +118,4 @@ async fn claim_cart(pool: &Pool, node: &str, session_id: &str) -> anyhow::Result
         );
     }
     Ok(Cart { id, version, lines })
-}
-
-/// An order, only if `session_id` placed it.
-pub async fn order(
-    client: &impl GenericClient,
-    id: Uuid,
-    session_id: &str,
-) -> anyhow::Result<Option<OrderSummary>> {
-    let Some(o) = client
-        .query_opt(
-            "SELECT status, email, total_minor, currency, (extract(epoch FROM created_at) * 1000)::bigint
-               FROM orders WHERE id = $1 AND session_id = $2",
-            &[&id, &session_id],
-        )
-        .await
-        .context("reading the order")?
-    else {
-        return Ok(None);
-    };
-    let lines = client
-        .query(
-            "SELECT sku, quantity, unit_price_minor FROM order_lines WHERE order_id = $1 ORDER BY sku",
-            &[&id],
-        )
-        .await
-        .context("reading order lines")?
-        .iter()
-        .map(|r| OrderLine { sku: r.get(0), quantity: r.get(1), unit_price_minor: r.get(2) })
-        .collect();
-    Ok(Some(OrderSummary {
-        id,
-        status: o.get(0),
-        email: o.get(1),
-        lines,
-        total_minor: o.get(2),
-        currency: o.get::<_, String>(3).trim().to_owned(),
-        created_at_ms: o.get(4),
-    }))
 }

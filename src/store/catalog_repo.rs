@@ -115,6 +115,18 @@ fn attributes_from_json(value: &serde_json::Value) -> BTreeMap<String, String> {
         .unwrap_or_default()
 }
 
+/// [`upsert_product`] in a transaction of its own on `pool`.
+pub async fn save_product(
+    pool: &deadpool_postgres::Pool,
+    input: &ProductInput,
+) -> Result<Upserted, UpsertError> {
+    let mut client = pool.get().await.context("connecting")?;
+    let tx = client.transaction().await.context("beginning")?;
+    let outcome = upsert_product(&tx, input).await?;
+    tx.commit().await.context("committing the product")?;
+    Ok(outcome)
+}
+
 /// Creates or updates a product with its variants, in the caller's transaction.
 ///
 /// Variants left out of `input` are retired (hidden), not deleted: orders refer to them.

@@ -2,13 +2,17 @@
 //! and the stock check.
 
 pub mod batch;
+pub mod campaigns;
 pub mod carts;
 pub mod catalog_repo;
 pub mod check;
+mod error;
 pub mod journal;
 pub mod leases;
 pub mod migrate;
+pub mod orders;
 pub mod pool;
 pub mod seed;
 
+pub use error::{is_transient, DbError};
 pub use pool::Db;

@@ -242,8 +242,8 @@ pub async fn seed_demo(client: &mut Client) -> anyhow::Result<(usize, usize)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalog::{is_valid_sku, is_valid_slug};
     use std::collections::HashSet;
+    use surge_actors::validated::{Sku, Slug};
 
     #[test]
     fn demo_store_is_big_unique_and_valid() {
@@ -261,8 +261,8 @@ mod tests {
         );
         let slugs: HashSet<&str> = products.iter().map(|p| p.slug.as_str()).collect();
         assert_eq!(slugs.len(), products.len(), "slugs unique");
-        assert!(products.iter().all(|p| is_valid_slug(&p.slug)));
-        assert!(skus.iter().all(|s| is_valid_sku(s)));
+        assert!(products.iter().all(|p| Slug::parse(&p.slug).is_ok()));
+        assert!(skus.iter().all(|s| Sku::parse(s).is_ok()));
     }
 
     #[test]

@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
-use crate::catalog::is_valid_sku;
+use surge_actors::validated::Sku;
 
 /// What a client may send.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -34,7 +34,7 @@ pub fn parse(text: &str) -> Result<ClientMessage, Refusal> {
     let msg: ClientMessage =
         serde_json::from_str(text).map_err(|e| Refusal::Invalid(e.to_string()))?;
     let (ClientMessage::Subscribe { skus } | ClientMessage::Unsubscribe { skus }) = &msg;
-    if let Some(bad) = skus.iter().find(|s| !is_valid_sku(s)) {
+    if let Some(bad) = skus.iter().find(|s| Sku::parse(s).is_err()) {
         return Err(Refusal::Invalid(format!("{bad:?} is not a SKU")));
     }
     Ok(msg)

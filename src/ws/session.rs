@@ -169,7 +169,7 @@ impl Handler<Kick> for WsSession {
 }
 
 /// Opens a live socket for the caller's session.
-#[get("/ws")]
+#[get("/ws", wrap = "crate::session::Sessions::socket()")]
 pub async fn ws_route(
     req: HttpRequest,
     stream: web::Payload,
@@ -190,7 +190,7 @@ pub async fn ws_route(
     let limits = &state.ws_limits;
     let actor = WsSession {
         id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-        session_id: session.id,
+        session_id: session.id.into(),
         rate: RateLimit::new(limits.rate, limits.burst, Instant::now()),
         state: state.clone(),
         subs: HashSet::new(),

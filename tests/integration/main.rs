@@ -10,4 +10,5 @@ mod live;
 mod migrations;
 mod nodes;
 mod ops;
+mod routes;
 mod storefront;
