@@ -17,4 +17,5 @@ pub mod session;
 pub mod state;
 pub mod store;
 pub mod telemetry;
+pub mod views;
 pub mod ws;

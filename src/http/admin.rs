@@ -310,7 +310,7 @@ const ORDER_STATUSES: &[&str] = &["placed", "paid", "shipped", "delivered", "can
     params(("id" = String, Path, description = "Order id")),
     security(("admin_token" = [])),
     responses(
-        (status = 200, description = "The order", body = crate::http::cart::OrderBody),
+        (status = 200, description = "The order", body = crate::views::OrderBody),
         (status = 400, description = "Unknown status", body = ErrorBody),
         (status = 404, description = "No such order", body = ErrorBody),
     )
@@ -343,7 +343,7 @@ pub async fn set_order_status(
     let order = crate::store::carts::order(&**client, id, &session)
         .await?
         .ok_or_else(not_found)?;
-    let body = crate::http::cart::OrderBody::from(order);
+    let body = order;
     state.live.to_session(
         &session,
         serde_json::json!({ "type": "order", "order": &body }),

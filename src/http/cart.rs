@@ -1,16 +1,13 @@
 //! Cart, checkout and order endpoints. Each request goes to the session's `CartActor`,
 //! which answers only after its change is committed in PostgreSQL.
 
-use std::collections::BTreeMap;
-
 use actix::{Addr, MailboxError};
 use actix_web::{delete, get, post, put, web, HttpRequest, HttpResponse};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use surge_actors::{
     cart::CartError,
-    cart_actor::{CartActor, CartFailure, CartView, Checkout, GetCart, SetQuantity},
+    cart_actor::{CartActor, CartFailure, Checkout, GetCart, SetQuantity},
     money::{Currency, Money},
-    ports::OrderSummary,
 };
 use utoipa::ToSchema;
 
@@ -20,74 +17,8 @@ use crate::{
     session::Session,
     state::AppState,
     store::carts,
+    views::{cart_body, CartBody, OrderBody},
 };
-
-/// A cart line with its product, as the API shows it.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct CartLineBody {
-    /// The SKU.
-    pub sku: String,
-    /// The product's slug.
-    pub product_slug: String,
-    /// The product's name.
-    pub product_name: String,
-    /// Size, colour and the like.
-    pub attributes: BTreeMap<String, String>,
-    /// Units reserved.
-    pub quantity: i64,
-    /// Price of one unit.
-    pub unit_price_minor: i64,
-    /// `quantity * unit_price_minor`.
-    pub line_total_minor: i64,
-    /// Currency.
-    pub currency: String,
-    /// When the reservation lapses, Unix milliseconds.
-    pub expires_at_ms: i64,
-}
-
-/// The cart.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct CartBody {
-    /// Lines by SKU.
-    pub lines: Vec<CartLineBody>,
-    /// Sum of the lines.
-    pub total_minor: i64,
-    /// Currency of the total; null when empty.
-    pub currency: Option<String>,
-    /// Rises with every committed change.
-    pub version: i64,
-}
-
-/// The API shape of a cart, with each line's product from the catalog.
-pub fn cart_body(state: &AppState, view: CartView) -> CartBody {
-    let catalog = state.catalog.snapshot();
-    CartBody {
-        lines: view
-            .lines
-            .into_iter()
-            .map(|l| {
-                let (slug, name, attributes) = catalog
-                    .variant(&l.sku)
-                    .map(|(p, v)| (p.slug.clone(), p.name.clone(), v.attributes.clone()))
-                    .unwrap_or_default();
-                CartLineBody {
-                    sku: l.sku,
-                    product_slug: slug,
-                    product_name: name,
-                    attributes,
-                    quantity: l.quantity,
-                    unit_price_minor: l.unit_price_minor,
-                    line_total_minor: l.line_total_minor,
-                    currency: l.currency,
-                    expires_at_ms: l.expires_at_ms,
-                }
-            })
-            .collect(),
-        total_minor: view.total_minor,
-        currency: view.currency,
-        version: view.version,
-    }
-}
 
 fn failure(f: CartFailure) -> ApiError {
     match f {
@@ -152,7 +83,7 @@ pub async fn get_cart(
     session: Session,
 ) -> Result<HttpResponse, ApiError> {
     let view = ask(&state, &session, || GetCart).await?;
-    Ok(HttpResponse::Ok().json(cart_body(&state, view)))
+    Ok(HttpResponse::Ok().json(cart_body(&state.catalog.snapshot(), view)))
 }
 
 /// New quantity of a cart line.
@@ -208,7 +139,7 @@ pub async fn put_item(
         unit_price: price,
     })
     .await?;
-    Ok(HttpResponse::Ok().json(cart_body(&state, view)))
+    Ok(HttpResponse::Ok().json(cart_body(&state.catalog.snapshot(), view)))
 }
 
 /// Removes a line and releases its stock.
@@ -230,7 +161,7 @@ pub async fn delete_item(
         unit_price: price,
     })
     .await?;
-    Ok(HttpResponse::Ok().json(cart_body(&state, view)))
+    Ok(HttpResponse::Ok().json(cart_body(&state.catalog.snapshot(), view)))
 }
 
 /// Checkout request.
@@ -239,58 +170,6 @@ pub async fn delete_item(
 pub struct CheckoutBody {
     /// Where the confirmation goes.
     pub email: String,
-}
-
-/// An order.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct OrderBody {
-    /// Order id.
-    pub id: uuid::Uuid,
-    /// `placed`, `paid`, `shipped`, `delivered` or `cancelled`.
-    pub status: String,
-    /// Contact address.
-    pub email: String,
-    /// Lines.
-    pub lines: Vec<OrderLineBody>,
-    /// Sum of the lines.
-    pub total_minor: i64,
-    /// Currency.
-    pub currency: String,
-    /// Creation time, Unix milliseconds.
-    pub created_at_ms: i64,
-}
-
-/// One line of an order.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct OrderLineBody {
-    /// The SKU.
-    pub sku: String,
-    /// Units.
-    pub quantity: i64,
-    /// Price of one unit.
-    pub unit_price_minor: i64,
-}
-
-impl From<OrderSummary> for OrderBody {
-    fn from(o: OrderSummary) -> Self {
-        Self {
-            id: o.id,
-            status: o.status,
-            email: o.email,
-            lines: o
-                .lines
-                .into_iter()
-                .map(|l| OrderLineBody {
-                    sku: l.sku,
-                    quantity: l.quantity,
-                    unit_price_minor: l.unit_price_minor,
-                })
-                .collect(),
-            total_minor: o.total_minor,
-            currency: o.currency,
-            created_at_ms: o.created_at_ms,
-        }
-    }
 }
 
 /// A plausible address: one `@`, a dotted domain, no spaces, at most 254 characters.
@@ -370,7 +249,7 @@ pub async fn checkout(
     if replayed {
         resp.insert_header(("Idempotent-Replayed", "true"));
     }
-    Ok(resp.json(OrderBody::from(order)))
+    Ok(resp.json(order))
 }
 
 /// An order; 404 for every session but the one that placed it.
@@ -391,7 +270,7 @@ pub async fn get_order(
     let order = carts::order(&**client, id, &session.id)
         .await?
         .ok_or_else(not_found)?;
-    Ok(HttpResponse::Ok().json(OrderBody::from(order)))
+    Ok(HttpResponse::Ok().json(order))
 }
 
 #[cfg(test)]

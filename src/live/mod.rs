@@ -18,10 +18,7 @@ use self::{
     bus::{Bus, BusEvent, BusSink, Envelope},
     hub::Hub,
 };
-use crate::{
-    http::cart::{cart_body, OrderBody},
-    state::AppState,
-};
+use crate::{state::AppState, views::cart_body};
 
 struct Inner {
     hub: Hub,
@@ -248,7 +245,7 @@ impl CartEvents for Live {
         let Some(state) = self.0.state.get() else {
             return;
         };
-        let body = cart_body(state, cart.clone());
+        let body = cart_body(&state.catalog.snapshot(), cart.clone());
         self.to_session(
             session_id,
             serde_json::json!({ "type": "cart", "cart": body }),
@@ -265,7 +262,7 @@ impl CartEvents for Live {
     fn order_placed(&self, session_id: &str, order: &OrderSummary) {
         self.to_session(
             session_id,
-            serde_json::json!({ "type": "order", "order": OrderBody::from(order.clone()) }),
+            serde_json::json!({ "type": "order", "order": order }),
         );
     }
 
