@@ -344,10 +344,7 @@ pub async fn set_order_status(
         .await?
         .ok_or_else(not_found)?;
     let body = order;
-    state.live.to_session(
-        &session,
-        serde_json::json!({ "type": "order", "order": &body }),
-    );
+    state.live.order_changed(&session, &body);
     tracing::info!(order = %id, status = %body.status, "order status changed");
     Ok(HttpResponse::Ok().json(body))
 }

@@ -40,8 +40,10 @@ use tokio::{
     task::AbortHandle,
 };
 
+use super::message::ServerMessage;
+
 /// Event kinds, in the order of [`BusEvent`]; one Redis channel each.
-const KINDS: [&str; 5] = ["stock", "catalog", "session", "takeover", "campaign"];
+const KINDS: [&str; 4] = ["stock", "catalog", "session", "takeover"];
 
 /// How long `start` waits for both connections to come up (or to fail once) before
 /// leaving the rest to the background tasks.
@@ -73,12 +75,13 @@ pub enum BusEvent {
     },
     /// The catalog changed; receivers reload it (it is too big to ship in an event).
     Catalog,
-    /// A shopper session's state, so that the node holding its socket can push it.
+    /// A message for a shopper session's sockets, so that the node holding them can
+    /// push it.
     Session {
         /// The session concerned.
         session_id: String,
-        /// The full state to push (absolute).
-        payload: serde_json::Value,
+        /// The message, carrying full state (absolute).
+        payload: ServerMessage,
     },
     /// `node_id` now owns `session_id`; any other node holding it must let it go.
     Takeover {
@@ -86,11 +89,6 @@ pub enum BusEvent {
         session_id: String,
         /// The node that owns it from now on.
         node_id: String,
-    },
-    /// A campaign changed; the payload is its full current state.
-    Campaign {
-        /// The campaign's full state (absolute).
-        payload: serde_json::Value,
     },
 }
 
@@ -102,7 +100,6 @@ impl BusEvent {
             BusEvent::Catalog => KINDS[1],
             BusEvent::Session { .. } => KINDS[2],
             BusEvent::Takeover { .. } => KINDS[3],
-            BusEvent::Campaign { .. } => KINDS[4],
         }
     }
 }
@@ -819,14 +816,14 @@ mod tests {
             BusEvent::Catalog,
             BusEvent::Session {
                 session_id: "s1".into(),
-                payload: serde_json::json!({"cart": [1, 2]}),
+                payload: ServerMessage::ReservationExpired {
+                    sku: "TEE-M".into(),
+                    quantity: 2,
+                },
             },
             BusEvent::Takeover {
                 session_id: "s1".into(),
                 node_id: "b".into(),
-            },
-            BusEvent::Campaign {
-                payload: serde_json::json!({"id": 3, "active": true}),
             },
         ]
     }
@@ -864,6 +861,20 @@ mod tests {
         );
         let catalog = serde_json::to_value(BusEvent::Catalog).expect("serialises");
         assert_eq!(catalog, serde_json::json!({"kind": "catalog"}));
+        // A session's message travels as the socket will show it.
+        let session = serde_json::to_value(BusEvent::Session {
+            session_id: "s1".into(),
+            payload: ServerMessage::ReservationExpired {
+                sku: "X".into(),
+                quantity: 2,
+            },
+        })
+        .expect("serialises");
+        assert_eq!(
+            session,
+            serde_json::json!({"kind": "session", "session_id": "s1",
+                "payload": {"type": "reservation_expired", "sku": "X", "quantity": 2}})
+        );
     }
 
     #[test]
@@ -879,7 +890,6 @@ mod tests {
                 "surge:catalog",
                 "surge:session",
                 "surge:takeover",
-                "surge:campaign"
             ]
         );
         // The channel's last part is the serde tag, so both always agree.

@@ -5,6 +5,7 @@
 
 pub mod bus;
 pub mod hub;
+pub mod message;
 
 use std::sync::{Arc, OnceLock};
 
@@ -17,8 +18,12 @@ use surge_actors::{
 use self::{
     bus::{Bus, BusEvent, BusSink, Envelope},
     hub::Hub,
+    message::ServerMessage,
 };
-use crate::{state::AppState, views::cart_body};
+use crate::{
+    state::AppState,
+    views::{cart_body, CampaignView},
+};
 
 struct Inner {
     hub: Hub,
@@ -94,18 +99,23 @@ impl Live {
     }
 
     /// A message for every socket of one session, on every node.
-    pub fn to_session(&self, session_id: &str, payload: serde_json::Value) {
-        self.0.hub.to_session(session_id, payload.to_string());
+    pub fn to_session(&self, session_id: &str, message: ServerMessage) {
+        self.0.hub.to_session(session_id, &message);
         self.publish(BusEvent::Session {
             session_id: session_id.to_owned(),
-            payload,
+            payload: message,
         });
     }
 
-    /// A message for every socket on every node.
-    pub fn to_all(&self, payload: serde_json::Value) {
-        self.0.hub.to_all(payload.to_string());
-        self.publish(BusEvent::Campaign { payload });
+    /// An order of the session was placed or changed status: its sockets, on every
+    /// node, get the order as it is now.
+    pub fn order_changed(&self, session_id: &str, order: &OrderSummary) {
+        self.to_session(
+            session_id,
+            ServerMessage::Order {
+                order: order.clone(),
+            },
+        );
     }
 
     /// The catalog changed: other nodes reload theirs.
@@ -136,13 +146,14 @@ impl Live {
             let id: uuid::Uuid = r.get(0);
             let fresh = announced.lock().map(|mut a| a.insert(id)).unwrap_or(false);
             if fresh {
-                let campaign = serde_json::json!({
-                    "id": id, "name": r.get::<_, String>(1), "product_slug": r.get::<_, Option<String>>(2),
-                    "starts_at_ms": r.get::<_, i64>(3), "ends_at_ms": r.get::<_, i64>(4),
-                });
-                self.0.hub.to_all(
-                    serde_json::json!({ "type": "campaign", "campaign": campaign }).to_string(),
-                );
+                let campaign = CampaignView {
+                    id,
+                    name: r.get(1),
+                    product_slug: r.get(2),
+                    starts_at_ms: r.get(3),
+                    ends_at_ms: r.get(4),
+                };
+                self.0.hub.to_all(&ServerMessage::Campaign { campaign });
             }
         }
         Ok(())
@@ -207,8 +218,7 @@ impl BusSink for LiveSink {
             BusEvent::Session {
                 session_id,
                 payload,
-            } => live.0.hub.to_session(&session_id, payload.to_string()),
-            BusEvent::Campaign { payload } => live.0.hub.to_all(payload.to_string()),
+            } => live.0.hub.to_session(&session_id, &payload),
             BusEvent::Takeover { session_id, .. } => {
                 if let Some(state) = live.0.state.get() {
                     state.carts.evict(&session_id);
@@ -245,25 +255,22 @@ impl CartEvents for Live {
         let Some(state) = self.0.state.get() else {
             return;
         };
-        let body = cart_body(&state.catalog.snapshot(), cart.clone());
-        self.to_session(
-            session_id,
-            serde_json::json!({ "type": "cart", "cart": body }),
-        );
+        let cart = cart_body(&state.catalog.snapshot(), cart.clone());
+        self.to_session(session_id, ServerMessage::Cart { cart });
     }
 
     fn reservation_expired(&self, session_id: &str, sku: &str, quantity: i64) {
         self.to_session(
             session_id,
-            serde_json::json!({ "type": "reservation_expired", "sku": sku, "quantity": quantity }),
+            ServerMessage::ReservationExpired {
+                sku: sku.to_owned(),
+                quantity,
+            },
         );
     }
 
     fn order_placed(&self, session_id: &str, order: &OrderSummary) {
-        self.to_session(
-            session_id,
-            serde_json::json!({ "type": "order", "order": order }),
-        );
+        self.order_changed(session_id, order);
     }
 
     fn cart_claimed(&self, session_id: &str) {
