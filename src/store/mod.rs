@@ -2,9 +2,11 @@
 //! and the stock check.
 
 pub mod batch;
+pub mod campaigns;
 pub mod carts;
 pub mod catalog_repo;
 pub mod check;
+pub mod inventory;
 pub mod journal;
 pub mod leases;
 pub mod migrate;
