@@ -243,7 +243,6 @@ impl SubscriberState {
 }
 
 /// Our loops and fred's connection task, aborted on stop or drop.
-#[derive(Default)]
 struct Tasks(Mutex<Vec<AbortHandle>>);
 
 impl Tasks {

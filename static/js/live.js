@@ -193,23 +193,15 @@ function flush() {
   const limits = live.limits;
   if (!socket || !live.open || !limits || socket.readyState !== WebSocket.OPEN) return;
 
-  const desired = new Set();
-  let invalid = 0;
-  for (const sku of live.wanted.keys()) {
-    if (!limits.sku.test(sku)) {
-      invalid += 1;
-      continue;
-    }
-    if (desired.size >= limits.maxSubscriptions) break;
-    desired.add(sku);
-  }
-  if (invalid > 0 && !live.warnedSkus) {
+  const valid = [...live.wanted.keys()].filter((sku) => limits.sku.test(sku));
+  const desired = new Set(valid.slice(0, limits.maxSubscriptions));
+  if (valid.length < live.wanted.size && !live.warnedSkus) {
     live.warnedSkus = true;
-    console.warn(`live: ${invalid} wanted SKUs are not SKUs to the server; not subscribing to them`);
+    console.warn(`live: ${live.wanted.size - valid.length} wanted SKUs are not SKUs to the server; not subscribing to them`);
   }
-  if (live.wanted.size - invalid > desired.size && !live.warnedLimit) {
+  if (valid.length > desired.size && !live.warnedLimit) {
     live.warnedLimit = true;
-    console.warn(`live: ${live.wanted.size - invalid} SKUs wanted, the server allows ${limits.maxSubscriptions}`);
+    console.warn(`live: ${valid.length} SKUs wanted, the server allows ${limits.maxSubscriptions}`);
   }
   const drop = [...live.sent].filter((sku) => !desired.has(sku));
   const add = [...desired].filter((sku) => !live.sent.has(sku));
