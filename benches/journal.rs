@@ -16,7 +16,7 @@ use anyhow::Context as _;
 use futures_util::{stream, StreamExt};
 use surge::{
     config::{CommerceConfig, DatabaseConfig, LiveConfig, ServeConfig},
-    server,
+    server::{Application, Drain},
     store::{
         journal::{self, JournalConfig, PgJournal},
         migrate, Db,
@@ -238,8 +238,8 @@ async fn http_latency(url: &str) -> anyhow::Result<()> {
         },
         live: LiveConfig::default(),
     };
-    let node = server::start(cfg).await?;
-    let base = format!("http://{}", node.addr);
+    let node = Application::build(cfg).await?;
+    let base = format!("http://{}", node.addr());
     let http = awc::Client::builder()
         .timeout(Duration::from_secs(30))
         .connector(awc::Connector::new().limit(sessions))
@@ -308,6 +308,6 @@ async fn http_latency(url: &str) -> anyhow::Result<()> {
         ms(pct(0.99)),
         ms(lat.last().copied().unwrap_or_default())
     );
-    node.stop_now().await;
+    node.shutdown(Drain::Immediate).await;
     Ok(())
 }

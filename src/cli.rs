@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 
 use crate::{
     config::{ConfigError, DatabaseArgs, LogFormat, ServeArgs},
-    server,
+    server::{self, Application},
     store::{check, migrate, seed, Db},
     telemetry,
 };
@@ -89,9 +89,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             if cfg.session_key.is_none() {
                 tracing::warn!("SURGE_SESSION_KEY is not set: using a random key; sessions end when this process does");
             }
-            let running = server::start(cfg).await?;
-            server::wait_for_signal().await?;
-            running.shutdown().await;
+            let app = Application::build(cfg).await?;
+            app.run_until_stopped(server::wait_for_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Migrate(args) => {

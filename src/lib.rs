@@ -19,4 +19,5 @@ pub mod session_cookie;
 pub mod state;
 pub mod store;
 pub mod telemetry;
+pub mod views;
 pub mod ws;

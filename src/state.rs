@@ -12,7 +12,7 @@ use crate::{
     assets::Assets,
     catalog::{CatalogStore, StockLevels},
     session_cookie::SessionSigner,
-    store::{catalog_repo, Db},
+    store::Db,
 };
 
 /// Readiness facts, flipped by startup and shutdown.
@@ -59,10 +59,10 @@ impl Health {
 pub struct AppState {
     /// Database pools.
     pub db: Db,
-    /// The in-memory catalog.
-    pub catalog: CatalogStore,
-    /// Sellable units per SKU.
-    pub stock: StockLevels,
+    /// The in-memory catalog (shared with the live layer).
+    pub catalog: Arc<CatalogStore>,
+    /// Sellable units per SKU (shared with the live layer).
+    pub stock: Arc<StockLevels>,
     /// Admin bearer token; `None` turns the admin API off.
     pub admin_token: Option<String>,
     /// Readiness facts.
@@ -91,11 +91,7 @@ impl AppState {
     /// Reloads catalog and stock from `pool` (the replica at startup, the primary after
     /// an admin write so the change is visible at once).
     pub async fn reload_catalog(&self, pool: &deadpool_postgres::Pool) -> anyhow::Result<usize> {
-        let client = pool.get().await?;
-        let (catalog, stock) = catalog_repo::load(&**client).await?;
-        let n = catalog.len();
-        self.catalog.replace(catalog);
-        self.stock.merge(stock);
+        let n = self.live.reload_catalog(pool).await?;
         self.health.set_catalog_loaded();
         Ok(n)
     }

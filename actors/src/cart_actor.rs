@@ -15,7 +15,7 @@ use thiserror::Error;
 use uuid::Uuid;
 
 use crate::{
-    cart::{Cart, CartError, CartLimits},
+    cart::{Cart, CartError, CartLimits, CartLine},
     money::Money,
     ports::{
         CartEvents, Journal, JournalError, OrderLine, OrderSummary, PlaceOrder, SetLine, Store,
@@ -79,28 +79,11 @@ pub struct CartDeps {
     pub events: Arc<dyn CartEvents>,
 }
 
-/// A cart line as the API shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct LineView {
-    /// The SKU.
-    pub sku: String,
-    /// Units reserved.
-    pub quantity: i64,
-    /// Price of one unit.
-    pub unit_price_minor: i64,
-    /// `quantity * unit_price_minor`.
-    pub line_total_minor: i64,
-    /// Currency.
-    pub currency: String,
-    /// When the reservation lapses, Unix milliseconds.
-    pub expires_at_ms: i64,
-}
-
-/// A cart as the API shows it.
+/// A cart as its owner sees it: the core's lines (the view adds the products).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CartView {
     /// Lines, by SKU.
-    pub lines: Vec<LineView>,
+    pub lines: Vec<CartLine>,
     /// Sum of the lines (0 when empty).
     pub total_minor: i64,
     /// Currency of the total (null when empty).
@@ -111,21 +94,9 @@ pub struct CartView {
 
 impl CartView {
     fn of(cart: &Cart) -> Self {
-        let lines: Vec<LineView> = cart
-            .lines
-            .values()
-            .map(|l| LineView {
-                sku: l.sku.clone(),
-                quantity: l.quantity,
-                unit_price_minor: l.unit_price.minor,
-                line_total_minor: l.unit_price.minor.saturating_mul(l.quantity),
-                currency: l.unit_price.currency.to_string(),
-                expires_at_ms: l.expires_at_ms,
-            })
-            .collect();
         let total = cart.total().ok().flatten();
         Self {
-            lines,
+            lines: cart.lines.values().cloned().collect(),
             total_minor: total.map_or(0, |m| m.minor),
             currency: total.map(|m| m.currency.to_string()),
             version: cart.version,

@@ -7,7 +7,7 @@ use thiserror::Error;
 
 /// Where an order stands. Stored and sent as its snake_case name, the same text the
 /// database's CHECK constraint allows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OrderStatus {
     /// Committed at checkout; nothing paid yet.

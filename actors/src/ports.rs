@@ -3,8 +3,9 @@
 
 use std::{future::Future, pin::Pin};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::{cart::Cart, money::Currency};
@@ -36,8 +37,9 @@ pub struct SetLine {
     pub create_for_session: Option<String>,
 }
 
-/// One line of an order.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// One line of an order, as the Journal writes it and the shopper sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[schema(as = OrderLineBody)]
 pub struct OrderLine {
     /// The SKU.
     pub sku: String,
@@ -127,8 +129,10 @@ pub trait Journal: Send + Sync + 'static {
     fn write(&self, op: WriteOp) -> BoxFut<Result<WriteOutcome, JournalError>>;
 }
 
-/// An order as its owner sees it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// An order as its owner sees it: the body of the order answers and of the `order`
+/// socket message, so that no copy of it drifts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[schema(as = OrderBody)]
 pub struct OrderSummary {
     /// Order id.
     pub id: Uuid,

@@ -301,7 +301,7 @@ pub struct StatusChange {
     params(("id" = String, Path, description = "Order id")),
     security(("admin_token" = [])),
     responses(
-        (status = 200, description = "The order", body = crate::http::cart::OrderBody),
+        (status = 200, description = "The order", body = crate::views::OrderBody),
         (status = 400, description = "Unknown status", body = ErrorBody),
         (status = 404, description = "No such order", body = ErrorBody),
     )
@@ -321,11 +321,8 @@ pub async fn set_order_status(
     let (session, order) = orders::set_status(&state.db.primary, id, status)
         .await?
         .ok_or_else(not_found)?;
-    let body = crate::http::cart::OrderBody::from(order);
-    state.live.to_session(
-        &session,
-        serde_json::json!({ "type": "order", "order": &body }),
-    );
+    let body = order;
+    state.live.order_changed(&session, &body);
     tracing::info!(order = %id, status = %body.status, "order status changed");
     Ok(HttpResponse::Ok().json(body))
 }

@@ -2,16 +2,13 @@
 //! which answers only after its change is committed in PostgreSQL. Every route here
 //! belongs to a shopper's session.
 
-use std::collections::BTreeMap;
-
 use actix::{Addr, MailboxError};
 use actix_web::{delete, get, post, put, web, HttpRequest, HttpResponse};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use surge_actors::{
     cart::CartError,
-    cart_actor::{CartActor, CartFailure, CartView, Checkout, GetCart, SetQuantity},
+    cart_actor::{CartActor, CartFailure, Checkout, GetCart, SetQuantity},
     money::{Currency, Money},
-    ports::OrderSummary,
     validated::{Email, Sku},
 };
 use utoipa::ToSchema;
@@ -22,6 +19,7 @@ use crate::{
     session::{Session, Sessions},
     state::AppState,
     store::orders,
+    views::{cart_body, CartBody, OrderBody},
 };
 
 /// The cart, checkout and orders, each scope behind [`Sessions`].
@@ -43,73 +41,6 @@ pub fn routes(cfg: &mut ServiceConfig) {
             .wrap(Sessions::api())
             .service(get_order),
     );
-}
-
-/// A cart line with its product, as the API shows it.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct CartLineBody {
-    /// The SKU.
-    pub sku: String,
-    /// The product's slug.
-    pub product_slug: String,
-    /// The product's name.
-    pub product_name: String,
-    /// Size, colour and the like.
-    pub attributes: BTreeMap<String, String>,
-    /// Units reserved.
-    pub quantity: i64,
-    /// Price of one unit.
-    pub unit_price_minor: i64,
-    /// `quantity * unit_price_minor`.
-    pub line_total_minor: i64,
-    /// Currency.
-    pub currency: String,
-    /// When the reservation lapses, Unix milliseconds.
-    pub expires_at_ms: i64,
-}
-
-/// The cart.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct CartBody {
-    /// Lines by SKU.
-    pub lines: Vec<CartLineBody>,
-    /// Sum of the lines.
-    pub total_minor: i64,
-    /// Currency of the total; null when empty.
-    pub currency: Option<String>,
-    /// Rises with every committed change.
-    pub version: i64,
-}
-
-/// The API shape of a cart, with each line's product from the catalog.
-pub fn cart_body(state: &AppState, view: CartView) -> CartBody {
-    let catalog = state.catalog.snapshot();
-    CartBody {
-        lines: view
-            .lines
-            .into_iter()
-            .map(|l| {
-                let (slug, name, attributes) = catalog
-                    .variant(&l.sku)
-                    .map(|(p, v)| (p.slug.clone(), p.name.clone(), v.attributes.clone()))
-                    .unwrap_or_default();
-                CartLineBody {
-                    sku: l.sku,
-                    product_slug: slug,
-                    product_name: name,
-                    attributes,
-                    quantity: l.quantity,
-                    unit_price_minor: l.unit_price_minor,
-                    line_total_minor: l.line_total_minor,
-                    currency: l.currency,
-                    expires_at_ms: l.expires_at_ms,
-                }
-            })
-            .collect(),
-        total_minor: view.total_minor,
-        currency: view.currency,
-        version: view.version,
-    }
 }
 
 fn failure(f: CartFailure) -> ApiError {
@@ -177,7 +108,7 @@ pub async fn get_cart(
     session: Session,
 ) -> Result<HttpResponse, ApiError> {
     let view = ask(&state, &session, || GetCart).await?;
-    Ok(HttpResponse::Ok().json(cart_body(&state, view)))
+    Ok(HttpResponse::Ok().json(cart_body(&state.catalog.snapshot(), view)))
 }
 
 /// New quantity of a cart line.
@@ -233,7 +164,7 @@ pub async fn put_item(
         unit_price: price,
     })
     .await?;
-    Ok(HttpResponse::Ok().json(cart_body(&state, view)))
+    Ok(HttpResponse::Ok().json(cart_body(&state.catalog.snapshot(), view)))
 }
 
 /// Removes a line and releases its stock.
@@ -255,7 +186,7 @@ pub async fn delete_item(
         unit_price: price,
     })
     .await?;
-    Ok(HttpResponse::Ok().json(cart_body(&state, view)))
+    Ok(HttpResponse::Ok().json(cart_body(&state.catalog.snapshot(), view)))
 }
 
 /// Checkout request.
@@ -264,58 +195,6 @@ pub async fn delete_item(
 pub struct CheckoutBody {
     /// Where the confirmation goes.
     pub email: String,
-}
-
-/// An order.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct OrderBody {
-    /// Order id.
-    pub id: uuid::Uuid,
-    /// `placed`, `paid`, `shipped`, `delivered` or `cancelled`.
-    pub status: String,
-    /// Contact address.
-    pub email: String,
-    /// Lines.
-    pub lines: Vec<OrderLineBody>,
-    /// Sum of the lines.
-    pub total_minor: i64,
-    /// Currency.
-    pub currency: String,
-    /// Creation time, Unix milliseconds.
-    pub created_at_ms: i64,
-}
-
-/// One line of an order.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct OrderLineBody {
-    /// The SKU.
-    pub sku: String,
-    /// Units.
-    pub quantity: i64,
-    /// Price of one unit.
-    pub unit_price_minor: i64,
-}
-
-impl From<OrderSummary> for OrderBody {
-    fn from(o: OrderSummary) -> Self {
-        Self {
-            id: o.id,
-            status: o.status.as_str().to_owned(),
-            email: o.email,
-            lines: o
-                .lines
-                .into_iter()
-                .map(|l| OrderLineBody {
-                    sku: l.sku,
-                    quantity: l.quantity,
-                    unit_price_minor: l.unit_price_minor,
-                })
-                .collect(),
-            total_minor: o.total_minor,
-            currency: o.currency,
-            created_at_ms: o.created_at_ms,
-        }
-    }
 }
 
 fn idempotency_key(req: &HttpRequest) -> Result<String, ApiError> {
@@ -372,7 +251,7 @@ pub async fn checkout(
     if replayed {
         resp.insert_header(("Idempotent-Replayed", "true"));
     }
-    Ok(resp.json(OrderBody::from(order)))
+    Ok(resp.json(order))
 }
 
 /// An order; 404 for every session but the one that placed it.
@@ -392,5 +271,5 @@ pub async fn get_order(
     let order = orders::find_for_session(&state.db.primary, id, session.id.as_str())
         .await?
         .ok_or_else(not_found)?;
-    Ok(HttpResponse::Ok().json(OrderBody::from(order)))
+    Ok(HttpResponse::Ok().json(order))
 }

@@ -6,8 +6,10 @@
 //! PostgreSQL. Correctness never depends on Redis: when it is down, nodes keep
 //! serving and only the cross-node freshness suffers.
 //!
-//! Each node holds exactly two Redis connections: one subscriber (named
-//! `surge-sub-{node_id}` in `CLIENT LIST`) and one publisher (`surge-pub-{node_id}`).
+//! Each node holds exactly two Redis connections, one per half of the bus: the
+//! [`Publisher`] (named `surge-pub-{node_id}` in `CLIENT LIST`) and the [`Subscriber`]
+//! (`surge-sub-{node_id}`). They start separately because what publishes (carts, the
+//! Journal) must exist before what reacts to other nodes' events, which needs them.
 //! Without a Redis URL the bus is in-process: publishing only counts.
 //!
 //! Metrics: counters `bus_published_total`, `bus_received_total`,
@@ -40,8 +42,10 @@ use tokio::{
     task::AbortHandle,
 };
 
+use super::message::ServerMessage;
+
 /// Event kinds, in the order of [`BusEvent`]; one Redis channel each.
-const KINDS: [&str; 5] = ["stock", "catalog", "session", "takeover", "campaign"];
+const KINDS: [&str; 4] = ["stock", "catalog", "session", "takeover"];
 
 /// How long `start` waits for both connections to come up (or to fail once) before
 /// leaving the rest to the background tasks.
@@ -73,12 +77,13 @@ pub enum BusEvent {
     },
     /// The catalog changed; receivers reload it (it is too big to ship in an event).
     Catalog,
-    /// A shopper session's state, so that the node holding its socket can push it.
+    /// A message for a shopper session's sockets, so that the node holding them can
+    /// push it.
     Session {
         /// The session concerned.
         session_id: String,
-        /// The full state to push (absolute).
-        payload: serde_json::Value,
+        /// The message, carrying full state (absolute).
+        payload: ServerMessage,
     },
     /// `node_id` now owns `session_id`; any other node holding it must let it go.
     Takeover {
@@ -86,11 +91,6 @@ pub enum BusEvent {
         session_id: String,
         /// The node that owns it from now on.
         node_id: String,
-    },
-    /// A campaign changed; the payload is its full current state.
-    Campaign {
-        /// The campaign's full state (absolute).
-        payload: serde_json::Value,
     },
 }
 
@@ -102,7 +102,6 @@ impl BusEvent {
             BusEvent::Catalog => KINDS[1],
             BusEvent::Session { .. } => KINDS[2],
             BusEvent::Takeover { .. } => KINDS[3],
-            BusEvent::Campaign { .. } => KINDS[4],
         }
     }
 }
@@ -164,45 +163,69 @@ impl Default for BusConfig {
     }
 }
 
-/// Handle on the bus, shared by everything that publishes; cheap to clone (Arc inside).
+/// Sends this node's events to the other nodes; cheap to clone. It exists before the
+/// [`Subscriber`], so that whatever publishes (carts, the Journal) can be built before
+/// what reacts to the other nodes' events (which needs those carts).
 #[derive(Clone)]
-pub struct Bus {
-    inner: Arc<Inner>,
+pub struct Publisher {
+    inner: Arc<PublisherInner>,
 }
 
-struct Inner {
+struct PublisherInner {
     node_id: String,
-    sub_name: String,
     /// `None` for the in-process bus.
-    redis: Option<Redis>,
+    redis: Option<RedisPublisher>,
 }
 
-struct Redis {
+struct RedisPublisher {
     tx: mpsc::Sender<Envelope>,
-    subscriber: SubscriberClient,
-    publisher: Client,
-    state: Arc<State>,
-    /// Our loops and fred's two connection tasks.
-    tasks: Mutex<Vec<AbortHandle>>,
+    client: Client,
+    state: Arc<PublisherState>,
+    tasks: Tasks,
 }
 
-/// State shared with the background tasks.
-struct State {
-    /// SUBSCRIBE succeeded on the current subscriber connection.
+/// What the publisher's background tasks share.
+struct PublisherState {
+    stopping: AtomicBool,
+    /// A connection is up (fred's state lags behind a lost one).
+    up: AtomicBool,
+    /// Outcome of the first connection attempt, for `start` to wait on.
+    initial: watch::Sender<Initial>,
+}
+
+/// Hands the other nodes' events to a [`BusSink`]; owns the node's one subscriber
+/// connection. Cheap to clone.
+#[derive(Clone)]
+pub struct Subscriber {
+    inner: Arc<SubscriberInner>,
+}
+
+struct SubscriberInner {
+    node_id: String,
+    name: String,
+    /// `None` for the in-process bus.
+    redis: Option<RedisSubscriber>,
+}
+
+struct RedisSubscriber {
+    client: SubscriberClient,
+    state: Arc<SubscriberState>,
+    tasks: Tasks,
+}
+
+/// What the subscriber's background tasks share.
+struct SubscriberState {
+    /// SUBSCRIBE succeeded on the current connection.
     subscribed: AtomicBool,
     /// Some subscription has succeeded since start.
     ever_subscribed: AtomicBool,
     /// `start` has returned: a first subscription after this point follows a gap.
     start_returned: AtomicBool,
     stopping: AtomicBool,
-    /// The publisher has a connection (fred's state lags behind a lost one).
-    publisher_up: AtomicBool,
     /// Connection trouble was already logged at warn level (avoid one line per retry).
     warned: AtomicBool,
-    /// Outcome of the subscriber's first connection attempt, for `start` to wait on.
+    /// Outcome of the first connection attempt, for `start` to wait on.
     initial: watch::Sender<Initial>,
-    /// Outcome of the publisher's first connection attempt, for `start` to wait on.
-    publisher_initial: watch::Sender<Initial>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -212,129 +235,110 @@ enum Initial {
     Failed,
 }
 
-impl State {
+impl SubscriberState {
     fn set_subscribed(&self, up: bool) {
         self.subscribed.store(up, Ordering::SeqCst);
         metrics::gauge!("bus_connected").set(if up { 1.0 } else { 0.0 });
     }
 }
 
-impl Bus {
-    /// Connects (Redis) or builds the in-process bus. Must be called inside a tokio
-    /// runtime (an actix System is one), on a runtime that lives as long as the bus
-    /// (the background tasks run there). With Redis it does NOT fail startup when
-    /// Redis is down: it waits at most about a second, logs a warning and keeps
-    /// retrying in the background (correctness never depends on Redis). It calls
-    /// `sink.resync()` after every successful (re)subscription except the first one
-    /// made before `start` returned; a first subscription made later (Redis was down
-    /// at startup) follows a gap and resyncs too. Only an invalid Redis URL is an
-    /// error.
-    pub async fn start(cfg: BusConfig, sink: Arc<dyn BusSink>) -> anyhow::Result<Bus> {
-        let sub_name = format!("surge-sub-{}", sanitize(&cfg.node_id));
+/// Our loops and fred's connection task, aborted on stop or drop.
+struct Tasks(Mutex<Vec<AbortHandle>>);
+
+impl Tasks {
+    fn new(tasks: Vec<AbortHandle>) -> Self {
+        Self(Mutex::new(tasks))
+    }
+
+    fn abort(&self) {
+        let tasks = match self.0.lock() {
+            Ok(mut guard) => std::mem::take(&mut *guard),
+            Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
+        };
+        for task in tasks {
+            task.abort();
+        }
+    }
+}
+
+/// Waits at most [`INITIAL_WAIT`] for the first connection attempt; whether it came up.
+async fn first_connection(mut initial: watch::Receiver<Initial>) -> bool {
+    let outcome = tokio::time::timeout(INITIAL_WAIT, async {
+        initial
+            .wait_for(|s| *s != Initial::Pending)
+            .await
+            .map(|s| *s)
+    })
+    .await;
+    matches!(outcome, Ok(Ok(Initial::Up)))
+}
+
+fn not_reachable_yet(cfg: &BusConfig, url: &str, what: &str) {
+    tracing::warn!(
+        node_id = %cfg.node_id,
+        redis = %redact(url),
+        "event bus: Redis is not reachable yet for the {what}; retrying in the background, \
+         other nodes' events will not flow until then"
+    );
+}
+
+impl Publisher {
+    /// Connects the publisher connection (Redis) or builds the in-process one. Must be
+    /// called inside a tokio runtime that lives as long as the bus. It waits at most
+    /// about a second for Redis, so that a publish right after `start` is not dropped,
+    /// and never fails start-up when Redis is down (it keeps retrying in the
+    /// background). Only an invalid Redis URL is an error.
+    pub async fn start(cfg: &BusConfig) -> anyhow::Result<Publisher> {
         let Some(url) = cfg.redis_url.as_deref() else {
-            tracing::info!(node_id = %cfg.node_id, "event bus is in-process (no Redis URL)");
-            metrics::gauge!("bus_connected").set(1.0);
-            return Ok(Bus {
-                inner: Arc::new(Inner {
-                    node_id: cfg.node_id,
-                    sub_name,
+            return Ok(Publisher {
+                inner: Arc::new(PublisherInner {
+                    node_id: cfg.node_id.clone(),
                     redis: None,
                 }),
             });
         };
-        let pub_name = format!("surge-pub-{}", sanitize(&cfg.node_id));
-        let (subscriber, publisher) = build_clients(url, &cfg)
+        let client = builder(url, cfg)
+            .and_then(|b| b.build())
             .map_err(|e| anyhow::anyhow!("invalid bus Redis URL {}: {e}", redact(url)))?;
-
-        let (initial_tx, mut initial_rx) = watch::channel(Initial::Pending);
-        let (publisher_initial_tx, mut publisher_initial_rx) = watch::channel(Initial::Pending);
-        let state = Arc::new(State {
-            subscribed: AtomicBool::new(false),
-            ever_subscribed: AtomicBool::new(false),
-            start_returned: AtomicBool::new(false),
+        let (initial, initial_rx) = watch::channel(Initial::Pending);
+        let state = Arc::new(PublisherState {
             stopping: AtomicBool::new(false),
-            publisher_up: AtomicBool::new(false),
-            warned: AtomicBool::new(false),
-            initial: initial_tx,
-            publisher_initial: publisher_initial_tx,
+            up: AtomicBool::new(false),
+            initial,
         });
-        state.set_subscribed(false);
-        let channels: Vec<String> = KINDS.iter().map(|k| channel_name(&cfg.prefix, k)).collect();
         let (tx, rx) = mpsc::channel(cfg.publish_queue.max(1));
-
+        let name = format!("surge-pub-{}", sanitize(&cfg.node_id));
         // The event streams must exist before connecting, or the first events are missed.
-        let tasks = [
-            tokio::spawn(receive_loop(
-                subscriber.message_rx(),
-                cfg.prefix.clone(),
-                cfg.node_id.clone(),
-                sink.clone(),
-            )),
-            tokio::spawn(connection_loop(
-                subscriber.clone(),
-                subscriber.reconnect_rx(),
-                subscriber.error_rx(),
-                sub_name.clone(),
-                channels,
-                state.clone(),
-                sink,
-            )),
+        let tasks = vec![
             tokio::spawn(publisher_loop(
-                publisher.clone(),
-                publisher.reconnect_rx(),
-                publisher.error_rx(),
-                pub_name,
+                client.clone(),
+                client.reconnect_rx(),
+                client.error_rx(),
+                name,
                 state.clone(),
-            )),
+            ))
+            .abort_handle(),
             tokio::spawn(publish_loop(
-                publisher.clone(),
+                client.clone(),
                 rx,
                 cfg.prefix.clone(),
                 state.clone(),
-            )),
-            tokio::spawn(heartbeat(subscriber.clone(), state.clone())),
+            ))
+            .abort_handle(),
+            // fred's connection task retries forever (until QUIT, or until aborted).
+            client.connect().abort_handle(),
         ];
-        let mut tasks: Vec<AbortHandle> = tasks.iter().map(|t| t.abort_handle()).collect();
-        // fred's connection tasks retry forever (until QUIT, or until aborted by `stop`).
-        tasks.push(subscriber.connect().abort_handle());
-        tasks.push(publisher.connect().abort_handle());
-
-        // Both connections, so that a publish right after `start` is not dropped.
-        let first = tokio::time::timeout(INITIAL_WAIT, async {
-            let publisher = publisher_initial_rx
-                .wait_for(|s| *s != Initial::Pending)
-                .await
-                .map(|s| *s);
-            let subscriber = initial_rx
-                .wait_for(|s| *s != Initial::Pending)
-                .await
-                .map(|s| *s);
-            (subscriber, publisher)
-        })
-        .await;
-        state.start_returned.store(true, Ordering::SeqCst);
-        match first {
-            Ok((Ok(Initial::Up), Ok(Initial::Up))) => {
-                tracing::info!(node_id = %cfg.node_id, "event bus subscribed to Redis");
-            }
-            _ => tracing::warn!(
-                node_id = %cfg.node_id,
-                redis = %redact(url),
-                "event bus: Redis is not reachable yet; retrying in the background, \
-                 other nodes' events will not arrive until then"
-            ),
+        if !first_connection(initial_rx).await {
+            not_reachable_yet(cfg, url, "publisher");
         }
-
-        Ok(Bus {
-            inner: Arc::new(Inner {
-                node_id: cfg.node_id,
-                sub_name,
-                redis: Some(Redis {
+        Ok(Publisher {
+            inner: Arc::new(PublisherInner {
+                node_id: cfg.node_id.clone(),
+                redis: Some(RedisPublisher {
                     tx,
-                    subscriber,
-                    publisher,
+                    client,
                     state,
-                    tasks: Mutex::new(tasks),
+                    tasks: Tasks::new(tasks),
                 }),
             }),
         })
@@ -364,26 +368,8 @@ impl Bus {
         }
     }
 
-    /// Whether the subscriber connection is currently up and subscribed (for
-    /// /readyz-like reporting and tests). The in-process bus is always connected.
-    pub fn is_connected(&self) -> bool {
-        match &self.inner.redis {
-            None => true,
-            Some(redis) => {
-                redis.state.subscribed.load(Ordering::SeqCst) && redis.subscriber.is_connected()
-            }
-        }
-    }
-
-    /// Name of this node's subscriber connection in Redis (CLIENT SETNAME),
-    /// "surge-sub-<node_id>" with the node id reduced to `[A-Za-z0-9_-]`, so operators
-    /// and tests can find it in CLIENT LIST.
-    pub fn subscriber_name(&self) -> String {
-        self.inner.sub_name.clone()
-    }
-
-    /// Stops the background tasks and quits the Redis connections, so that a node
-    /// shuts down cleanly. Idempotent; publishing afterwards only counts drops.
+    /// Stops the background tasks and quits the connection. Idempotent; publishing
+    /// afterwards only counts drops.
     pub async fn stop(&self) {
         let Some(redis) = &self.inner.redis else {
             return;
@@ -391,33 +377,185 @@ impl Bus {
         if redis.state.stopping.swap(true, Ordering::SeqCst) {
             return;
         }
-        // A polite QUIT where a connection is up (on a client that never connected, QUIT
-        // would wait for a connection); then every task, fred's included, is aborted.
-        quit(&redis.subscriber, "subscriber").await;
-        quit(&redis.publisher, "publisher").await;
-        redis.abort_tasks();
-        redis.state.set_subscribed(false);
-        tracing::info!(node_id = %self.inner.node_id, "event bus stopped");
+        quit(&redis.client, "publisher").await;
+        redis.tasks.abort();
     }
 }
 
-impl Redis {
-    fn abort_tasks(&self) {
-        let tasks = match self.tasks.lock() {
-            Ok(mut guard) => std::mem::take(&mut *guard),
-            Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
+impl Subscriber {
+    /// Subscribes to every channel (Redis), handing the other nodes' events to `sink`,
+    /// or builds the in-process bus, which hears nothing. Must be called inside a tokio
+    /// runtime that lives as long as the bus. With Redis it does NOT fail startup when
+    /// Redis is down: it waits at most about a second, logs a warning and keeps
+    /// retrying in the background (correctness never depends on Redis). It calls
+    /// `sink.resync()` after every successful (re)subscription except the first one
+    /// made before `start` returned; a first subscription made later (Redis was down
+    /// at startup) follows a gap and resyncs too. Only an invalid Redis URL is an
+    /// error.
+    pub async fn start(cfg: &BusConfig, sink: Arc<dyn BusSink>) -> anyhow::Result<Subscriber> {
+        let name = format!("surge-sub-{}", sanitize(&cfg.node_id));
+        let Some(url) = cfg.redis_url.as_deref() else {
+            tracing::info!(node_id = %cfg.node_id, "event bus is in-process (no Redis URL)");
+            metrics::gauge!("bus_connected").set(1.0);
+            return Ok(Subscriber {
+                inner: Arc::new(SubscriberInner {
+                    node_id: cfg.node_id.clone(),
+                    name,
+                    redis: None,
+                }),
+            });
         };
-        for task in tasks {
-            task.abort();
+        let client = builder(url, cfg)
+            .and_then(|b| b.build_subscriber_client())
+            .map_err(|e| anyhow::anyhow!("invalid bus Redis URL {}: {e}", redact(url)))?;
+        let (initial, initial_rx) = watch::channel(Initial::Pending);
+        let state = Arc::new(SubscriberState {
+            subscribed: AtomicBool::new(false),
+            ever_subscribed: AtomicBool::new(false),
+            start_returned: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
+            warned: AtomicBool::new(false),
+            initial,
+        });
+        state.set_subscribed(false);
+        let channels: Vec<String> = KINDS.iter().map(|k| channel_name(&cfg.prefix, k)).collect();
+        // The event streams must exist before connecting, or the first events are missed.
+        let tasks = vec![
+            tokio::spawn(receive_loop(
+                client.message_rx(),
+                cfg.prefix.clone(),
+                cfg.node_id.clone(),
+                sink.clone(),
+            ))
+            .abort_handle(),
+            tokio::spawn(connection_loop(
+                client.clone(),
+                client.reconnect_rx(),
+                client.error_rx(),
+                name.clone(),
+                channels,
+                state.clone(),
+                sink,
+            ))
+            .abort_handle(),
+            tokio::spawn(heartbeat(client.clone(), state.clone())).abort_handle(),
+            // fred's connection task retries forever (until QUIT, or until aborted).
+            client.connect().abort_handle(),
+        ];
+        let up = first_connection(initial_rx).await;
+        state.start_returned.store(true, Ordering::SeqCst);
+        if up {
+            tracing::info!(node_id = %cfg.node_id, "event bus subscribed to Redis");
+        } else {
+            not_reachable_yet(cfg, url, "subscriber");
+        }
+        Ok(Subscriber {
+            inner: Arc::new(SubscriberInner {
+                node_id: cfg.node_id.clone(),
+                name,
+                redis: Some(RedisSubscriber {
+                    client,
+                    state,
+                    tasks: Tasks::new(tasks),
+                }),
+            }),
+        })
+    }
+
+    /// Whether the connection is currently up and subscribed (for /readyz-like
+    /// reporting and tests). The in-process bus is always connected.
+    pub fn is_connected(&self) -> bool {
+        match &self.inner.redis {
+            None => true,
+            Some(redis) => {
+                redis.state.subscribed.load(Ordering::SeqCst) && redis.client.is_connected()
+            }
         }
     }
+
+    /// Name of this node's subscriber connection in Redis (CLIENT SETNAME),
+    /// "surge-sub-<node_id>" with the node id reduced to `[A-Za-z0-9_-]`, so operators
+    /// and tests can find it in CLIENT LIST.
+    pub fn name(&self) -> String {
+        self.inner.name.clone()
+    }
+
+    /// Stops the background tasks and quits the connection. Idempotent.
+    pub async fn stop(&self) {
+        let Some(redis) = &self.inner.redis else {
+            return;
+        };
+        if redis.state.stopping.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        // A polite QUIT where the connection is up (on a client that never connected,
+        // QUIT would wait for a connection); then every task, fred's included, is aborted.
+        quit(&redis.client, "subscriber").await;
+        redis.tasks.abort();
+        redis.state.set_subscribed(false);
+    }
 }
 
-impl Drop for Redis {
+/// A node's two halves of the bus, for stopping them together and for tools and tests
+/// that have their sink at hand when they start.
+#[derive(Clone)]
+pub struct Bus {
+    publisher: Publisher,
+    subscriber: Subscriber,
+}
+
+impl Bus {
+    /// Starts both halves at once (see [`Publisher::start`] and [`Subscriber::start`]).
+    pub async fn start(cfg: BusConfig, sink: Arc<dyn BusSink>) -> anyhow::Result<Bus> {
+        let (publisher, subscriber) =
+            tokio::try_join!(Publisher::start(&cfg), Subscriber::start(&cfg, sink))?;
+        Ok(Self::new(publisher, subscriber))
+    }
+
+    /// Pairs halves started separately (a node starts its subscriber last).
+    pub fn new(publisher: Publisher, subscriber: Subscriber) -> Self {
+        Self {
+            publisher,
+            subscriber,
+        }
+    }
+
+    /// See [`Publisher::publish`].
+    pub fn publish(&self, event: BusEvent) {
+        self.publisher.publish(event);
+    }
+
+    /// See [`Subscriber::is_connected`].
+    pub fn is_connected(&self) -> bool {
+        self.subscriber.is_connected()
+    }
+
+    /// See [`Subscriber::name`].
+    pub fn subscriber_name(&self) -> String {
+        self.subscriber.name()
+    }
+
+    /// Stops both halves, so that a node shuts down cleanly. Idempotent.
+    pub async fn stop(&self) {
+        self.subscriber.stop().await;
+        self.publisher.stop().await;
+        tracing::info!(node_id = %self.subscriber.inner.node_id, "event bus stopped");
+    }
+}
+
+impl Drop for RedisPublisher {
     /// The last handle is gone without `stop`: do not leave tasks and connections behind.
     fn drop(&mut self) {
         self.state.stopping.store(true, Ordering::SeqCst);
-        self.abort_tasks();
+        self.tasks.abort();
+    }
+}
+
+impl Drop for RedisSubscriber {
+    /// The last handle is gone without `stop`: do not leave tasks and connections behind.
+    fn drop(&mut self) {
+        self.state.stopping.store(true, Ordering::SeqCst);
+        self.tasks.abort();
     }
 }
 
@@ -488,10 +626,8 @@ fn setup_options() -> Options {
     }
 }
 
-fn build_clients(
-    url: &str,
-    cfg: &BusConfig,
-) -> Result<(SubscriberClient, Client), fred::error::Error> {
+/// A client builder for `url` with the bus's reconnect policy and time limits.
+fn builder(url: &str, cfg: &BusConfig) -> Result<Builder, fred::error::Error> {
     let mut config = Config::from_url(url)?;
     // Retry the first connection too, in the background, instead of failing start-up.
     config.fail_fast = false;
@@ -509,7 +645,7 @@ fn build_clients(
         .with_performance_config(|p| {
             p.broadcast_channel_capacity = BROADCAST_CAPACITY;
         });
-    Ok((builder.build_subscriber_client()?, builder.build()?))
+    Ok(builder)
 }
 
 /// QUIT with a short time limit, if connected.
@@ -535,7 +671,7 @@ async fn connection_loop(
     mut errors: broadcast::Receiver<(fred::error::Error, Option<Server>)>,
     name: String,
     channels: Vec<String>,
-    state: Arc<State>,
+    state: Arc<SubscriberState>,
     sink: Arc<dyn BusSink>,
 ) {
     let opts = setup_options();
@@ -609,7 +745,7 @@ async fn connection_loop(
 
 /// fred reports on its error stream only connection failures (lost connections and
 /// failed connection attempts), never a failed command.
-fn on_connection_error(state: &State, error: &fred::error::Error) {
+fn on_connection_error(state: &SubscriberState, error: &fred::error::Error) {
     if state.stopping.load(Ordering::SeqCst) {
         return;
     }
@@ -632,7 +768,7 @@ async fn publisher_loop(
     mut reconnects: broadcast::Receiver<Server>,
     mut errors: broadcast::Receiver<(fred::error::Error, Option<Server>)>,
     name: String,
-    state: Arc<State>,
+    state: Arc<PublisherState>,
 ) {
     let opts = setup_options();
     loop {
@@ -640,10 +776,10 @@ async fn publisher_loop(
             biased;
             error = errors.recv() => match error {
                 Ok((error, _)) => {
-                    if *state.publisher_initial.borrow() == Initial::Pending {
-                        state.publisher_initial.send_replace(Initial::Failed);
+                    if *state.initial.borrow() == Initial::Pending {
+                        state.initial.send_replace(Initial::Failed);
                     }
-                    if state.publisher_up.swap(false, Ordering::SeqCst) {
+                    if state.up.swap(false, Ordering::SeqCst) {
                         tracing::warn!(error = %error, "event bus: Redis publisher connection lost");
                     }
                 }
@@ -659,8 +795,8 @@ async fn publisher_loop(
                     if let Err(e) = result {
                         tracing::debug!(error = %e, "event bus: CLIENT SETNAME {name} failed");
                     }
-                    state.publisher_up.store(true, Ordering::SeqCst);
-                    state.publisher_initial.send_replace(Initial::Up);
+                    state.up.store(true, Ordering::SeqCst);
+                    state.initial.send_replace(Initial::Up);
                     tracing::debug!(%name, "event bus publisher connected");
                 }
                 Err(RecvError::Closed) => return,
@@ -676,7 +812,7 @@ fn client_setname() -> CustomCommand {
 /// Pings the subscriber connection now and then: a half-open connection reports
 /// nothing, and its silence would cost events without a resync. A failed ping forces a
 /// reconnection (then a resubscription and a resync).
-async fn heartbeat(subscriber: SubscriberClient, state: Arc<State>) {
+async fn heartbeat(subscriber: SubscriberClient, state: Arc<SubscriberState>) {
     let opts = setup_options();
     let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -708,11 +844,11 @@ async fn publish_loop(
     publisher: Client,
     mut rx: mpsc::Receiver<Envelope>,
     prefix: String,
-    state: Arc<State>,
+    state: Arc<PublisherState>,
 ) {
     let opts = publish_options();
     while let Some(envelope) = rx.recv().await {
-        if !state.publisher_up.load(Ordering::SeqCst) {
+        if !state.up.load(Ordering::SeqCst) {
             tracing::debug!(
                 kind = envelope.event.kind(),
                 "event bus: publisher down; event dropped"
@@ -732,7 +868,7 @@ async fn publish_loop(
         let sent: Result<Value, _> = publisher.with_options(&opts).publish(channel, body).await;
         match sent {
             Ok(_) => metrics::counter!("bus_published_total").increment(1),
-            Err(e) if !state.publisher_up.load(Ordering::SeqCst) => {
+            Err(e) if !state.up.load(Ordering::SeqCst) => {
                 tracing::debug!(error = %e, "event bus: PUBLISH lost with the connection");
                 dropped("disconnected");
             }
@@ -819,14 +955,14 @@ mod tests {
             BusEvent::Catalog,
             BusEvent::Session {
                 session_id: "s1".into(),
-                payload: serde_json::json!({"cart": [1, 2]}),
+                payload: ServerMessage::ReservationExpired {
+                    sku: "TEE-M".into(),
+                    quantity: 2,
+                },
             },
             BusEvent::Takeover {
                 session_id: "s1".into(),
                 node_id: "b".into(),
-            },
-            BusEvent::Campaign {
-                payload: serde_json::json!({"id": 3, "active": true}),
             },
         ]
     }
@@ -864,6 +1000,20 @@ mod tests {
         );
         let catalog = serde_json::to_value(BusEvent::Catalog).expect("serialises");
         assert_eq!(catalog, serde_json::json!({"kind": "catalog"}));
+        // A session's message travels as the socket will show it.
+        let session = serde_json::to_value(BusEvent::Session {
+            session_id: "s1".into(),
+            payload: ServerMessage::ReservationExpired {
+                sku: "X".into(),
+                quantity: 2,
+            },
+        })
+        .expect("serialises");
+        assert_eq!(
+            session,
+            serde_json::json!({"kind": "session", "session_id": "s1",
+                "payload": {"type": "reservation_expired", "sku": "X", "quantity": 2}})
+        );
     }
 
     #[test]
@@ -879,7 +1029,6 @@ mod tests {
                 "surge:catalog",
                 "surge:session",
                 "surge:takeover",
-                "surge:campaign"
             ]
         );
         // The channel's last part is the serde tag, so both always agree.

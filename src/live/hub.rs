@@ -15,6 +15,8 @@ use std::{
 use actix::prelude::*;
 use surge_actors::ports::StockLevel;
 
+use super::message::ServerMessage;
+
 /// A text frame for a socket, shared by every recipient.
 #[derive(Message, Clone)]
 #[rtype(result = "()")]
@@ -103,7 +105,15 @@ impl HubShard {
             else {
                 continue;
             };
-            let msg = Push(stock_message(&sku, available, seq).into());
+            let message = ServerMessage::Stock {
+                sku: sku.clone(),
+                available,
+                seq,
+            };
+            let Some(text) = message.encode() else {
+                continue;
+            };
+            let msg = Push(text.into());
             let ids: Vec<SocketId> = ids.iter().copied().collect();
             for id in ids {
                 self.deliver(id, &msg);
@@ -118,12 +128,6 @@ impl HubShard {
             drops: 0,
         });
     }
-}
-
-/// The JSON of a `stock` message.
-pub fn stock_message(sku: &str, available: i64, seq: i64) -> String {
-    serde_json::json!({ "type": "stock", "sku": sku, "available": available, "seq": seq })
-        .to_string()
 }
 
 impl Actor for HubShard {
@@ -390,16 +394,22 @@ impl Hub {
     }
 
     /// A message for every socket of one session.
-    pub fn to_session(&self, session: &str, json: String) {
+    pub fn to_session(&self, session: &str, message: &ServerMessage) {
+        let Some(text) = message.encode() else {
+            return;
+        };
         self.for_key(session).do_send(ToSession {
             session: session.to_owned(),
-            msg: Push(json.into()),
+            msg: Push(text.into()),
         });
     }
 
     /// A message for every socket of this node.
-    pub fn to_all(&self, json: String) {
-        let msg = Push(json.into());
+    pub fn to_all(&self, message: &ServerMessage) {
+        let Some(text) = message.encode() else {
+            return;
+        };
+        let msg = Push(text.into());
         for shard in self.shards.iter() {
             shard.do_send(ToAll(msg.clone()));
         }

@@ -7,6 +7,7 @@ pub mod carts;
 pub mod catalog_repo;
 pub mod check;
 mod error;
+pub mod inventory;
 pub mod journal;
 pub mod leases;
 pub mod migrate;

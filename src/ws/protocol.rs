@@ -6,6 +6,12 @@ use serde::Deserialize;
 
 use surge_actors::validated::Sku;
 
+use crate::live::message::{ErrorCode, ServerMessage, Welcome};
+
+/// What [`Sku::parse`] accepts, as a regular expression for clients (the browser
+/// filters SKUs with it before subscribing); a test holds the two together.
+pub const SKU_PATTERN: &str = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$";
+
 /// What a client may send.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
@@ -41,9 +47,25 @@ pub fn parse(text: &str) -> Result<ClientMessage, Refusal> {
 }
 
 /// The `error` message sent for a refused frame.
-pub fn error_message(refusal: &Refusal) -> String {
+pub fn error_message(refusal: &Refusal) -> ServerMessage {
     let Refusal::Invalid(detail) = refusal;
-    serde_json::json!({ "type": "error", "code": "invalid_message", "message": detail }).to_string()
+    ServerMessage::Error {
+        code: ErrorCode::InvalidMessage,
+        message: detail.clone(),
+    }
+}
+
+/// The `welcome` message: the limits a client must keep to, from the server's own
+/// settings, so that no client copies them.
+pub fn welcome(limits: &WsLimits, coalesce_ms: u64) -> ServerMessage {
+    ServerMessage::Welcome(Welcome {
+        max_subscriptions: limits.max_subscriptions,
+        coalesce_ms,
+        max_frame: limits.max_frame,
+        rate: limits.rate,
+        burst: limits.burst,
+        sku_pattern: SKU_PATTERN.to_owned(),
+    })
 }
 
 /// A token bucket: `rate` messages per second with bursts up to `burst`.
@@ -143,7 +165,60 @@ mod tests {
         ] {
             assert!(parse(bad).is_err(), "{bad}");
         }
-        assert!(error_message(&Refusal::Invalid("x".into())).contains("invalid_message"));
+        assert!(error_message(&Refusal::Invalid("x".into()))
+            .encode()
+            .is_some_and(|text| text.contains("invalid_message")));
+    }
+
+    #[test]
+    fn the_sku_pattern_accepts_exactly_the_valid_skus() {
+        let pattern = regex_lite::Regex::new(SKU_PATTERN).expect("a valid pattern");
+        let mut candidates: Vec<String> = [
+            "",
+            "A",
+            "a-1",
+            "TEE-M.blue_2",
+            "-A",
+            ".A",
+            "_A",
+            "A B",
+            "A\n",
+            "é",
+            "A/B",
+            "A+B",
+            "9",
+            "A-",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        candidates.extend(["A".repeat(63), "A".repeat(64), "A".repeat(65)]);
+        // Every ASCII character, first and later in a SKU.
+        for b in 0u8..128 {
+            let c = char::from(b);
+            candidates.push(format!("{c}A"));
+            candidates.push(format!("A{c}"));
+        }
+        for sku in &candidates {
+            assert_eq!(pattern.is_match(sku), Sku::parse(sku).is_ok(), "{sku:?}");
+        }
+    }
+
+    #[test]
+    fn welcome_carries_the_configured_limits() {
+        let limits = WsLimits {
+            max_frame: 1024,
+            max_subscriptions: 5,
+            rate: 7,
+            burst: 9,
+            ..WsLimits::default()
+        };
+        let json = serde_json::to_value(welcome(&limits, 250)).expect("JSON");
+        assert_eq!(
+            json,
+            serde_json::json!({"type": "welcome", "max_subscriptions": 5, "coalesce_ms": 250,
+                "max_frame": 1024, "rate": 7, "burst": 9, "sku_pattern": SKU_PATTERN})
+        );
     }
 
     #[test]

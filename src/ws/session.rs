@@ -15,7 +15,10 @@ use actix_web_actors::ws;
 use super::protocol::{self, ClientMessage, RateLimit};
 use crate::{
     error::ApiError,
-    live::hub::{stock_message, Kick, Push, SocketId},
+    live::{
+        hub::{Kick, Push, SocketId},
+        message::ServerMessage,
+    },
     session::Session,
     state::AppState,
 };
@@ -30,6 +33,12 @@ pub struct WsSession {
     subs: HashSet<String>,
     last_seen: Instant,
     rate: RateLimit,
+}
+
+fn send(ctx: &mut ws::WebsocketContext<WsSession>, message: &ServerMessage) {
+    if let Some(text) = message.encode() {
+        ctx.text(text);
+    }
 }
 
 fn close(ctx: &mut ws::WebsocketContext<WsSession>, code: ws::CloseCode, reason: &str) {
@@ -62,7 +71,12 @@ impl WsSession {
         // The current value at once, so the client starts from the truth.
         for sku in &new {
             if let Some((available, seq)) = self.state.stock.get_with_seq(sku) {
-                ctx.text(stock_message(sku, available, seq));
+                let stock = ServerMessage::Stock {
+                    sku: sku.clone(),
+                    available,
+                    seq,
+                };
+                send(ctx, &stock);
             }
         }
         self.subs.extend(new);
@@ -82,13 +96,9 @@ impl Actor for WsSession {
             addr.clone().recipient(),
             addr.recipient(),
         );
-        ctx.text(
-            serde_json::json!({
-                "type": "welcome",
-                "max_subscriptions": limits.max_subscriptions,
-                "coalesce_ms": self.state.live.coalesce_ms(),
-            })
-            .to_string(),
+        send(
+            ctx,
+            &protocol::welcome(limits, self.state.live.coalesce_ms()),
         );
         let (every, timeout) = (limits.ping_every, limits.timeout);
         ctx.run_interval(every, move |act, ctx| {
@@ -136,7 +146,7 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for WsSession {
                             self.subs.remove(s);
                         }
                     }
-                    Err(refusal) => ctx.text(protocol::error_message(&refusal)),
+                    Err(refusal) => send(ctx, &protocol::error_message(&refusal)),
                 }
             }
             ws::Message::Ping(p) => ctx.pong(&p),

@@ -6,6 +6,10 @@
 // and then asks the page to refetch what it shows, because messages sent while it was
 // away are not replayed. Malformed messages are ignored; nothing here throws.
 //
+// The socket's limits (frame size, message rate, subscriptions, what a SKU looks like)
+// come from the server's `welcome` message, the first on every socket: nothing is sent
+// before it arrives, and nothing here copies the server's numbers.
+//
 //   connectLive()                          open the socket (idempotent)
 //   subscribeStock(skus, cb) → unsubscribe  cb({sku, available, seq}) for every newer value
 //   unsubscribeStock(skus[, cb])            drop one callback, or the SKUs altogether
@@ -22,12 +26,8 @@ const BACKOFF_MAX_MS = 30000;
 const JITTER = 0.2; // ±20 %
 const NOTICE_DELAY_MS = 1000; // a blip shorter than this shows nothing
 const NOTICE_TEXT = 'Live updates paused — reconnecting…';
-const DEFAULT_MAX_SUBSCRIPTIONS = 200;
-const MAX_FRAME_CHARS = 3500; // the server closes a socket on frames over 4096 bytes
 const FLUSH_DELAY_MS = 50; // gather subscription changes into one message
-const SEND_RATE = 10; // messages per second, well under the server's 20/s...
-const SEND_BURST = 20; // ...and burst 40
-const SKU_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
+const RATE_SHARE = 0.5; // send at most half the server's rate and burst
 const MESSAGE_TYPES = ['cart', 'reservation_expired', 'order', 'campaign', 'online', 'offline'];
 
 const live = {
@@ -42,9 +42,10 @@ const live = {
   probing: false,
   noticeTimer: 0,
   flushTimer: 0,
-  maxSubscriptions: DEFAULT_MAX_SUBSCRIPTIONS,
+  limits: null, // from the current socket's welcome: {maxSubscriptions, maxFrame, rate, burst, sku}
   warnedLimit: false,
-  tokens: SEND_BURST,
+  warnedSkus: false,
+  tokens: 0,
   tokensAt: 0,
   wanted: new Map(), // sku → Set of callbacks, in subscription order
   sent: new Set(), // SKUs subscribed on the current socket
@@ -75,15 +76,37 @@ function emit(type, value) {
   for (const callback of [...set]) safeCall(callback, value);
 }
 
-/** A list (or one string) of SKUs → valid, distinct SKUs. */
+/** A list (or one string) of SKUs → distinct non-empty strings (the server's SKU rule
+ * is applied when subscribing, once its welcome has said what it is). */
 function normaliseSkus(skus) {
   let list = [];
   if (typeof skus === 'string') list = [skus];
   else if (skus && typeof skus[Symbol.iterator] === 'function') list = [...skus];
-  return [...new Set(list.filter((s) => typeof s === 'string' && SKU_PATTERN.test(s)))];
+  return [...new Set(list.filter((s) => typeof s === 'string' && s.length > 0))];
 }
 
 const isObject = (value) => value !== null && typeof value === 'object' && !Array.isArray(value);
+const isCount = (value) => Number.isInteger(value) && value > 0;
+
+/** The limits a welcome message states, or null when it does not state them all. */
+function welcomeLimits(message) {
+  const { max_subscriptions: maxSubscriptions, max_frame: maxFrame, rate, burst } = message;
+  if (![maxSubscriptions, maxFrame, rate, burst].every(isCount)) return null;
+  if (typeof message.sku_pattern !== 'string') return null;
+  let sku;
+  try {
+    sku = new RegExp(message.sku_pattern);
+  } catch {
+    return null;
+  }
+  return {
+    maxSubscriptions,
+    maxFrame,
+    rate: Math.max(rate * RATE_SHARE, 1),
+    burst: Math.max(Math.floor(burst * RATE_SHARE), 1),
+    sku,
+  };
+}
 
 /* ---------- the offline notice ---------- */
 
@@ -121,21 +144,24 @@ function clearNotice() {
 
 /** Client-side token bucket, so a busy page never trips the server's rate limit. */
 function takeToken() {
+  const { rate, burst } = live.limits;
   const now = Date.now();
-  live.tokens = Math.min(SEND_BURST, live.tokens + ((now - live.tokensAt) / 1000) * SEND_RATE);
+  live.tokens = Math.min(burst, live.tokens + ((now - live.tokensAt) / 1000) * rate);
   live.tokensAt = now;
   if (live.tokens < 1) return false;
   live.tokens -= 1;
   return true;
 }
 
-/** Split SKUs so that each message stays well under the server's frame limit. */
+/** Split SKUs so that each message stays under the server's frame limit (the size
+ * counted is an upper bound: SKUs are ASCII, and each is counted with a spare byte). */
 function chunks(skus) {
+  const limit = live.limits.maxFrame;
   const out = [];
   let current = [];
   let size = 40; // {"op":"unsubscribe","skus":[]} and change
   for (const sku of skus) {
-    if (current.length && size + sku.length + 3 > MAX_FRAME_CHARS) {
+    if (current.length && size + sku.length + 3 > limit) {
       out.push(current);
       current = [];
       size = 40;
@@ -164,23 +190,25 @@ function scheduleFlush(delay = FLUSH_DELAY_MS) {
 function flush() {
   live.flushTimer = 0;
   const socket = live.socket;
-  if (!socket || !live.open || socket.readyState !== WebSocket.OPEN) return;
+  const limits = live.limits;
+  if (!socket || !live.open || !limits || socket.readyState !== WebSocket.OPEN) return;
 
-  const desired = new Set();
-  for (const sku of live.wanted.keys()) {
-    if (desired.size >= live.maxSubscriptions) break;
-    desired.add(sku);
+  const valid = [...live.wanted.keys()].filter((sku) => limits.sku.test(sku));
+  const desired = new Set(valid.slice(0, limits.maxSubscriptions));
+  if (valid.length < live.wanted.size && !live.warnedSkus) {
+    live.warnedSkus = true;
+    console.warn(`live: ${live.wanted.size - valid.length} wanted SKUs are not SKUs to the server; not subscribing to them`);
   }
-  if (live.wanted.size > desired.size && !live.warnedLimit) {
+  if (valid.length > desired.size && !live.warnedLimit) {
     live.warnedLimit = true;
-    console.warn(`live: ${live.wanted.size} SKUs wanted, the server allows ${live.maxSubscriptions}`);
+    console.warn(`live: ${valid.length} SKUs wanted, the server allows ${limits.maxSubscriptions}`);
   }
   const drop = [...live.sent].filter((sku) => !desired.has(sku));
   const add = [...desired].filter((sku) => !live.sent.has(sku));
 
   // Unsubscribe first, so the server never counts more than the limit.
   for (const part of chunks(drop)) {
-    if (!takeToken()) return scheduleFlush(1000 / SEND_RATE);
+    if (!takeToken()) return scheduleFlush(1000 / limits.rate);
     if (!send({ op: 'unsubscribe', skus: part })) return;
     for (const sku of part) {
       live.sent.delete(sku);
@@ -189,7 +217,7 @@ function flush() {
     }
   }
   for (const part of chunks(add)) {
-    if (!takeToken()) return scheduleFlush(1000 / SEND_RATE);
+    if (!takeToken()) return scheduleFlush(1000 / limits.rate);
     if (!send({ op: 'subscribe', skus: part })) return;
     for (const sku of part) live.sent.add(sku);
   }
@@ -199,7 +227,7 @@ function flush() {
 
 function onStock(message) {
   const { sku, available, seq } = message;
-  if (typeof sku !== 'string' || !SKU_PATTERN.test(sku)) return;
+  if (typeof sku !== 'string') return;
   if (typeof available !== 'number' || !Number.isFinite(available)) return;
   if (typeof seq !== 'number' || !Number.isFinite(seq)) return;
   const callbacks = live.wanted.get(sku);
@@ -222,11 +250,18 @@ function onMessage(data) {
   if (!isObject(message) || typeof message.type !== 'string') return;
   switch (message.type) {
     case 'welcome': {
-      const max = message.max_subscriptions;
-      if (Number.isInteger(max) && max > 0) {
-        live.maxSubscriptions = max;
-        scheduleFlush();
+      const limits = welcomeLimits(message);
+      if (!limits) {
+        console.warn('live: the server did not state its limits; not subscribing on this socket');
+        break;
       }
+      live.limits = limits;
+      live.tokens = limits.burst;
+      live.tokensAt = Date.now();
+      // Resubscribe to everything on screen; the server answers with current values.
+      clearTimeout(live.flushTimer);
+      live.flushTimer = 0;
+      flush();
       break;
     }
     case 'stock':
@@ -259,13 +294,11 @@ function onOpen() {
   live.open = true;
   live.opens += 1;
   live.delay = BACKOFF_MIN_MS;
-  live.tokens = SEND_BURST;
-  live.tokensAt = Date.now();
+  live.limits = null; // this socket's arrive with its welcome, which starts the subscribing
   live.sent.clear();
   clearNotice();
   clearTimeout(live.flushTimer);
   live.flushTimer = 0;
-  flush(); // resubscribe to everything on screen; the server answers with current values
   emit('online', { type: 'online' });
   if (reconnected) for (const callback of [...live.reconnectCallbacks]) safeCall(callback);
 }
@@ -274,6 +307,7 @@ function onDown() {
   const wasOpen = live.open;
   live.socket = null;
   live.open = false;
+  live.limits = null;
   live.failed = true;
   live.sent.clear();
   for (const known of live.latest.values()) known.fresh = false;

@@ -7,7 +7,7 @@ use std::{str::FromStr, time::Duration};
 
 use surge::{
     config::{CommerceConfig, DatabaseConfig, LiveConfig, ServeConfig},
-    server::{self, RunningServer},
+    server::{Application, Drain},
 };
 
 /// Server URL of the PostgreSQL used by tests (no database name).
@@ -184,7 +184,7 @@ impl Default for Options {
 /// A running in-process node with its own database.
 pub struct TestApp {
     /// The node (taken by `stop` or a test that shuts it down itself).
-    pub server: Option<RunningServer>,
+    pub server: Option<Application>,
     /// `http://127.0.0.1:port`.
     pub base: String,
     /// HTTP client.
@@ -229,8 +229,8 @@ impl TestApp {
             commerce: opts.commerce,
             live: opts.live,
         };
-        let server = server::start(cfg).await.expect("server starts");
-        let base = format!("http://{}", server.addr);
+        let server = Application::build(cfg).await.expect("server starts");
+        let base = format!("http://{}", server.addr());
         let http = awc::Client::builder()
             .timeout(Duration::from_secs(30))
             .finish();
@@ -263,7 +263,7 @@ impl TestApp {
 
     /// The node's shared state.
     pub fn state(&self) -> &surge::state::AppState {
-        &self.server.as_ref().expect("running").state
+        self.server.as_ref().expect("running").state()
     }
 
     /// Absolute URL of a path.
@@ -316,7 +316,7 @@ impl TestApp {
     /// Stops the node without draining.
     pub async fn stop(mut self) {
         if let Some(server) = self.server.take() {
-            server.stop_now().await;
+            server.shutdown(Drain::Immediate).await;
         }
     }
 }

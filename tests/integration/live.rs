@@ -267,24 +267,8 @@ async fn two_nodes_converge_over_redis_and_after_a_bus_outage() {
 
     // Both nodes on the bus before the clock starts (at startup a node repairs
     // whatever it missed with a resync as soon as it has subscribed).
-    let bus_b = b
-        .server
-        .as_ref()
-        .expect("b")
-        .state
-        .live
-        .bus()
-        .expect("bus")
-        .clone();
-    let bus_a = a
-        .server
-        .as_ref()
-        .expect("a")
-        .state
-        .live
-        .bus()
-        .expect("bus")
-        .clone();
+    let bus_b = b.server.as_ref().expect("b").bus().clone();
+    let bus_a = a.server.as_ref().expect("a").bus().clone();
     let deadline = Instant::now() + Duration::from_secs(5);
     while !(bus_a.is_connected() && bus_b.is_connected()) {
         assert!(Instant::now() < deadline, "nodes never joined the bus");
@@ -302,15 +286,7 @@ async fn two_nodes_converge_over_redis_and_after_a_bus_outage() {
     );
 
     // Cut node B off the bus, change stock on A while B is away, and check B repairs it.
-    let bus_b = b
-        .server
-        .as_ref()
-        .expect("b")
-        .state
-        .live
-        .bus()
-        .expect("bus")
-        .clone();
+    let bus_b = b.server.as_ref().expect("b").bus().clone();
     let killed = kill_client(&bus_b.subscriber_name()).await;
     assert!(killed >= 1, "killed the subscriber connections");
     actix_web::rt::time::sleep(Duration::from_millis(200)).await;

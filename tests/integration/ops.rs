@@ -30,7 +30,7 @@ async fn readyz_turns_503_while_draining() {
         status, 200,
         "in-flight traffic is still served during the drain delay"
     );
-    server.shutdown().await;
+    server.shutdown(surge::server::Drain::Graceful).await;
     let refused = app.http.get(app.url("/healthz")).send().await;
     assert!(refused.is_err(), "the listener is closed after shutdown");
 }

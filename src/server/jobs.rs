@@ -1,0 +1,238 @@
+//! The node's background jobs, in one place: each runs on a period in a `JoinSet`, and
+//! one cancellation token stops them all. A job stops only between runs, never in the
+//! middle of one (a reaper transaction always finishes or rolls back by itself).
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use actix_web::web;
+use tokio::{task::JoinSet, time::Instant};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    config::ServeConfig,
+    live::campaigns::Announcer,
+    state::AppState,
+    store::{
+        leases::{self, Scope},
+        migrate,
+    },
+};
+
+/// How often order partitions are topped up.
+const PARTITION_PERIOD: Duration = Duration::from_secs(6 * 3600);
+/// How often started campaigns are looked for.
+const CAMPAIGN_PERIOD: Duration = Duration::from_secs(1);
+/// No job runs more often than this, whatever its configuration says.
+const MIN_PERIOD: Duration = Duration::from_millis(50);
+
+/// When a job first runs.
+#[derive(Debug, Clone, Copy)]
+pub enum First {
+    /// At once, then every period.
+    Now,
+    /// One period from now (startup already did this run's work).
+    AfterPeriod,
+}
+
+/// Periodic jobs that stop together.
+pub struct Jobs {
+    set: JoinSet<()>,
+    cancel: CancellationToken,
+}
+
+impl Default for Jobs {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Jobs {
+    /// No jobs yet.
+    pub fn new() -> Self {
+        Self {
+            set: JoinSet::new(),
+            cancel: CancellationToken::new(),
+        }
+    }
+
+    /// Runs `job` every `period` (at least [`MIN_PERIOD`]) until [`Jobs::stop`], logging
+    /// its failures; a run that overruns delays the next rather than piling up.
+    pub fn every<F, Fut>(&mut self, name: &'static str, period: Duration, first: First, job: F)
+    where
+        F: Fn() -> Fut + Send + 'static,
+        Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        let cancel = self.cancel.clone();
+        let period = period.max(MIN_PERIOD);
+        let start = match first {
+            First::Now => Instant::now(),
+            First::AfterPeriod => Instant::now() + period,
+        };
+        self.set.spawn(async move {
+            let mut tick = tokio::time::interval_at(start, period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    biased;
+                    () = cancel.cancelled() => break,
+                    _ = tick.tick() => {}
+                }
+                // Never cancelled mid-run: `stop` waits for the run to end.
+                if let Err(err) = job().await {
+                    tracing::warn!(
+                        task = name,
+                        error = format!("{err:#}"),
+                        "background task failed"
+                    );
+                }
+            }
+            tracing::debug!(task = name, "background task stopped");
+        });
+    }
+
+    /// Asks every job to stop after its current run and waits up to `within` for them;
+    /// one still running then (stuck on an unreachable database) is aborted.
+    pub async fn stop(mut self, within: Duration) {
+        self.cancel.cancel();
+        let drained = tokio::time::timeout(within, async {
+            while self.set.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                left = self.set.len(),
+                "background tasks did not stop in time; aborting them"
+            );
+            self.set.shutdown().await;
+        }
+    }
+}
+
+/// Starts the node's jobs: order partitions, the lease heartbeat, the reaper of dead
+/// nodes' leases and lapsed reservations, campaign announcements and the stock resync.
+pub fn spawn(cfg: &ServeConfig, state: &web::Data<AppState>) -> Jobs {
+    let mut jobs = Jobs::new();
+    let primary = state.db.primary.clone();
+    let ttl = cfg.commerce.lease_ttl;
+
+    jobs.every("partitions", PARTITION_PERIOD, First::AfterPeriod, {
+        let primary = primary.clone();
+        move || {
+            let primary = primary.clone();
+            async move {
+                let client = primary.get().await?;
+                migrate::ensure_partitions(&client).await.map(|_| ())
+            }
+        }
+    });
+
+    jobs.every("heartbeat", ttl / 3, First::Now, {
+        let (primary, node) = (primary.clone(), cfg.node_id.clone());
+        move || {
+            let (primary, node) = (primary.clone(), node.clone());
+            async move {
+                let client = primary.get().await?;
+                leases::heartbeat(&client, &node, ttl).await
+            }
+        }
+    });
+
+    let reaper_period = cfg.commerce.reaper_period;
+    jobs.every("reaper", reaper_period, First::Now, {
+        let (primary, live) = (primary.clone(), state.live.clone());
+        let grace = reaper_period.max(Duration::from_secs(1));
+        move || {
+            let (primary, live) = (primary.clone(), live.clone());
+            async move {
+                let mut client = primary.get().await?;
+                let reaped = leases::reap(&mut client, Scope::Dead { ttl, grace }).await?;
+                live.stock_changed(reaped.levels);
+                Ok(())
+            }
+        }
+    });
+
+    jobs.every("campaigns", CAMPAIGN_PERIOD, First::Now, {
+        let announcer = Arc::new(Announcer::new(
+            state.live.hub().clone(),
+            state.db.read.clone(),
+        ));
+        move || {
+            let announcer = Arc::clone(&announcer);
+            async move { announcer.announce_started().await.map(|_| ()) }
+        }
+    });
+
+    jobs.every("stock resync", cfg.live.resync, First::Now, {
+        let live = state.live.clone();
+        move || {
+            let live = live.clone();
+            async move { live.resync().await.map(|_| ()) }
+        }
+    });
+
+    jobs
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    #[actix_web::test]
+    async fn a_job_finishes_its_run_before_it_stops() {
+        let runs = Arc::new(AtomicUsize::new(0));
+        let finished = Arc::new(AtomicUsize::new(0));
+        let mut jobs = Jobs::new();
+        jobs.every("slow", Duration::from_millis(50), First::Now, {
+            let (runs, finished) = (Arc::clone(&runs), Arc::clone(&finished));
+            move || {
+                let (runs, finished) = (Arc::clone(&runs), Arc::clone(&finished));
+                async move {
+                    runs.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    finished.fetch_add(1, Ordering::SeqCst);
+                    Ok(())
+                }
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        jobs.stop(Duration::from_secs(5)).await;
+        assert_eq!(runs.load(Ordering::SeqCst), 1, "stopped between runs");
+        assert_eq!(
+            finished.load(Ordering::SeqCst),
+            1,
+            "the run in progress finished"
+        );
+    }
+
+    #[actix_web::test]
+    async fn a_delayed_job_waits_one_period_and_a_stuck_one_is_aborted() {
+        let runs = Arc::new(AtomicUsize::new(0));
+        let mut jobs = Jobs::new();
+        jobs.every("later", Duration::from_millis(300), First::AfterPeriod, {
+            let runs = Arc::clone(&runs);
+            move || {
+                let runs = Arc::clone(&runs);
+                async move {
+                    runs.fetch_add(1, Ordering::SeqCst);
+                    Ok(())
+                }
+            }
+        });
+        jobs.every("stuck", Duration::from_millis(50), First::Now, || async {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            Ok(())
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(runs.load(Ordering::SeqCst), 0, "not before one period");
+        let stopping = std::time::Instant::now();
+        jobs.stop(Duration::from_millis(200)).await;
+        assert!(
+            stopping.elapsed() < Duration::from_secs(2),
+            "the bound holds"
+        );
+        assert_eq!(runs.load(Ordering::SeqCst), 0);
+    }
+}

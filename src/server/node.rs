@@ -1,0 +1,187 @@
+//! The node's core, built in the order its parts depend on each other: the database
+//! (migrated, this node's old leases recovered), the live layer's publishing half, the
+//! Journal, the shards, the carts, and last the bus subscriber that acts on them.
+
+use std::{sync::Arc, time::Duration};
+
+use actix_web::web;
+use anyhow::Context as _;
+use surge_actors::{
+    cart::CartLimits,
+    cart_actor::{CartDeps, CartRegistry},
+    ports::{Journal, Store},
+    shard::{ShardConfig, Shards},
+    stock::LeasePolicy,
+};
+
+use crate::{
+    assets::Assets,
+    catalog::{CatalogStore, StockLevels},
+    config::{CommerceConfig, ServeConfig},
+    live::{
+        bus::{Bus, BusConfig, Publisher, Subscriber},
+        hub::Hub,
+        sink::LiveSink,
+        Live, LiveDeps,
+    },
+    session_cookie::SessionSigner,
+    state::{AppState, Health},
+    store::{
+        carts::PgStore,
+        journal::{JournalConfig, PgJournal},
+        leases::{self, Scope},
+        migrate, Db,
+    },
+    telemetry,
+};
+
+/// A node ready to serve: its state and its bus (stopped at shutdown).
+pub struct Node {
+    /// What every handler shares.
+    pub state: web::Data<AppState>,
+    /// Both halves of the bus.
+    pub bus: Bus,
+    /// Products in the catalog at startup.
+    pub products: usize,
+}
+
+impl Node {
+    /// Builds every part and loads the catalog. Must run inside an actix `System`.
+    pub async fn build(cfg: &ServeConfig) -> anyhow::Result<Node> {
+        let commerce = &cfg.commerce;
+        let db = Db::with_journal(&cfg.db, commerce.journal_pool_size)?;
+        prepare_database(&db, cfg).await?;
+
+        let stock = Arc::new(StockLevels::default());
+        let catalog = Arc::new(CatalogStore::default());
+        let bus_cfg = bus_config(cfg);
+        let publisher = Publisher::start(&bus_cfg).await?;
+        let live = Live::new(LiveDeps {
+            hub: Hub::start(cfg.live.hub_shards, cfg.live.coalesce),
+            bus: publisher.clone(),
+            stock: Arc::clone(&stock),
+            catalog: Arc::clone(&catalog),
+            reads: db.read.clone(),
+            node_id: cfg.node_id.clone(),
+            coalesce_ms: u64::try_from(cfg.live.coalesce.as_millis()).unwrap_or(100),
+        });
+
+        let journal: Arc<dyn Journal> = Arc::new(PgJournal::spawn(
+            db.journal.clone(),
+            cfg.node_id.clone(),
+            JournalConfig {
+                max_batch: commerce.journal_max_batch,
+                max_wait: commerce.journal_max_wait,
+                lease_ttl: commerce.lease_ttl,
+                ..JournalConfig::default()
+            },
+            {
+                let live = live.clone();
+                Arc::new(move |levels| live.stock_changed(levels))
+            },
+        ));
+        let store: Arc<dyn Store> = Arc::new(PgStore::new(db.primary.clone(), cfg.node_id.clone()));
+        let shards = Shards::start(
+            commerce.shards,
+            Arc::clone(&journal),
+            Arc::clone(&store),
+            shard_config(commerce),
+        );
+        let limits = cart_limits(commerce);
+        let carts = CartRegistry::new(CartDeps {
+            journal,
+            store,
+            shards: shards.clone(),
+            limits,
+            idle: commerce.cart_idle,
+            events: Arc::new(live.clone()),
+        });
+
+        let sink = LiveSink::new(live.clone(), shards.clone(), carts.clone());
+        let subscriber = Subscriber::start(&bus_cfg, Arc::new(sink)).await?;
+
+        let assets = match &cfg.static_dir {
+            Some(dir) => {
+                Assets::from_dir(dir).with_context(|| format!("reading {}", dir.display()))?
+            }
+            None => Assets::embedded(),
+        };
+        let state = web::Data::from(Arc::new(AppState {
+            db,
+            catalog,
+            stock,
+            admin_token: cfg.admin_token.clone(),
+            health: Health::default(),
+            assets,
+            metrics: telemetry::metrics_handle(),
+            node_id: cfg.node_id.clone(),
+            sessions: SessionSigner::new(cfg.session_key.clone(), cfg.cookie_secure),
+            carts,
+            shards,
+            limits,
+            live,
+            ws_limits: cfg.live.limits.clone(),
+        }));
+        state.health.set_migrated();
+        let products = state.reload_catalog(&state.db.read).await?;
+        Ok(Node {
+            state,
+            bus: Bus::new(publisher, subscriber),
+            products,
+        })
+    }
+}
+
+/// Migrates, then takes this node id over: waits out a live process that still uses
+/// it, returns what a dead one leased, and heartbeats.
+async fn prepare_database(db: &Db, cfg: &ServeConfig) -> anyhow::Result<()> {
+    let ttl = cfg.commerce.lease_ttl;
+    let mut client = db
+        .primary
+        .get()
+        .await
+        .context("connecting to PostgreSQL (DATABASE_URL)")?;
+    migrate::run(&mut client).await?;
+    leases::wait_for_id(&client, &cfg.node_id, ttl).await?;
+    let recovered = leases::reap(&mut client, Scope::Own(&cfg.node_id)).await?;
+    if recovered.lease_units > 0 {
+        tracing::info!(
+            units = recovered.lease_units,
+            "recovered this node's old leases"
+        );
+    }
+    leases::heartbeat(&client, &cfg.node_id, ttl).await
+}
+
+fn bus_config(cfg: &ServeConfig) -> BusConfig {
+    BusConfig {
+        redis_url: cfg.redis_url.clone(),
+        prefix: cfg.live.bus_prefix.clone(),
+        node_id: cfg.node_id.clone(),
+        reconnect_min: cfg.live.bus_reconnect,
+        reconnect_max: Duration::from_secs(5).max(cfg.live.bus_reconnect),
+        publish_queue: 10_000,
+    }
+}
+
+fn shard_config(commerce: &CommerceConfig) -> ShardConfig {
+    ShardConfig {
+        policy: LeasePolicy {
+            max_chunk: commerce.lease_max_chunk,
+            ..LeasePolicy::default()
+        },
+        idle_return: commerce.lease_idle,
+        max_queue: commerce.shard_queue,
+        ..ShardConfig::default()
+    }
+}
+
+fn cart_limits(commerce: &CommerceConfig) -> CartLimits {
+    let ttl_ms = i64::try_from(commerce.reservation_ttl.as_millis()).unwrap_or(i64::MAX);
+    CartLimits {
+        max_line_quantity: commerce.max_line_quantity,
+        reservation_ttl_ms: ttl_ms,
+        checkout_margin_ms: (ttl_ms / 10).min(1000),
+        ..CartLimits::default()
+    }
+}
