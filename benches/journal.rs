@@ -15,7 +15,7 @@ use std::{
 use anyhow::Context as _;
 use futures_util::{stream, StreamExt};
 use surge::{
-    config::{CommerceConfig, DatabaseConfig, LiveConfig, ServeConfig},
+    config::{CommerceConfig, DatabaseConfig, LiveArgs, ServeConfig},
     server::{Application, Drain},
     store::{
         journal::{self, JournalConfig, PgJournal},
@@ -236,7 +236,7 @@ async fn http_latency(url: &str) -> anyhow::Result<()> {
             journal_max_wait: Duration::from_millis(2),
             journal_pool_size: 2,
         },
-        live: LiveConfig::default(),
+        live: surge::config::defaults::<LiveArgs>().validate()?,
     };
     let node = Application::build(cfg).await?;
     let base = format!("http://{}", node.addr());

@@ -128,3 +128,92 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::Cli;
+
+    /// Variables read outside clap (by the log filter).
+    const NOT_FLAGS: &[&str] = &["SURGE_LOG"];
+
+    /// The rows of the README's configuration table, by the variables they name.
+    fn readme_rows() -> Vec<(Vec<String>, String)> {
+        let readme = include_str!("../README.md");
+        let table = readme
+            .split("## Configuration")
+            .nth(1)
+            .and_then(|s| s.split("\n## ").next())
+            .unwrap_or_default();
+        table
+            .lines()
+            .filter(|l| l.starts_with("| `"))
+            .map(|l| {
+                let first = l.split('|').nth(1).unwrap_or_default();
+                let vars = first
+                    .split('`')
+                    .skip(1)
+                    .step_by(2)
+                    .map(str::to_owned)
+                    .collect();
+                (vars, l.to_owned())
+            })
+            .collect()
+    }
+
+    /// Every variable of `surge serve`, with its default as clap states it.
+    fn flags() -> Vec<(String, Vec<String>)> {
+        let mut cmd = Cli::command();
+        cmd.build();
+        let serve = cmd
+            .find_subcommand("serve")
+            .expect("serve subcommand")
+            .clone();
+        serve
+            .get_arguments()
+            .filter_map(|a| {
+                let env = a.get_env()?.to_string_lossy().into_owned();
+                let defaults = a
+                    .get_default_values()
+                    .iter()
+                    .map(|v| v.to_string_lossy().into_owned())
+                    .collect();
+                Some((env, defaults))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn readme_lists_every_variable_with_its_default() {
+        let rows = readme_rows();
+        assert!(!rows.is_empty(), "README has no configuration table");
+        for (env, defaults) in flags() {
+            let row = rows
+                .iter()
+                .find(|(vars, _)| vars.contains(&env))
+                .map(|(_, row)| row)
+                .unwrap_or_else(|| panic!("README's configuration table lacks {env}"));
+            let default_cell = row.split('|').nth(2).unwrap_or_default();
+            for d in defaults.iter().filter(|d| !d.is_empty()) {
+                assert!(
+                    default_cell.contains(&format!("`{d}`")),
+                    "README gives {env} a default other than `{d}`: {row}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn readme_documents_no_variable_that_does_not_exist() {
+        let known: Vec<String> = flags().into_iter().map(|(env, _)| env).collect();
+        for (vars, row) in readme_rows() {
+            for var in vars {
+                assert!(
+                    known.contains(&var) || NOT_FLAGS.contains(&var.as_str()),
+                    "README documents {var}, which surge does not read: {row}"
+                );
+            }
+        }
+    }
+}

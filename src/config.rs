@@ -5,8 +5,10 @@
 
 use std::{net::SocketAddr, str::FromStr, time::Duration};
 
-use clap::{Args, ValueEnum};
+use clap::{Args, FromArgMatches, ValueEnum};
 use thiserror::Error;
+
+use crate::secret::Secret;
 
 /// A configuration value that cannot be used, named by its environment variable.
 #[derive(Debug, Error)]
@@ -46,7 +48,7 @@ pub struct DatabaseArgs {
         value_name = "DATABASE_URL",
         hide_env_values = true
     )]
-    pub database_url: Option<String>,
+    pub database_url: Option<Secret>,
     /// Optional read replica for catalog reads; defaults to the primary.
     #[arg(
         long,
@@ -54,7 +56,7 @@ pub struct DatabaseArgs {
         value_name = "DATABASE_READ_URL",
         hide_env_values = true
     )]
-    pub database_read_url: Option<String>,
+    pub database_read_url: Option<Secret>,
     /// Connections in the primary pool.
     #[arg(long, env = "SURGE_DB_POOL_SIZE", value_name = "SURGE_DB_POOL_SIZE", default_value_t = 16,
           value_parser = clap::value_parser!(u16).range(1..=1000))]
@@ -83,7 +85,8 @@ impl DatabaseArgs {
     pub fn validate(&self) -> Result<DatabaseConfig, ConfigError> {
         let url = self
             .database_url
-            .as_deref()
+            .as_ref()
+            .map(Secret::expose)
             .filter(|u| !u.trim().is_empty())
             .ok_or_else(|| {
                 ConfigError::new(
@@ -92,7 +95,7 @@ impl DatabaseArgs {
                 )
             })?;
         let primary = parse_pg_url("DATABASE_URL", url)?;
-        let replica = match self.database_read_url.as_deref() {
+        let replica = match self.database_read_url.as_ref().map(Secret::expose) {
             Some(u) if !u.trim().is_empty() => Some(parse_pg_url("DATABASE_READ_URL", u)?),
             _ => None,
         };
@@ -112,6 +115,18 @@ fn parse_pg_url(var: &'static str, url: &str) -> Result<tokio_postgres::Config, 
         return Err(ConfigError::new(var, "the URL names no database"));
     }
     Ok(cfg)
+}
+
+/// The defaults of a group of flags as their clap attributes state them, ignoring the
+/// environment: those attributes are the one place a default is written, and tests and
+/// tools that need "the defaults" take them from here.
+pub fn defaults<T: Args + FromArgMatches>() -> T {
+    let command = T::augment_args(clap::Command::new("surge").no_binary_name(true))
+        .mut_args(|a| a.env(None::<&str>));
+    let matches = command
+        .try_get_matches_from(std::iter::empty::<String>())
+        .unwrap_or_else(|e| unreachable!("every flag has a default or is optional: {e}"));
+    T::from_arg_matches(&matches).unwrap_or_else(|e| unreachable!("defaults convert: {e}"))
 }
 
 /// Settings of `surge serve`.
@@ -134,7 +149,7 @@ pub struct ServeArgs {
         value_name = "REDIS_URL",
         hide_env_values = true
     )]
-    pub redis_url: Option<String>,
+    pub redis_url: Option<Secret>,
     /// This node's name in leases and logs; defaults to the hostname.
     #[arg(long, env = "SURGE_NODE_ID", value_name = "SURGE_NODE_ID")]
     pub node_id: Option<String>,
@@ -145,7 +160,7 @@ pub struct ServeArgs {
         value_name = "SURGE_ADMIN_TOKEN",
         hide_env_values = true
     )]
-    pub admin_token: Option<String>,
+    pub admin_token: Option<Secret>,
     /// Key that signs session cookies (at least 32 bytes); random per process when unset.
     #[arg(
         long,
@@ -153,7 +168,7 @@ pub struct ServeArgs {
         value_name = "SURGE_SESSION_KEY",
         hide_env_values = true
     )]
-    pub session_key: Option<String>,
+    pub session_key: Option<Secret>,
     /// Mark session cookies Secure (set behind HTTPS).
     #[arg(
         long,
@@ -273,19 +288,6 @@ pub struct LiveConfig {
     pub bus_reconnect: Duration,
 }
 
-impl Default for LiveConfig {
-    fn default() -> Self {
-        Self {
-            limits: crate::ws::protocol::WsLimits::default(),
-            coalesce: Duration::from_millis(100),
-            hub_shards: 2,
-            resync: Duration::from_secs(5),
-            bus_prefix: "surge".into(),
-            bus_reconnect: Duration::from_millis(100),
-        }
-    }
-}
-
 impl LiveArgs {
     /// Checks origins and the prefix.
     pub fn validate(&self) -> Result<LiveConfig, ConfigError> {
@@ -324,7 +326,7 @@ impl LiveArgs {
                 ping_every: Duration::from_secs(self.ws_ping_secs),
                 timeout: Duration::from_secs(self.ws_timeout_secs),
                 allowed_origins: origins,
-                ..crate::ws::protocol::WsLimits::default()
+                mailbox: crate::ws::protocol::WsLimits::MAILBOX,
             },
             coalesce: Duration::from_millis(self.coalesce_ms),
             hub_shards: self.hub_shards.map(usize::from).unwrap_or_else(|| {
@@ -448,14 +450,14 @@ pub struct ServeConfig {
     pub db: DatabaseConfig,
     /// Listen address.
     pub bind: SocketAddr,
-    /// Redis URL for the cross-node bus.
-    pub redis_url: Option<String>,
+    /// Redis URL for the cross-node bus (it may carry a password).
+    pub redis_url: Option<Secret>,
     /// This node's identity.
     pub node_id: String,
     /// Admin bearer token; `None` disables the admin API.
-    pub admin_token: Option<String>,
+    pub admin_token: Option<Secret>,
     /// Session-cookie signing key; `None` means generate one at startup.
-    pub session_key: Option<Vec<u8>>,
+    pub session_key: Option<Secret>,
     /// Whether session cookies are marked Secure.
     pub cookie_secure: bool,
     /// HTTP worker threads.
@@ -478,10 +480,10 @@ impl ServeArgs {
     /// Validates every setting, naming the first bad variable.
     pub fn validate(&self) -> Result<ServeConfig, ConfigError> {
         let db = self.db.validate()?;
-        let redis_url = match self.redis_url.as_deref().map(str::trim) {
+        let redis_url = match self.redis_url.as_ref().map(|u| u.expose().trim()) {
             None | Some("") => None,
             Some(u) if u.starts_with("redis://") || u.starts_with("rediss://") => {
-                Some(u.to_owned())
+                Some(Secret::new(u))
             }
             Some(_) => {
                 return Err(ConfigError::new(
@@ -501,7 +503,7 @@ impl ServeArgs {
                 "must be at most 128 printable characters",
             ));
         }
-        let admin_token = match self.admin_token.as_deref() {
+        let admin_token = match self.admin_token.as_ref().map(Secret::expose) {
             None => None,
             Some(t) if t.len() < 16 => {
                 return Err(ConfigError::new(
@@ -509,9 +511,9 @@ impl ServeArgs {
                     "must be at least 16 characters (or unset to turn the admin API off)",
                 ))
             }
-            Some(t) => Some(t.to_owned()),
+            Some(t) => Some(Secret::new(t)),
         };
-        let session_key = match self.session_key.as_deref() {
+        let session_key = match self.session_key.as_ref().map(Secret::expose) {
             None => None,
             Some(k) if k.len() < 32 => {
                 return Err(ConfigError::new(
@@ -519,7 +521,7 @@ impl ServeArgs {
                     "must be at least 32 bytes",
                 ))
             }
-            Some(k) => Some(k.as_bytes().to_vec()),
+            Some(k) => Some(Secret::new(k)),
         };
         if let Some(dir) = &self.static_dir {
             if !dir.is_dir() {

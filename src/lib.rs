@@ -13,6 +13,7 @@ pub mod error;
 pub mod http;
 pub mod live;
 pub mod openapi;
+pub mod secret;
 pub mod server;
 pub mod session;
 pub mod session_cookie;

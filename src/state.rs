@@ -64,7 +64,7 @@ pub struct AppState {
     /// Sellable units per SKU (shared with the live layer).
     pub stock: Arc<StockLevels>,
     /// Admin bearer token; `None` turns the admin API off.
-    pub admin_token: Option<String>,
+    pub admin_token: Option<crate::secret::Secret>,
     /// Readiness facts.
     pub health: Health,
     /// The storefront.

@@ -66,7 +66,7 @@ fn authorize(req: &HttpRequest) -> Result<Admin, ApiError> {
         .ok_or(ApiError::Unauthorized)?;
     // Compare digests so that neither content nor length leaks through timing.
     let a = Sha256::digest(presented.trim().as_bytes());
-    let b = Sha256::digest(expected.as_bytes());
+    let b = Sha256::digest(expected.expose().as_bytes());
     if bool::from(a.ct_eq(&b)) {
         Ok(Admin)
     } else {

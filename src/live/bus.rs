@@ -134,7 +134,7 @@ pub trait BusSink: Send + Sync + 'static {
 pub struct BusConfig {
     /// Redis URL; `None` => in-process bus (single node): publish only counts, nothing
     /// leaves the process.
-    pub redis_url: Option<String>,
+    pub redis_url: Option<crate::secret::Secret>,
     /// Channel prefix, e.g. "surge", so that several deployments can share a Redis;
     /// tests use a random one.
     pub prefix: String,
@@ -289,7 +289,7 @@ impl Publisher {
     /// and never fails start-up when Redis is down (it keeps retrying in the
     /// background). Only an invalid Redis URL is an error.
     pub async fn start(cfg: &BusConfig) -> anyhow::Result<Publisher> {
-        let Some(url) = cfg.redis_url.as_deref() else {
+        let Some(url) = cfg.redis_url.as_ref().map(crate::secret::Secret::expose) else {
             return Ok(Publisher {
                 inner: Arc::new(PublisherInner {
                     node_id: cfg.node_id.clone(),
@@ -394,7 +394,7 @@ impl Subscriber {
     /// error.
     pub async fn start(cfg: &BusConfig, sink: Arc<dyn BusSink>) -> anyhow::Result<Subscriber> {
         let name = format!("surge-sub-{}", sanitize(&cfg.node_id));
-        let Some(url) = cfg.redis_url.as_deref() else {
+        let Some(url) = cfg.redis_url.as_ref().map(crate::secret::Secret::expose) else {
             tracing::info!(node_id = %cfg.node_id, "event bus is in-process (no Redis URL)");
             metrics::gauge!("bus_connected").set(1.0);
             return Ok(Subscriber {

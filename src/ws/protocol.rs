@@ -123,19 +123,10 @@ pub struct WsLimits {
     pub allowed_origins: Vec<String>,
 }
 
-impl Default for WsLimits {
-    fn default() -> Self {
-        Self {
-            max_frame: 4096,
-            max_subscriptions: 200,
-            rate: 20,
-            burst: 40,
-            ping_every: Duration::from_secs(10),
-            timeout: Duration::from_secs(30),
-            mailbox: 256,
-            allowed_origins: Vec::new(),
-        }
-    }
+impl WsLimits {
+    /// Messages queued for one socket before new ones are dropped: a socket that does
+    /// not read is let go rather than allowed to grow the server's memory.
+    pub const MAILBOX: usize = 256;
 }
 
 #[cfg(test)]
@@ -211,7 +202,10 @@ mod tests {
             max_subscriptions: 5,
             rate: 7,
             burst: 9,
-            ..WsLimits::default()
+            ping_every: Duration::from_secs(10),
+            timeout: Duration::from_secs(30),
+            mailbox: WsLimits::MAILBOX,
+            allowed_origins: Vec::new(),
         };
         let json = serde_json::to_value(welcome(&limits, 250)).expect("JSON");
         assert_eq!(

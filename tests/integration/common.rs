@@ -137,13 +137,14 @@ pub fn redis_url() -> String {
 
 /// Live settings with a private bus prefix, so tests never hear each other.
 pub fn test_live() -> LiveConfig {
+    let defaults = surge::config::defaults::<surge::config::LiveArgs>()
+        .validate()
+        .expect("the documented defaults are valid");
     LiveConfig {
-        limits: surge::ws::protocol::WsLimits::default(),
-        coalesce: Duration::from_millis(100),
         hub_shards: 2,
         resync: Duration::from_secs(60),
         bus_prefix: format!("t{}", uuid::Uuid::new_v4().simple()),
-        bus_reconnect: Duration::from_millis(100),
+        ..defaults
     }
 }
 
@@ -212,14 +213,14 @@ impl TestApp {
         let cfg = ServeConfig {
             db: db.config(),
             bind: "127.0.0.1:0".parse().expect("addr"),
-            redis_url: opts.redis_url.clone(),
+            redis_url: opts.redis_url.clone().map(Into::into),
             node_id: opts
                 .node_id
                 .clone()
                 .unwrap_or_else(|| format!("test-{}", uuid::Uuid::new_v4().simple())),
-            admin_token: opts.admin_token,
+            admin_token: opts.admin_token.map(Into::into),
             // One key for every test node, so a shopper can move between nodes.
-            session_key: Some(b"test-session-key-shared-by-every-node".to_vec()),
+            session_key: Some("test-session-key-shared-by-every-node".into()),
             cookie_secure: false,
             workers: 2,
             body_limit: opts.body_limit,
