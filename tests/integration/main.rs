@@ -10,5 +10,6 @@ mod live;
 mod migrations;
 mod nodes;
 mod ops;
+mod proxy;
 mod routes;
 mod storefront;
