@@ -18,7 +18,7 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// Scenarios and helpers.
+/// The scenarios.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Product list pages and product pages, then the same generator against the HTTP
@@ -36,12 +36,6 @@ pub enum Command {
     CeilingHttp(CeilingHttpArgs),
     /// COPY of order-like rows into PostgreSQL: committed rows per second.
     CeilingDb(CeilingDbArgs),
-    /// Prints a free TCP port on 127.0.0.1 (for scripts).
-    #[command(hide = true)]
-    FreePort,
-    /// Waits until `GET {url}/readyz` answers 200 (for scripts).
-    #[command(hide = true)]
-    WaitReady(WaitReadyArgs),
 }
 
 /// Options every scenario takes.
@@ -246,18 +240,4 @@ pub struct CeilingDbArgs {
     /// Rows per COPY; each COPY is one committed transaction.
     #[arg(long, default_value_t = 512)]
     pub batch_rows: usize,
-}
-
-/// `wait-ready` options.
-#[derive(Debug, Clone, Args)]
-pub struct WaitReadyArgs {
-    /// Base URL of the node.
-    #[arg(long)]
-    pub url: String,
-    /// Give up after this long.
-    #[arg(long, default_value = "60s", value_parser = parse_duration)]
-    pub timeout: Duration,
-    /// Give up early when this process exits.
-    #[arg(long)]
-    pub pid: Option<u32>,
 }

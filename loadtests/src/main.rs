@@ -23,7 +23,7 @@ use std::{process::ExitCode, time::Duration};
 
 use clap::Parser as _;
 
-use crate::cli::{Cli, Command, WaitReadyArgs};
+use crate::cli::{Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -36,8 +36,6 @@ fn main() -> ExitCode {
         Command::Mixed(a) => a.common.duration,
         Command::CeilingHttp(a) => a.common.duration,
         Command::CeilingDb(a) => a.common.duration,
-        Command::FreePort => Duration::ZERO,
-        Command::WaitReady(a) => a.timeout,
     };
     harness::watchdog(planned * 2 + Duration::from_secs(180));
     let outcome = actix_web::rt::System::new().block_on(dispatch(cli.command));
@@ -82,43 +80,7 @@ async fn dispatch(command: Command) -> anyhow::Result<bool> {
             let path = a.common.report.clone();
             (ceiling::db_main(a).await?, path)
         }
-        Command::FreePort => {
-            let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-            println!("{}", listener.local_addr()?.port());
-            return Ok(true);
-        }
-        Command::WaitReady(a) => return wait_ready(a).await,
     };
     report.finish(path.as_deref())?;
     Ok(report.passed())
-}
-
-/// Polls `/readyz` until 200, the timeout, or the watched process exiting.
-async fn wait_ready(a: WaitReadyArgs) -> anyhow::Result<bool> {
-    let base = util::loopback_base_url(&a.url)?;
-    let client = http::client(&http::ClientOptions {
-        timeout: Duration::from_secs(2),
-        connections: 1,
-        source: None,
-    });
-    let deadline = std::time::Instant::now() + a.timeout;
-    let mut last = String::from("no answer yet");
-    while std::time::Instant::now() < deadline {
-        if let Some(pid) = a.pid {
-            anyhow::ensure!(
-                std::path::Path::new(&format!("/proc/{pid}")).exists(),
-                "process {pid} exited before {base}/readyz answered 200"
-            );
-        }
-        match http::get(&client, &format!("{base}/readyz")).await {
-            Ok(r) if r.status == 200 => return Ok(true),
-            Ok(r) => last = format!("status {}", r.status),
-            Err(f) => last = f.detail,
-        }
-        actix_web::rt::time::sleep(Duration::from_millis(200)).await;
-    }
-    anyhow::bail!(
-        "{base}/readyz did not answer 200 within {:?} ({last})",
-        a.timeout
-    )
 }
