@@ -5,7 +5,7 @@ use std::{path::PathBuf, rc::Rc, time::Duration};
 use clap::{Args, Parser, Subcommand};
 use serde_json::{json, Value};
 
-use crate::util::{loopback_base_url, parse_duration};
+use crate::util::{loopback_base_url, parse_duration, rss_kib};
 
 /// Load-test instrument for Surge. Every scenario prints Markdown tables, writes a JSON
 /// report with `--report`, and exits 1 when a correctness check fails (any 5xx; more
@@ -36,6 +36,21 @@ pub enum Command {
     CeilingHttp(CeilingHttpArgs),
     /// COPY of order-like rows into PostgreSQL: committed rows per second.
     CeilingDb(CeilingDbArgs),
+}
+
+impl Command {
+    /// The options every scenario takes.
+    pub fn common(&self) -> &Common {
+        match self {
+            Command::Browse(a) => &a.common,
+            Command::Cart(a) => &a.common,
+            Command::FlashSale(a) => &a.common,
+            Command::Fanout(a) => &a.common,
+            Command::Mixed(a) => &a.common,
+            Command::CeilingHttp(a) => &a.common,
+            Command::CeilingDb(a) => &a.common,
+        }
+    }
 }
 
 /// Options every scenario takes.
@@ -87,6 +102,11 @@ impl Common {
     /// The base URLs as plain strings (to move into threads).
     pub fn base_strings(&self) -> anyhow::Result<Vec<String>> {
         Ok(self.bases()?.iter().map(|b| b.to_string()).collect())
+    }
+
+    /// The server's RSS in KiB now, when `--server-pid` names a readable process.
+    pub fn server_rss(&self) -> Option<u64> {
+        self.server_pid.and_then(|p| rss_kib(p).ok())
     }
 
     /// The parameters for the JSON report.

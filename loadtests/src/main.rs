@@ -15,6 +15,7 @@ mod flash_sale;
 mod harness;
 mod http;
 mod mixed;
+mod pages;
 mod report;
 mod session;
 mod util;
@@ -32,10 +33,7 @@ fn main() -> ExitCode {
         Command::Browse(a) => a.common.duration * 2,
         Command::Cart(a) => a.common.duration + a.ceiling_db_duration,
         Command::FlashSale(a) => a.common.duration + a.ceiling_db_duration,
-        Command::Fanout(a) => a.common.duration,
-        Command::Mixed(a) => a.common.duration,
-        Command::CeilingHttp(a) => a.common.duration,
-        Command::CeilingDb(a) => a.common.duration,
+        other => other.common().duration,
     };
     harness::watchdog(planned * 2 + Duration::from_secs(180));
     let outcome = actix_web::rt::System::new().block_on(dispatch(cli.command));
@@ -51,35 +49,15 @@ fn main() -> ExitCode {
 
 /// Runs the command; `Ok(false)` when a correctness check failed.
 async fn dispatch(command: Command) -> anyhow::Result<bool> {
-    let (report, path) = match command {
-        Command::Browse(a) => {
-            let path = a.common.report.clone();
-            (browse::run(a).await?, path)
-        }
-        Command::Cart(a) => {
-            let path = a.common.report.clone();
-            (cart::run(a).await?, path)
-        }
-        Command::FlashSale(a) => {
-            let path = a.common.report.clone();
-            (flash_sale::run(a).await?, path)
-        }
-        Command::Fanout(a) => {
-            let path = a.common.report.clone();
-            (fanout::run(a).await?, path)
-        }
-        Command::Mixed(a) => {
-            let path = a.common.report.clone();
-            (mixed::run(a).await?, path)
-        }
-        Command::CeilingHttp(a) => {
-            let path = a.common.report.clone();
-            (ceiling::http_main(a).await?, path)
-        }
-        Command::CeilingDb(a) => {
-            let path = a.common.report.clone();
-            (ceiling::db_main(a).await?, path)
-        }
+    let path = command.common().report.clone();
+    let report = match command {
+        Command::Browse(a) => browse::run(a).await?,
+        Command::Cart(a) => cart::run(a).await?,
+        Command::FlashSale(a) => flash_sale::run(a).await?,
+        Command::Fanout(a) => fanout::run(a).await?,
+        Command::Mixed(a) => mixed::run(a).await?,
+        Command::CeilingHttp(a) => ceiling::http_main(a).await?,
+        Command::CeilingDb(a) => ceiling::db_main(a).await?,
     };
     report.finish(path.as_deref())?;
     Ok(report.passed())
