@@ -10,16 +10,17 @@ CARGO ?= cargo
 
 .PHONY: help services run test lint fmt clean-services bench-journal
 
-help:
-	@echo "make run    build, provision PostgreSQL + Redis, migrate, seed the demo store, serve on http://127.0.0.1:8080"
-	@echo "make test   provision PostgreSQL + Redis and run the whole test suite"
-	@echo "make lint   rustfmt check and clippy with warnings as errors"
-	@echo "make bench-journal   Journal vs one transaction per write, and PUT /api/cart latency (release build)"
+# `make help` prints every target of this file with the text after `## ` on its line, so
+# the list cannot fall behind the targets; a target without that text still shows up.
+help: ## list the targets
+	@awk -F':' '/^[a-zA-Z][a-zA-Z0-9_-]*:([^=]|$$)/ { \
+	    desc = ""; i = index($$0, "## "); if (i) desc = substr($$0, i + 3); \
+	    printf "  make %-18s %s\n", $$1, desc }' $(MAKEFILE_LIST)
 
-services:
+services: ## make sure PostgreSQL and Redis answer (private instances in .local/ if not); write .local/services.env
 	@bash scripts/services.sh
 
-run: services
+run: services ## build, provision PostgreSQL + Redis, migrate, seed the demo store, serve on http://127.0.0.1:8080
 	@echo "==> building surge (release)"
 	@$(CARGO) build --release --bin surge
 	@source $(ENV_FILE) && \
@@ -28,7 +29,7 @@ run: services
 	  echo "==> serving on http://$${SURGE_BIND:-127.0.0.1:8080} (Ctrl-C to stop)" && \
 	  exec ./target/release/surge serve
 
-test: services
+test: services ## provision PostgreSQL + Redis and run the whole test suite (cargo, browser, load-test smoke)
 	@source $(ENV_FILE) && \
 	  export SURGE_TEST_PG_URL="$$SURGE_PG_URL" SURGE_TEST_REDIS_URL="$$REDIS_URL" && \
 	  unset DATABASE_URL REDIS_URL && \
@@ -39,40 +40,40 @@ test: services
 	  echo "==> load-test smoke (correctness only)" && \
 	  bash scripts/loadtest-smoke.sh
 
-lint:
+lint: ## rustfmt check and clippy with warnings as errors
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
-fmt:
+fmt: ## format the workspace with rustfmt
 	$(CARGO) fmt --all
 
-clean-services:
+clean-services: ## stop the private PostgreSQL and Redis that `make services` started
 	@bash scripts/services.sh stop
 
-bench-journal: services
+bench-journal: services ## Journal vs one transaction per write, and PUT /api/cart latency (release build)
 	@source $(ENV_FILE) && SURGE_BENCH_PG_URL="$$SURGE_PG_URL" SURGE_LOG=warn $(CARGO) bench --bench journal
 
 # ---- Load tests: surge-loadtest (loadtests/, see loadtests/README.md) -----------------
 # Release builds. Each bench runs against `surge serve` on a database of its own that is
 # dropped afterwards (loadtests/node.sh); reports go to artifacts/loadtest/*.json.
 LT_BIN := target/release/surge-loadtest
-LT_NODE := bash loadtests/node.sh target/release/surge $(LT_BIN)
+LT_NODE := bash loadtests/node.sh target/release/surge
 LT_OUT := artifacts/loadtest
 
 .PHONY: loadtest-release loadtest-smoke bench-browse bench-flash-sale bench-fanout bench-cluster
 
-loadtest-release:
+loadtest-release: ## build surge and surge-loadtest (release)
 	@echo "==> building surge and surge-loadtest (release)"
 	@$(CARGO) build --release --locked -p surge -p surge-loadtest
 
-loadtest-smoke: services
+loadtest-smoke: services ## every load-test scenario for a few seconds against a debug node; correctness only
 	@source $(ENV_FILE) && bash scripts/loadtest-smoke.sh
 
-bench-browse: services loadtest-release
+bench-browse: services loadtest-release ## browse, 64 concurrent for 15 s, then the HTTP ceiling for as long
 	@source $(ENV_FILE) && $(LT_NODE) browse -- \
 	  $(LT_BIN) browse --duration 15s --concurrency 64 --report $(LT_OUT)/browse.json
 
-bench-flash-sale: services loadtest-release
+bench-flash-sale: services loadtest-release ## 20,000 buyers for 1,000 units, cold and with warm sessions
 	@source $(ENV_FILE); status=0; \
 	  $(LT_NODE) flash-sale -- \
 	    $(LT_BIN) flash-sale --buyers 20000 --units 1000 --concurrency 1000 --duration 120s \
@@ -83,7 +84,7 @@ bench-flash-sale: services loadtest-release
 	      --warm-sessions --report $(LT_OUT)/flash-sale-warm.json || status=1; \
 	  exit $$status
 
-bench-fanout: services loadtest-release
+bench-fanout: services loadtest-release ## 1,000 / 10,000 / 50,000 WebSocket subscribers (as many as the limits allow)
 	@ulimit -n 200000 2>/dev/null || { \
 	    echo "==> cannot raise the open-file limit to 200000 (hard limit $$(ulimit -Hn)); using $$(ulimit -Hn)"; \
 	    ulimit -n "$$(ulimit -Hn)"; }; \
@@ -96,5 +97,5 @@ bench-fanout: services loadtest-release
 	  done; \
 	  exit $$status
 
-bench-cluster: services loadtest-release
+bench-cluster: services loadtest-release ## 3 nodes + Redis + nginx, the flash sale through nginx and straight at the nodes
 	@source $(ENV_FILE) && LT_SKIP_BUILD=1 bash scripts/cluster.sh

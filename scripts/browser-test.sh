@@ -4,10 +4,10 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
+# shellcheck source=scripts/lib.sh
+source "$ROOT/scripts/lib.sh"
 : "${SURGE_PG_URL:?SURGE_PG_URL is not set (source .local/services.env)}"
 DB="surge_browser_$$"
-echo "==> browser tests: database $DB"
-psql "$SURGE_PG_URL/postgres" -qAtc "CREATE DATABASE $DB"
-trap 'psql "$SURGE_PG_URL/postgres" -qAtc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" || true' EXIT
+make_db "$DB"
 SURGE_BIN="${SURGE_BIN:-$ROOT/target/debug/surge}" DATABASE_URL="$SURGE_PG_URL/$DB" \
   bash tests/browser/run.sh

@@ -16,10 +16,8 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
-
-say() { printf '==> %s\n' "$*"; }
-die() { printf '==> error: %s\n' "$*" >&2; exit 2; }
-as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo -n "$@"; fi; }
+# shellcheck source=scripts/lib.sh
+source "$ROOT/scripts/lib.sh"
 
 BUYERS=${CLUSTER_BUYERS:-20000}
 UNITS=${CLUSTER_UNITS:-1000}
@@ -48,19 +46,13 @@ fi
 NGINX=$(command -v nginx || true)
 [ -z "$NGINX" ] && [ -x /usr/sbin/nginx ] && NGINX=/usr/sbin/nginx
 if [ -z "$NGINX" ]; then
-  say "installing Debian nginx: apt-get install -y nginx"
-  export DEBIAN_FRONTEND=noninteractive
-  if ! as_root apt-get install -y nginx; then
-    say "refreshing the package lists: apt-get update"
-    as_root apt-get update
-    as_root apt-get install -y nginx
-  fi
+  apt_install nginx
   NGINX=$(command -v nginx || echo /usr/sbin/nginx)
   [ -x "$NGINX" ] || die "nginx did not install"
 fi
 
 for port in 18080 "${NODE_PORTS[@]}"; do
-  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+  if port_in_use "$port"; then
     die "127.0.0.1:$port is already in use; stop what listens there"
   fi
 done
@@ -69,76 +61,40 @@ OUT="$ROOT/artifacts/loadtest"
 PREFIX="$ROOT/.local/nginx"
 mkdir -p "$OUT" "$PREFIX/logs" "$PREFIX/tmp"
 DB="surge_cluster_$$"
-NODE_PIDS=()
-NGINX_PID=""
-CHECK_STATUS=0
 
-# shellcheck disable=SC2317  # called by the EXIT trap
-cleanup() {
-  local status=$?
-  if [ -n "$NGINX_PID" ] && kill -0 "$NGINX_PID" 2>/dev/null; then
-    say "stopping nginx (pid $NGINX_PID)"
-    kill -QUIT "$NGINX_PID" 2>/dev/null || true
-    for _ in $(seq 50); do kill -0 "$NGINX_PID" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$NGINX_PID" 2>/dev/null || true
-    wait "$NGINX_PID" 2>/dev/null || true
-  fi
-  local pid
-  for pid in "${NODE_PIDS[@]}"; do
-    kill -TERM "$pid" 2>/dev/null || true
-  done
-  for pid in "${NODE_PIDS[@]}"; do
-    for _ in $(seq 200); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    if kill -0 "$pid" 2>/dev/null; then
-      say "node pid $pid did not stop within 20 s: SIGKILL"
-      kill -KILL "$pid" 2>/dev/null || true
-    fi
-    wait "$pid" 2>/dev/null || true
-  done
-  if [ "${#NODE_PIDS[@]}" -gt 0 ]; then
-    say "nodes stopped; stock check with every lease given back: surge check"
-    if ! DATABASE_URL="$SURGE_PG_URL/$DB" "$SURGE_BIN" check; then
-      CHECK_STATUS=1
-    fi
-  fi
-  say "dropping database $DB"
-  psql "$SURGE_PG_URL/postgres" -qAtc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null || true
-  if [ "$status" -eq 0 ] && [ "$CHECK_STATUS" -ne 0 ]; then
-    status=1
-  fi
-  exit "$status"
+# Runs at exit once the nodes are stopped (cleanups run last registered first).
+# shellcheck disable=SC2317  # called at exit
+check_stock() {
+  say "nodes stopped; stock check with every lease given back: surge check"
+  DATABASE_URL="$SURGE_PG_URL/$DB" "$SURGE_BIN" check || EXIT_STATUS=1
 }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
 
-say "database $DB"
-psql "$SURGE_PG_URL/postgres" -qAtc "CREATE DATABASE $DB" >/dev/null
+make_db "$DB"
 export DATABASE_URL="$SURGE_PG_URL/$DB"
 say "seeding the demo store"
 SURGE_LOG=warn "$SURGE_BIN" seed --demo >"$OUT/cluster-seed.log" 2>&1 \
   || { tail -n 20 "$OUT/cluster-seed.log" >&2; exit 1; }
 
-SESSION_KEY=$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')
-TOKEN=$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')
-if [ "${#SESSION_KEY}" -ne 64 ] || [ "${#TOKEN}" -ne 32 ]; then
-  die "could not make secrets"
-fi
+SESSION_KEY=$(random_hex 32)
+TOKEN=$(random_hex 16)
 export SURGE_ADMIN_TOKEN="$TOKEN"
 
+at_exit check_stock
+NODE_PIDS=()
 for i in 1 2 3; do
   port=${NODE_PORTS[$((i - 1))]}
-  say "starting node-$i on 127.0.0.1:$port (log: artifacts/loadtest/cluster-node-$i.log)"
-  SURGE_BIND="127.0.0.1:$port" SURGE_NODE_ID="node-$i" SURGE_SESSION_KEY="$SESSION_KEY" \
-    SURGE_BUS_PREFIX="surge-cluster-$$" SURGE_DRAIN_DELAY_SECS=0 \
-    SURGE_LOG="${SURGE_LOG:-warn}" REDIS_URL="$REDIS_URL" \
-    "$SURGE_BIN" serve >"$OUT/cluster-node-$i.log" 2>&1 &
-  NODE_PIDS+=($!)
+  log="$OUT/cluster-node-$i.log"
+  : >"$log"
+  say "starting node-$i on 127.0.0.1:$port (log: ${log#"$ROOT"/})"
+  start_bg "node-$i" "$log" env SURGE_BIND="127.0.0.1:$port" SURGE_NODE_ID="node-$i" \
+    SURGE_SESSION_KEY="$SESSION_KEY" SURGE_BUS_PREFIX="surge-cluster-$$" \
+    SURGE_DRAIN_DELAY_SECS=0 SURGE_LOG="${SURGE_LOG:-warn}" REDIS_URL="$REDIS_URL" \
+    "$SURGE_BIN" serve
+  NODE_PIDS+=("$BG_PID")
 done
 for i in 1 2 3; do
-  port=${NODE_PORTS[$((i - 1))]}
-  "$LT" wait-ready --url "http://127.0.0.1:$port" --timeout 60s --pid "${NODE_PIDS[$((i - 1))]}" \
-    || { tail -n 30 "$OUT/cluster-node-$i.log" >&2; exit 1; }
+  wait_ready "http://127.0.0.1:${NODE_PORTS[$((i - 1))]}" 60 "${NODE_PIDS[$((i - 1))]}" \
+    "$OUT/cluster-node-$i.log" || exit 1
 done
 say "three nodes ready"
 
@@ -153,10 +109,8 @@ awk -v prefix="$PREFIX" -v listen="$LISTEN" -v ups="$upstreams" '
 ' scripts/nginx.conf.tmpl >"$conf"
 "$NGINX" -t -q -p "$PREFIX" -e "$PREFIX/logs/error.log" -c "$conf"
 say "starting nginx on $LISTEN ($conf)"
-"$NGINX" -p "$PREFIX" -e "$PREFIX/logs/error.log" -c "$conf" &
-NGINX_PID=$!
-"$LT" wait-ready --url "http://$LISTEN" --timeout 30s --pid "$NGINX_PID" \
-  || { tail -n 30 "$PREFIX/logs/error.log" >&2; exit 1; }
+start_bg nginx "$PREFIX/logs/stdout.log" "$NGINX" -p "$PREFIX" -e "$PREFIX/logs/error.log" -c "$conf"
+wait_ready "http://$LISTEN" 30 "$BG_PID" "$PREFIX/logs/error.log" || exit 1
 say "nginx ready"
 
 status=0

@@ -12,8 +12,8 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
-
-say() { printf '==> %s\n' "$*"; }
+# shellcheck source=loadtests/node.sh
+source "$ROOT/loadtests/node.sh"
 
 if [ -z "${SURGE_PG_URL:-}" ]; then
   say "SURGE_PG_URL is not set: provisioning services (scripts/services.sh)"
@@ -31,15 +31,10 @@ SURGE_BIN="$ROOT/target/debug/surge"
 LT="$ROOT/target/debug/surge-loadtest"
 OUT="$ROOT/artifacts/loadtest/smoke"
 mkdir -p "$OUT"
-
-# shellcheck source=loadtests/node.sh disable=SC1091
-source "$ROOT/loadtests/node.sh"
-trap lt_node_stop EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+[ -x "$LT" ] || die "$LT is not an executable (build it first)"
 
 export SURGE_LOG="${SURGE_LOG:-warn}"
-lt_node_start "$SURGE_BIN" "$LT" smoke
+lt_node_start "$SURGE_BIN" smoke
 # lt_node_start exported SURGE_LT_URL.
 # shellcheck disable=SC2153
 PORT=${SURGE_LT_URL##*:}
@@ -72,7 +67,7 @@ step ceiling-http ceiling-http --duration 1s --concurrency 4
 step ceiling-db ceiling-db --duration 1s --concurrency 2
 
 # After a graceful stop the node has given its leases back: the whole store must add up.
-lt_node_kill
+lt_node_stop
 steps=$((steps + 1))
 say "smoke: surge check after shutdown"
 if "$SURGE_BIN" check; then

@@ -40,18 +40,9 @@ REDIS_LOGFILE="$REDIS_DIR/redis.log"
 
 export PGCONNECT_TIMEOUT=5
 
-log() { printf '==> %s\n' "$*" >&2; }
-die() { printf '==> ERROR: %s\n' "$*" >&2; exit 1; }
-trap 'printf "==> ERROR: command failed (line %s): %s\n" "$LINENO" "$BASH_COMMAND" >&2' ERR
-
-have() { command -v "$1" >/dev/null 2>&1; }
-is_root() { [[ "$(id -u)" -eq 0 ]]; }
-
-# Run with a time limit when `timeout` exists.
-with_timeout() {
-  local secs=$1; shift
-  if have timeout; then timeout "$secs" "$@"; else "$@"; fi
-}
+# shellcheck source=scripts/lib.sh
+source "$SCRIPT_DIR/lib.sh"
+trap 'printf "==> error: command failed (line %s): %s\n" "$LINENO" "$BASH_COMMAND" >&2' ERR
 
 path_hash() {
   if have sha256sum; then printf '%s' "$ROOT" | sha256sum | cut -c1-12
@@ -60,33 +51,7 @@ path_hash() {
 }
 TMP_PG_BASE="/tmp/surge-pg-$(id -u)-$(path_hash)"
 
-# ---------------------------------------------------------------- packages --
-APT_UPDATED=0
-pkg_install() {
-  local -a sudo_cmd=()
-  if ! is_root; then
-    if have sudo && sudo -n true 2>/dev/null; then
-      sudo_cmd=(sudo -n)
-    else
-      die "package(s) '$*' needed but not installed, and this script is neither root nor has passwordless sudo. Install them yourself (e.g. 'sudo apt-get install -y $*') and re-run."
-    fi
-  fi
-  have apt-get || die "package(s) '$*' needed but apt-get is not available. Install them with your system's package manager and re-run."
-  if [[ $APT_UPDATED -eq 0 ]]; then
-    log "apt-get update"
-    "${sudo_cmd[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2 9>&-
-    APT_UPDATED=1
-  fi
-  log "apt-get install -y $*"
-  "${sudo_cmd[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >&2 9>&-
-}
-
 # ---------------------------------------------------------------- probes ----
-tcp_open() { # host port
-  # shellcheck disable=SC2016  # expanded by the inner bash
-  with_timeout 3 bash -c 'exec 3<>"/dev/tcp/$1/$2"' _ "$1" "$2" 2>/dev/null
-}
-
 PSQL=""
 find_psql() {
   if have psql; then PSQL="$(command -v psql)"; return 0; fi
@@ -98,8 +63,8 @@ find_psql() {
 
 ensure_psql() {
   find_psql && return 0
-  log "psql not found; installing postgresql-client"
-  pkg_install postgresql-client
+  say "psql not found; installing postgresql-client"
+  apt_install postgresql-client
   find_psql || die "psql still not found after installing postgresql-client"
 }
 
@@ -174,7 +139,7 @@ choose_new_pg_base() {
   PG_BASE="$LOCAL/pg"
   if is_root; then
     if [[ "$PG_BASE" == *"'"* ]] || ! pg_as_owner test -x "$LOCAL" 2>/dev/null; then
-      log "NOTE: $LOCAL is not reachable by the 'postgres' user; keeping the private cluster in $TMP_PG_BASE instead (lost on reboot/tmp cleanup)"
+      say "NOTE: $LOCAL is not reachable by the 'postgres' user; keeping the private cluster in $TMP_PG_BASE instead (lost on reboot/tmp cleanup)"
       PG_BASE="$TMP_PG_BASE"
       if [[ -L "$PG_BASE" ]]; then die "$PG_BASE is a symlink; refusing to use it"; fi
       if [[ -e "$PG_BASE" ]]; then
@@ -190,17 +155,12 @@ pg_is_running() { # bindir base
   pg_as_owner "$1/pg_ctl" -D "$2/data" status >/dev/null 2>&1
 }
 
-wait_pg_ready() { # port
-  local i
-  for ((i = 0; i < 30; i++)); do
-    if have pg_isready; then
-      pg_isready -q -h "$HOST" -p "$1" -U "$PG_USER" && return 0
-    elif [[ -n "$PSQL" ]] && pg_answers "$1"; then
-      return 0
-    fi
-    sleep 1
-  done
-  return 1
+pg_ready() { # port
+  if have pg_isready; then
+    pg_isready -q -h "$HOST" -p "$1" -U "$PG_USER"
+  else
+    [[ -n "$PSQL" ]] && pg_answers "$1"
+  fi
 }
 
 start_private_pg() { # bindir base
@@ -209,12 +169,12 @@ start_private_pg() { # bindir base
   is_root && chown postgres: "$sock"
   # Unix socket paths are limited to ~107 bytes; fall back to TCP only.
   if (( ${#sock} + 16 > 100 )); then
-    log "NOTE: socket dir path too long for a Unix socket; private PostgreSQL listens on TCP only"
+    say "NOTE: socket dir path too long for a Unix socket; private PostgreSQL listens on TCP only"
     sockopt="-k ''"
   else
     sockopt="-k '$sock'"
   fi
-  log "starting private PostgreSQL ($base/data) on $HOST:$PG_PRIVATE_PORT"
+  say "starting private PostgreSQL ($base/data) on $HOST:$PG_PRIVATE_PORT"
   if ! pg_as_owner "$bin/pg_ctl" -D "$base/data" -l "$base/log" \
         -o "-p $PG_PRIVATE_PORT $sockopt -c listen_addresses=$HOST" -w -t 60 start >/dev/null; then
     tail -n 20 "$base/log" >&2 2>/dev/null || true
@@ -232,20 +192,20 @@ setup_private_pg() {
     ver="$(cat "$base/data/PG_VERSION")"
     bin="$(pg_bindir "$ver")" || die "private cluster $base/data exists but no PostgreSQL server binaries were found (install 'postgresql')"
     if pg_is_running "$bin" "$base"; then
-      log "private PostgreSQL ($base/data) is already running"
+      say "private PostgreSQL ($base/data) is already running"
     else
-      log "private PostgreSQL ($base/data) exists but is not running"
+      say "private PostgreSQL ($base/data) exists but is not running"
       start_private_pg "$bin" "$base"
     fi
   else
     if ! bin="$(pg_bindir)"; then
-      log "PostgreSQL server binaries (initdb/pg_ctl) not found; installing postgresql"
-      pkg_install postgresql
+      say "PostgreSQL server binaries (initdb/pg_ctl) not found; installing postgresql"
+      apt_install postgresql
       bin="$(pg_bindir)" || die "initdb/pg_ctl still not found under /usr/lib/postgresql/*/bin after installing postgresql"
     fi
     choose_new_pg_base
     base="$PG_BASE"
-    log "creating private PostgreSQL cluster in $base/data (binaries: $bin)"
+    say "creating private PostgreSQL cluster in $base/data (binaries: $bin)"
     mkdir -p "$base"
     if is_root; then chown postgres: "$base"; chmod 700 "$base"; fi
     if ! pg_as_owner "$bin/initdb" -D "$base/data" -U "$PG_USER" --auth=trust -E UTF8 \
@@ -256,29 +216,29 @@ setup_private_pg() {
     fi
     start_private_pg "$bin" "$base"
   fi
-  log "waiting for private PostgreSQL on $HOST:$PG_PRIVATE_PORT"
-  wait_pg_ready "$PG_PRIVATE_PORT" || die "private PostgreSQL does not answer on $HOST:$PG_PRIVATE_PORT after 30 s (log: $base/log)"
+  say "waiting for private PostgreSQL on $HOST:$PG_PRIVATE_PORT"
+  retry_for 30 pg_ready "$PG_PRIVATE_PORT" || die "private PostgreSQL does not answer on $HOST:$PG_PRIVATE_PORT after 30 s (log: $base/log)"
 }
 
 # --------------------------------------------------------------- steps ------
 PG_PORT=""
 ensure_postgres() {
-  log "checking for PostgreSQL on $HOST:$PG_PROBE_PORT (user $PG_USER, no password)"
+  say "checking for PostgreSQL on $HOST:$PG_PROBE_PORT (user $PG_USER, no password)"
   if ! find_psql; then
-    if tcp_open "$HOST" "$PG_PROBE_PORT"; then
-      log "something listens on $HOST:$PG_PROBE_PORT but psql is missing"
+    if port_in_use "$PG_PROBE_PORT"; then
+      say "something listens on $HOST:$PG_PROBE_PORT but psql is missing"
       ensure_psql
     fi
   fi
   if [[ -n "$PSQL" ]] && pg_answers "$PG_PROBE_PORT"; then
-    log "using existing PostgreSQL on $HOST:$PG_PROBE_PORT"
+    say "using existing PostgreSQL on $HOST:$PG_PROBE_PORT"
     PG_PORT=$PG_PROBE_PORT
     return 0
   fi
-  if tcp_open "$HOST" "$PG_PROBE_PORT"; then
-    log "$HOST:$PG_PROBE_PORT is open but does not accept user $PG_USER without a password; using a private instance"
+  if port_in_use "$PG_PROBE_PORT"; then
+    say "$HOST:$PG_PROBE_PORT is open but does not accept user $PG_USER without a password; using a private instance"
   else
-    log "no PostgreSQL on $HOST:$PG_PROBE_PORT; using a private instance"
+    say "no PostgreSQL on $HOST:$PG_PROBE_PORT; using a private instance"
   fi
   setup_private_pg
   ensure_psql
@@ -288,46 +248,45 @@ ensure_postgres() {
 
 REDIS_PORT=""
 ensure_redis() {
-  log "checking for Redis on $HOST:$REDIS_PROBE_PORT"
+  say "checking for Redis on $HOST:$REDIS_PROBE_PORT"
   if redis_ping "$REDIS_PROBE_PORT"; then
-    log "using existing Redis on $HOST:$REDIS_PROBE_PORT"
+    say "using existing Redis on $HOST:$REDIS_PROBE_PORT"
     REDIS_PORT=$REDIS_PROBE_PORT
     return 0
   fi
-  log "no Redis on $HOST:$REDIS_PROBE_PORT; using a private instance on port $REDIS_PRIVATE_PORT"
+  say "no Redis on $HOST:$REDIS_PROBE_PORT; using a private instance on port $REDIS_PRIVATE_PORT"
   if redis_ping "$REDIS_PRIVATE_PORT"; then
-    log "private Redis on $HOST:$REDIS_PRIVATE_PORT is already running"
+    say "private Redis on $HOST:$REDIS_PRIVATE_PORT is already running"
     REDIS_PORT=$REDIS_PRIVATE_PORT
     return 0
   fi
   if ! have redis-server; then
-    log "redis-server not found; installing redis-server"
-    pkg_install redis-server
+    say "redis-server not found; installing redis-server"
+    apt_install redis-server
     have redis-server || die "redis-server still not found after installing redis-server"
   fi
   mkdir -p "$REDIS_DIR"
-  log "starting private Redis on $HOST:$REDIS_PRIVATE_PORT (state in $REDIS_DIR)"
+  say "starting private Redis on $HOST:$REDIS_PRIVATE_PORT (state in $REDIS_DIR)"
   if ! redis-server --daemonize yes --bind "$HOST" --port "$REDIS_PRIVATE_PORT" \
         --save "" --appendonly no --dir "$REDIS_DIR" \
         --pidfile "$REDIS_PIDFILE" --logfile "$REDIS_LOGFILE" >&2 9>&-; then
     tail -n 20 "$REDIS_LOGFILE" >&2 2>/dev/null || true
     die "redis-server failed to start (log: $REDIS_LOGFILE)"
   fi
-  log "waiting for private Redis on $HOST:$REDIS_PRIVATE_PORT"
-  local i
-  for ((i = 0; i < 30; i++)); do
-    if redis_ping "$REDIS_PRIVATE_PORT"; then REDIS_PORT=$REDIS_PRIVATE_PORT; return 0; fi
-    sleep 1
-  done
+  say "waiting for private Redis on $HOST:$REDIS_PRIVATE_PORT"
+  if retry_for 30 redis_ping "$REDIS_PRIVATE_PORT"; then
+    REDIS_PORT=$REDIS_PRIVATE_PORT
+    return 0
+  fi
   tail -n 20 "$REDIS_LOGFILE" >&2 2>/dev/null || true
   die "private Redis does not answer PING on $HOST:$REDIS_PRIVATE_PORT after 30 s (log: $REDIS_LOGFILE)"
 }
 
 ensure_database() {
   if [[ "$(psql_q "$PG_PORT" postgres "select 1 from pg_database where datname='$DB_NAME'")" == 1 ]]; then
-    log "database '$DB_NAME' already exists"
+    say "database '$DB_NAME' already exists"
   else
-    log "creating database '$DB_NAME' on $HOST:$PG_PORT"
+    say "creating database '$DB_NAME' on $HOST:$PG_PORT"
     psql_q "$PG_PORT" postgres "CREATE DATABASE \"$DB_NAME\"" >/dev/null
   fi
 }
@@ -342,13 +301,13 @@ export REDIS_URL=redis://$HOST:$REDIS_PORT
 EOF
 )"
   if [[ -f "$ENV_FILE" && "$(cat "$ENV_FILE")" == "$content" ]]; then
-    log "$ENV_FILE is up to date"
+    say "$ENV_FILE is up to date"
   else
     tmp="$(mktemp "$LOCAL/.services.env.XXXXXX")"
     printf '%s\n' "$content" >"$tmp"
     chmod 644 "$tmp"
     mv -f "$tmp" "$ENV_FILE"
-    log "wrote $ENV_FILE"
+    say "wrote $ENV_FILE"
   fi
   sed -n 's/^export /    /p' "$ENV_FILE" >&2
 }
@@ -367,7 +326,7 @@ cmd_start() {
   ensure_redis
   ensure_database
   write_env
-  log "done; run: source .local/services.env"
+  say "done; run: source .local/services.env"
 }
 
 cmd_stop() {
@@ -375,34 +334,28 @@ cmd_stop() {
   if base="$(existing_pg_base)"; then
     bin="$(pg_bindir "$(cat "$base/data/PG_VERSION")")" || die "cannot find pg_ctl to stop $base/data"
     if pg_is_running "$bin" "$base"; then
-      log "stopping private PostgreSQL ($base/data)"
+      say "stopping private PostgreSQL ($base/data)"
       pg_as_owner "$bin/pg_ctl" -D "$base/data" -m fast -w stop >/dev/null
       stopped=1
     else
-      log "private PostgreSQL ($base/data) is not running"
+      say "private PostgreSQL ($base/data) is not running"
     fi
   fi
   if [[ -f "$REDIS_PIDFILE" ]]; then
     pid="$(cat "$REDIS_PIDFILE" 2>/dev/null || true)"
     if [[ "$pid" =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null \
         && grep -q redis-server "/proc/$pid/cmdline" 2>/dev/null; then
-      log "stopping private Redis on $HOST:$REDIS_PRIVATE_PORT (pid $pid)"
-      if have redis-cli; then
-        redis-cli -h "$HOST" -p "$REDIS_PRIVATE_PORT" shutdown nosave >/dev/null 2>&1 || true
-      fi
-      local i
-      for ((i = 0; i < 50; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
-      if kill -0 "$pid" 2>/dev/null; then kill "$pid" 2>/dev/null || true; fi
+      STOP_GRACE=10 stop_pid "$pid" "private Redis on $HOST:$REDIS_PRIVATE_PORT"
       stopped=1
     else
-      log "private Redis is not running (stale pidfile removed)"
+      say "private Redis is not running (stale pidfile removed)"
       rm -f "$REDIS_PIDFILE"
     fi
   fi
-  [[ $stopped -eq 1 ]] || log "no private instances were running; system services are never touched"
+  [[ $stopped -eq 1 ]] || say "no private instances were running; system services are never touched"
   if [[ -f "$ENV_FILE" ]] && grep -qE ":($PG_PRIVATE_PORT|$REDIS_PRIVATE_PORT)(/|$)" "$ENV_FILE"; then
     rm -f "$ENV_FILE"
-    log "removed $ENV_FILE (it pointed at the stopped private instances)"
+    say "removed $ENV_FILE (it pointed at the stopped private instances)"
   fi
 }
 

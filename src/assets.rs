@@ -1,11 +1,18 @@
 //! The storefront's files, prepared once at startup for CDN-friendly serving: every
 //! asset gets a content-hashed name and an immutable cache lifetime, and every page is
 //! rewritten to point at those names, with an import map so JS modules find each other.
+//!
+//! Pages share their header and footer through `<!--#include file="partials/…" -->`,
+//! resolved here rather than in the browser: a page stays one static, cacheable file
+//! that shows its whole frame on first paint and without JavaScript.
 
 use std::{collections::HashMap, path::Path};
 
 use actix_web::web::Bytes;
 use sha2::{Digest, Sha256};
+
+/// Where the fragments pages include live; they are never served on their own.
+const PARTIALS: &str = "partials/";
 
 mod embedded {
     include!(concat!(env!("OUT_DIR"), "/static_files.rs"));
@@ -49,14 +56,20 @@ impl Assets {
         Ok(Self::build(files))
     }
 
-    /// Hashes assets, rewrites pages; `files` holds paths relative to the static root.
+    /// Hashes assets, fills in includes and rewrites pages; `files` holds paths
+    /// relative to the static root.
     pub fn build(files: Vec<(String, Vec<u8>)>) -> Self {
         let mut by_url = HashMap::new();
         let mut renames: Vec<(String, String)> = Vec::new();
         let mut html = Vec::new();
+        let mut partials = HashMap::new();
         for (path, body) in files {
             if path.ends_with(".html") {
-                html.push((path, body));
+                if path.starts_with(PARTIALS) {
+                    partials.insert(path, String::from_utf8_lossy(&body).into_owned());
+                } else {
+                    html.push((path, body));
+                }
                 continue;
             }
             let hash = short_hash(&body);
@@ -90,7 +103,8 @@ impl Assets {
         let pages = html
             .into_iter()
             .map(|(path, body)| {
-                let text = rewrite_page(&String::from_utf8_lossy(&body), &renames, &import_map);
+                let text = include_partials(&path, &String::from_utf8_lossy(&body), &partials);
+                let text = rewrite_page(&text, &renames, &import_map);
                 let etag = format!("\"{}\"", short_hash(text.as_bytes()));
                 let asset = Asset {
                     body: Bytes::from(text),
@@ -182,6 +196,54 @@ fn import_map(renames: &[(String, String)]) -> String {
     format!("<script type=\"importmap\">{json}</script>")
 }
 
+/// Replaces each `<!--#include file="partials/x.html" current="/path" -->` with that
+/// fragment; the fragment's link to `current`, if given, is marked as the current page.
+/// An include of an unknown file stays as it is (an HTML comment) and is logged.
+fn include_partials(page: &str, text: &str, partials: &HashMap<String, String>) -> String {
+    const OPEN: &str = "<!--#include ";
+    const CLOSE: &str = "-->";
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find(OPEN) {
+        let Some(len) = rest[start..].find(CLOSE).map(|i| i + CLOSE.len()) else {
+            break;
+        };
+        let directive = &rest[start..start + len];
+        out.push_str(&rest[..start]);
+        match attribute(directive, "file").and_then(|f| partials.get(f)) {
+            Some(fragment) => {
+                let fragment = fragment.trim();
+                match attribute(directive, "current") {
+                    Some(current) => out.push_str(&fragment.replace(
+                        &format!("href=\"{current}\""),
+                        &format!("href=\"{current}\" aria-current=\"page\""),
+                    )),
+                    None => out.push_str(fragment),
+                }
+            }
+            None => {
+                tracing::warn!(
+                    page,
+                    directive,
+                    "the include names no file of static/partials/"
+                );
+                out.push_str(directive);
+            }
+        }
+        rest = &rest[start + len..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The value of `name="..."` in an include directive.
+fn attribute<'a>(directive: &'a str, name: &str) -> Option<&'a str> {
+    let key = format!(" {name}=\"");
+    let start = directive.find(&key)? + key.len();
+    let len = directive[start..].find('"')?;
+    Some(&directive[start..start + len])
+}
+
 fn rewrite_page(text: &str, renames: &[(String, String)], import_map: &str) -> String {
     let mut out = text.to_owned();
     for (from, to) in renames {
@@ -257,5 +319,81 @@ mod tests {
         for page in ["index.html", "product.html", "cart.html"] {
             assert!(assets.page(page).is_some(), "{page} missing");
         }
+    }
+
+    fn page_text(assets: &Assets, name: &str) -> String {
+        String::from_utf8(assets.page(name).expect("page").body.to_vec()).expect("utf8")
+    }
+
+    #[test]
+    fn includes_fill_in_fragments_and_mark_the_current_page() {
+        let assets = Assets::build(vec![
+            (
+                "a.html".into(),
+                b"<body>\n  <!--#include file=\"partials/nav.html\" -->\n</body>".to_vec(),
+            ),
+            (
+                "b.html".into(),
+                b"<body><!--#include file=\"partials/nav.html\" current=\"/b\" --></body>"
+                    .to_vec(),
+            ),
+            (
+                "partials/nav.html".into(),
+                b"  <nav><a href=\"/a\">A</a><a href=\"/b\">B</a><img src=\"/static/x.svg\"></nav>\n"
+                    .to_vec(),
+            ),
+            ("x.svg".into(), b"<svg/>".to_vec()),
+        ]);
+        let a = page_text(&assets, "a.html");
+        assert!(a.contains("<body>\n  <nav><a href=\"/a\">A</a>"), "{a}");
+        assert!(a.contains("</nav>\n</body>"), "{a}");
+        assert!(!a.contains("aria-current"), "{a}");
+        let svg = assets.hashed_url("x.svg").expect("svg");
+        assert!(
+            a.contains(&format!("src=\"{svg}\"")),
+            "assets in fragments are hashed: {a}"
+        );
+        let b = page_text(&assets, "b.html");
+        assert!(
+            b.contains("<a href=\"/b\" aria-current=\"page\">B</a>"),
+            "{b}"
+        );
+        assert!(!b.contains("<a href=\"/a\" aria-current"), "{b}");
+        assert!(assets.page("partials/nav.html").is_none());
+        assert!(assets.get("/static/partials/nav.html").is_none());
+    }
+
+    #[test]
+    fn an_unknown_include_stays_a_comment() {
+        let assets = Assets::build(vec![(
+            "a.html".into(),
+            b"<body><!--#include file=\"partials/gone.html\" --></body>".to_vec(),
+        )]);
+        assert!(page_text(&assets, "a.html")
+            .contains("<body><!--#include file=\"partials/gone.html\" --></body>"));
+    }
+
+    #[test]
+    fn every_storefront_page_has_the_shared_header_and_footer() {
+        let assets = Assets::embedded();
+        for page in ["index.html", "product.html", "cart.html"] {
+            let text = page_text(&assets, page);
+            assert!(
+                !text.contains("<!--#include"),
+                "{page} has an unresolved include"
+            );
+            assert_eq!(
+                text.matches("<header class=\"site-header\">").count(),
+                1,
+                "{page}"
+            );
+            assert_eq!(
+                text.matches("<footer class=\"site-footer\">").count(),
+                1,
+                "{page}"
+            );
+        }
+        assert!(page_text(&assets, "cart.html").contains("href=\"/cart\" aria-current=\"page\""));
+        assert!(!page_text(&assets, "index.html").contains("aria-current"));
     }
 }

@@ -42,8 +42,23 @@ struct VariantView {
     available: i64,
 }
 
+/// A product of one SKU with `stock` units, made on the first base URL and shown by
+/// every one of them (other nodes learn of it through the bus) before the load starts.
+pub async fn fresh_visible(
+    client: &awc::Client,
+    bases: &[String],
+    token: &str,
+    kind: &str,
+    stock: i64,
+) -> anyhow::Result<TestProduct> {
+    let product = TestProduct::fresh(kind);
+    create(client, &bases[0], token, &product, stock).await?;
+    wait_visible(client, bases, &product, stock, Duration::from_secs(15)).await?;
+    Ok(product)
+}
+
 /// Creates `product` with `stock` units through `POST /api/admin/products` on `base`.
-pub async fn create(
+async fn create(
     client: &awc::Client,
     base: &str,
     token: &str,
@@ -87,7 +102,7 @@ pub async fn create(
 
 /// Waits until every base URL shows the product with `stock` units (other nodes learn
 /// of it through the bus). Gives up after `limit`.
-pub async fn wait_visible(
+async fn wait_visible(
     client: &awc::Client,
     bases: &[String],
     product: &TestProduct,

@@ -2,22 +2,18 @@
 //! stock. Every `200` is a committed write, so this measures durable operations per
 //! second, compared with the COPY ceiling of the same PostgreSQL.
 
-use std::{
-    rc::Rc,
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{sync::Arc, time::Duration};
 
 use serde_json::json;
 
 use crate::{
     catalog, ceiling,
     cli::CartArgs,
-    harness,
-    http::{self, ClientOptions, Reply},
+    harness::{self, Load, Slot, Worker},
+    http::Reply,
     report::{per_second, Recorder, Report, Section},
     session::Session,
-    util::{rss_kib, Rng},
+    util::Rng,
 };
 
 /// Label of line changes.
@@ -45,6 +41,14 @@ pub struct Shopper {
 }
 
 impl Shopper {
+    /// A shopper with a fresh session and an empty cart at the slot's node.
+    pub fn new(slot: Slot) -> Self {
+        Self {
+            session: Session::new(slot.client, slot.base),
+            lines: Vec::new(),
+        }
+    }
+
     /// One random cart operation: add a line, change a quantity, or remove a line.
     pub async fn step(&mut self, skus: &[(String, i64)], rec: &mut Recorder, rng: &mut Rng) {
         let add = self.lines.is_empty() || (self.lines.len() < MAX_LINES && rng.percent(40));
@@ -115,21 +119,38 @@ impl Shopper {
     }
 }
 
+/// A worker that changes its cart and starts a new session every `per_session` steps.
+struct CartWorker {
+    shopper: Shopper,
+    skus: Arc<Vec<(String, i64)>>,
+    per_session: usize,
+    ops: usize,
+}
+
+impl Worker for CartWorker {
+    async fn step(&mut self, rec: &mut Recorder, rng: &mut Rng) {
+        if self.ops >= self.per_session {
+            self.shopper.empty(rec).await;
+            self.shopper.session.reset();
+            self.ops = 0;
+        }
+        if self.ops == 0 {
+            rec.count("sessions", 1);
+        }
+        self.shopper.step(&self.skus, rec, rng).await;
+        self.ops += 1;
+    }
+
+    async fn finish(&mut self, rec: &mut Recorder) {
+        self.shopper.empty(rec).await;
+    }
+}
+
 /// Runs the cart scenario (and the COPY ceiling when a database URL is given).
 pub async fn run(args: CartArgs) -> anyhow::Result<Report> {
     let c = &args.common;
     let bases = c.base_strings()?;
-    let probe = http::client(&ClientOptions {
-        timeout: c.timeout,
-        connections: 4,
-        source: None,
-    });
-    let cat = catalog::fetch(&probe, &bases[0], 20).await?;
-    anyhow::ensure!(
-        !cat.skus.is_empty(),
-        "no SKU with 20+ units in stock at {}",
-        bases[0]
-    );
+    let cat = catalog::read(&bases[0], c.timeout, 20).await?;
     println!(
         "cart: {} SKUs with stock; {} sessions at a time over {} for {:.1} s",
         cat.skus.len(),
@@ -138,57 +159,18 @@ pub async fn run(args: CartArgs) -> anyhow::Result<Report> {
         c.duration.as_secs_f64()
     );
     let skus = Arc::new(cat.skus);
-    let rss_before = c.server_pid.and_then(|p| rss_kib(p).ok());
-    let started = Instant::now();
-    let deadline = started + c.duration;
-    let (threads, concurrency, timeout, per_session) = (
-        c.threads,
-        c.concurrency,
-        c.timeout,
-        args.ops_per_session.max(1),
-    );
-    let results = harness::run(threads, move |t| {
-        let (skus, bases) = (skus.clone(), bases.clone());
-        async move {
-            let (workers, client) = harness::thread_client(concurrency, threads, t, timeout);
-            let tasks = (0..workers).map(|w| {
-                let skus = skus.clone();
-                let base: Rc<str> = Rc::from(harness::base_for(&bases, threads, t, w));
-                let client = client.clone();
-                async move {
-                    let mut rec = Recorder::default();
-                    let mut rng = Rng::new((t * 100_000 + w) as u64);
-                    let mut shopper = Shopper {
-                        session: Session::new(client, base),
-                        lines: Vec::new(),
-                    };
-                    let mut ops = 0;
-                    rec.count("sessions", 1);
-                    for _ in 0..10_000_000u64 {
-                        if Instant::now() >= deadline {
-                            break;
-                        }
-                        if ops >= per_session {
-                            shopper.empty(&mut rec).await;
-                            shopper.session.reset();
-                            rec.count("sessions", 1);
-                            ops = 0;
-                        }
-                        shopper.step(&skus, &mut rec, &mut rng).await;
-                        ops += 1;
-                    }
-                    let ended = Instant::now();
-                    shopper.empty(&mut rec).await;
-                    (rec, ended)
-                }
-            });
-            futures_util::future::join_all(tasks).await
-        }
+    let per_session = args.ops_per_session.max(1);
+    let rss_before = c.server_rss();
+    let load = Load::start(bases, c);
+    let (rec, load_end) = harness::timed(&load, move |slot| CartWorker {
+        shopper: Shopper::new(slot),
+        skus: skus.clone(),
+        per_session,
+        ops: 0,
     })
     .await?;
-    let rss_after = c.server_pid.and_then(|p| rss_kib(p).ok());
-    let (rec, load_end) = harness::merge_timed(results, deadline);
-    let elapsed = load_end.duration_since(started);
+    let rss_after = c.server_rss();
+    let elapsed = load_end.duration_since(load.started);
     let durable = rec.status_count(PUT, 200) + rec.status_count(DELETE, 200);
     let durable_per_s = per_second(durable, elapsed);
 
@@ -214,11 +196,5 @@ pub async fn run(args: CartArgs) -> anyhow::Result<Report> {
         "req/s and durable writes/s are over the {:.1} s of load; the `{CLEANUP}` rows are the carts emptied afterwards",
         elapsed.as_secs_f64()
     ));
-    report.sections.push(Section {
-        name: "surge".into(),
-        elapsed,
-        recorder: rec,
-    });
-    report.check_errors(c.strict);
-    Ok(report)
+    Ok(report.conclude([Section::new("surge", elapsed, rec)], c.strict))
 }

@@ -1,7 +1,7 @@
 //! What the generators pick from: slugs, list cursors, search words and SKUs with
 //! stock, read once from a node's public catalog API before the load starts.
 
-use std::collections::BTreeSet;
+use std::{collections::BTreeSet, time::Duration};
 
 use anyhow::{bail, Context as _};
 use serde::Deserialize;
@@ -47,8 +47,24 @@ pub struct Catalog {
     pub list_page_bytes: usize,
 }
 
+/// Reads the catalog from `base` with a small client of its own, before the load
+/// starts; with a positive `min_stock`, fails unless some SKU has that much stock.
+pub async fn read(base: &str, timeout: Duration, min_stock: i64) -> anyhow::Result<Catalog> {
+    let probe = http::client(&http::ClientOptions {
+        timeout,
+        connections: 4,
+        source: None,
+    });
+    let cat = fetch(&probe, base, min_stock).await?;
+    anyhow::ensure!(
+        min_stock <= 0 || !cat.skus.is_empty(),
+        "no SKU with {min_stock}+ units in stock at {base}"
+    );
+    Ok(cat)
+}
+
 /// Reads the catalog from `base`; keeps SKUs with at least `min_stock` units.
-pub async fn fetch(client: &awc::Client, base: &str, min_stock: i64) -> anyhow::Result<Catalog> {
+async fn fetch(client: &awc::Client, base: &str, min_stock: i64) -> anyhow::Result<Catalog> {
     let mut cat = Catalog::default();
     let mut words = BTreeSet::new();
     let mut cursor: Option<String> = None;

@@ -17,11 +17,11 @@ use futures_util::SinkExt as _;
 use serde_json::json;
 
 use crate::{
-    browse::{self, Plan},
     catalog,
-    cli::{CeilingDbArgs, CeilingHttpArgs},
+    cli::{CeilingDbArgs, CeilingHttpArgs, Common},
     db,
-    http::{self, ClientOptions},
+    harness::Load,
+    pages::{self, Plan},
     report::{Report, Section},
     util::{thousands, Rng},
 };
@@ -113,32 +113,21 @@ impl CeilingServer {
     }
 }
 
-/// Starts the ceiling, drives it with the browse generator, stops it.
+/// Starts the ceiling, drives it with the browse generator as the common options say
+/// (their URLs aside), stops it.
 pub async fn http_run(
     plan: Arc<Plan>,
     product_bytes: usize,
     list_bytes: usize,
-    duration: Duration,
-    concurrency: usize,
-    threads: usize,
-    timeout: Duration,
+    c: &Common,
 ) -> anyhow::Result<Section> {
     let server = CeilingServer::start(json_body(product_bytes), json_body(list_bytes))?;
     let base = server.base();
     println!(
         "ceiling-http: {base} ({CEILING_WORKERS} workers, bodies {product_bytes} / {list_bytes} bytes) for {:.1} s",
-        duration.as_secs_f64()
+        c.duration.as_secs_f64()
     );
-    let section = browse::drive(
-        "ceiling-http",
-        vec![base],
-        plan,
-        duration,
-        concurrency,
-        threads,
-        timeout,
-    )
-    .await;
+    let section = pages::drive("ceiling-http", &Load::start(vec![base], c), plan).await;
     server.stop().await;
     section
 }
@@ -158,35 +147,18 @@ pub async fn http_main(args: CeilingHttpArgs) -> anyhow::Result<Report> {
             n,
         ),
         None => {
-            let bases = c.base_strings()?;
-            let probe = http::client(&ClientOptions {
-                timeout: c.timeout,
-                connections: 4,
-                source: None,
-            });
-            let cat = catalog::fetch(&probe, &bases[0], 0).await?;
+            let cat = catalog::read(&c.base_strings()?[0], c.timeout, 0).await?;
             let (p, l) = (cat.product_page_bytes, cat.list_page_bytes);
             (Plan::new(&cat, args.list_percent), p, l)
         }
     };
-    let section = http_run(
-        Arc::new(plan),
-        product,
-        list,
-        c.duration,
-        c.concurrency,
-        c.threads,
-        c.timeout,
-    )
-    .await?;
+    let section = http_run(Arc::new(plan), product, list, c).await?;
     let mut report = Report::new(
         "ceiling-http",
         json!({ "common": c.json(), "product_bytes": product, "list_bytes": list }),
     );
     report.figure_f64("ceiling-http req/s", section.rps(), 0);
-    report.sections.push(section);
-    report.check_errors(c.strict);
-    Ok(report)
+    Ok(report.conclude([section], c.strict))
 }
 
 /// Committed rows per second of COPY into a throwaway table.

@@ -5,7 +5,7 @@ use std::{path::PathBuf, rc::Rc, time::Duration};
 use clap::{Args, Parser, Subcommand};
 use serde_json::{json, Value};
 
-use crate::util::{loopback_base_url, parse_duration};
+use crate::util::{loopback_base_url, parse_duration, rss_kib};
 
 /// Load-test instrument for Surge. Every scenario prints Markdown tables, writes a JSON
 /// report with `--report`, and exits 1 when a correctness check fails (any 5xx; more
@@ -18,7 +18,7 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// Scenarios and helpers.
+/// The scenarios.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Product list pages and product pages, then the same generator against the HTTP
@@ -36,12 +36,21 @@ pub enum Command {
     CeilingHttp(CeilingHttpArgs),
     /// COPY of order-like rows into PostgreSQL: committed rows per second.
     CeilingDb(CeilingDbArgs),
-    /// Prints a free TCP port on 127.0.0.1 (for scripts).
-    #[command(hide = true)]
-    FreePort,
-    /// Waits until `GET {url}/readyz` answers 200 (for scripts).
-    #[command(hide = true)]
-    WaitReady(WaitReadyArgs),
+}
+
+impl Command {
+    /// The options every scenario takes.
+    pub fn common(&self) -> &Common {
+        match self {
+            Command::Browse(a) => &a.common,
+            Command::Cart(a) => &a.common,
+            Command::FlashSale(a) => &a.common,
+            Command::Fanout(a) => &a.common,
+            Command::Mixed(a) => &a.common,
+            Command::CeilingHttp(a) => &a.common,
+            Command::CeilingDb(a) => &a.common,
+        }
+    }
 }
 
 /// Options every scenario takes.
@@ -93,6 +102,11 @@ impl Common {
     /// The base URLs as plain strings (to move into threads).
     pub fn base_strings(&self) -> anyhow::Result<Vec<String>> {
         Ok(self.bases()?.iter().map(|b| b.to_string()).collect())
+    }
+
+    /// The server's RSS in KiB now, when `--server-pid` names a readable process.
+    pub fn server_rss(&self) -> Option<u64> {
+        self.server_pid.and_then(|p| rss_kib(p).ok())
     }
 
     /// The parameters for the JSON report.
@@ -246,18 +260,4 @@ pub struct CeilingDbArgs {
     /// Rows per COPY; each COPY is one committed transaction.
     #[arg(long, default_value_t = 512)]
     pub batch_rows: usize,
-}
-
-/// `wait-ready` options.
-#[derive(Debug, Clone, Args)]
-pub struct WaitReadyArgs {
-    /// Base URL of the node.
-    #[arg(long)]
-    pub url: String,
-    /// Give up after this long.
-    #[arg(long, default_value = "60s", value_parser = parse_duration)]
-    pub timeout: Duration,
-    /// Give up early when this process exits.
-    #[arg(long)]
-    pub pid: Option<u32>,
 }

@@ -15,14 +15,13 @@ use std::{
 use serde_json::json;
 
 use crate::{
-    admin::{self, TestProduct},
-    ceiling,
-    cli::FlashSaleArgs,
+    admin, ceiling,
+    cli::{Common, FlashSaleArgs},
     db, harness,
     http::{self, ClientOptions},
     report::{per_second, Recorder, Report, Section},
     session::Session,
-    util::{rss_kib, thousands, Rng},
+    util::{thousands, Rng},
 };
 
 /// Label of reservations.
@@ -266,61 +265,51 @@ async fn warm(
     ))
 }
 
-/// Runs the sale and its checks.
-pub async fn run(args: FlashSaleArgs) -> anyhow::Result<Report> {
-    let c = &args.common;
-    anyhow::ensure!(args.units > 0, "--units must be positive");
-    anyhow::ensure!(c.concurrency > 0, "--concurrency must be positive");
-    let bases = c.base_strings()?;
-    let admin_client = http::client(&ClientOptions {
-        timeout: c.timeout,
-        connections: 8,
-        source: None,
-    });
-    let product = TestProduct::fresh("flash");
-    admin::create(
-        &admin_client,
-        &bases[0],
-        &args.admin_token,
-        &product,
-        args.units,
-    )
-    .await?;
-    admin::wait_visible(
-        &admin_client,
-        &bases,
-        &product,
-        args.units,
-        Duration::from_secs(15),
-    )
-    .await?;
-    println!(
-        "flash-sale: {} buyers, {} units of {}, concurrency {}, over {}",
-        thousands(args.buyers as u64),
-        thousands(args.units as u64),
-        product.sku,
-        c.concurrency,
-        bases.join(", ")
-    );
-    let warmed = if args.warm_sessions {
-        Some(warm(&bases, args.buyers, c.concurrency, c.threads, c.timeout).await?)
-    } else {
-        None
-    };
-    let rss_before = c.server_pid.and_then(|p| rss_kib(p).ok());
+/// What the sale gave on the client's side.
+struct Sold {
+    rec: Recorder,
+    /// From the first buyer to the last outcome.
+    whole: Duration,
+    /// Orders the buyers counted.
+    orders: u64,
+    /// When the last unit sold, from the start.
+    sold_out_after: Option<Duration>,
+}
+
+impl Sold {
+    /// Reservations and checkouts that committed (a replayed checkout is one order).
+    fn durable(&self) -> u64 {
+        (self.rec.status_count(PUT, 200) + self.rec.status_count(CHECKOUT, 201))
+            .saturating_sub(self.rec.counter("checkouts answered as replays"))
+    }
+
+    /// Committed operations per second until sold out (or over the whole sale).
+    fn durable_per_s(&self) -> f64 {
+        per_second(self.durable(), self.sold_out_after.unwrap_or(self.whole))
+    }
+}
+
+/// Runs `buyers` buyers of `units` units of `sku` over the URLs, `c.concurrency` at a
+/// time, until each has an outcome or `--duration` has passed.
+async fn sell(
+    c: &Common,
+    bases: &[String],
+    sku: &str,
+    buyers: usize,
+    units: u64,
+    cookies: Vec<Option<String>>,
+) -> anyhow::Result<Sold> {
     let shared = Arc::new(Shared {
         next: AtomicUsize::new(0),
-        cookies: warmed.as_ref().map(|w| w.1.clone()).unwrap_or_default(),
+        cookies,
         orders: AtomicU64::new(0),
         sold_out_at: Mutex::new(None),
     });
     let started = Instant::now();
     let deadline = started + c.duration;
-    let (threads, concurrency, timeout, buyers) =
-        (c.threads, c.concurrency, c.timeout, args.buyers);
-    let units = args.units as u64;
+    let (threads, concurrency, timeout) = (c.threads, c.concurrency, c.timeout);
     let recs = {
-        let (shared, sku, bases) = (shared.clone(), product.sku.clone(), bases.clone());
+        let (shared, sku, bases) = (shared.clone(), sku.to_owned(), bases.to_vec());
         harness::run(threads, move |t| {
             let (shared, sku, bases) = (shared.clone(), sku.clone(), bases.clone());
             async move {
@@ -355,40 +344,53 @@ pub async fn run(args: FlashSaleArgs) -> anyhow::Result<Report> {
         .await?
     };
     let whole = started.elapsed();
-    let rss_after = c.server_pid.and_then(|p| rss_kib(p).ok());
-    let rec = Recorder::merged(&recs);
-    let orders = shared.orders.load(Ordering::SeqCst);
     let sold_out_after = shared
         .sold_out_at
         .lock()
         .ok()
         .and_then(|g| *g)
         .map(|at| at.duration_since(started));
+    Ok(Sold {
+        rec: Recorder::merged(&recs),
+        whole,
+        orders: shared.orders.load(Ordering::SeqCst),
+        sold_out_after,
+    })
+}
 
-    let client = db::connect(&args.database_url).await?;
-    let stock = db::stock(&client, &product.sku).await?;
-    let violations = db::violations(&client).await?;
+/// The sale as PostgreSQL sees it.
+struct Audit {
+    stock: db::Stock,
+    violations: Vec<String>,
+}
 
-    let mut report = Report::new(
-        "flash-sale",
-        json!({
-            "common": c.json(),
-            "buyers": args.buyers,
-            "units": args.units,
-            "sku": product.sku,
-            "warm_sessions": args.warm_sessions,
-        }),
-    );
-    let durable = (rec.status_count(PUT, 200) + rec.status_count(CHECKOUT, 201))
-        .saturating_sub(rec.counter("checkouts answered as replays"));
-    let durable_window = sold_out_after.unwrap_or(whole);
-    let durable_per_s = per_second(durable, durable_window);
-    let oversell = (orders as i64).max(stock.sold).max(stock.order_line_units) - args.units;
-    let undersell = args.units - orders as i64;
+impl Audit {
+    async fn read(database_url: &str, sku: &str) -> anyhow::Result<Self> {
+        let client = db::connect(database_url).await?;
+        Ok(Self {
+            stock: db::stock(&client, sku).await?,
+            violations: db::violations(&client).await?,
+        })
+    }
 
+    /// Units sold beyond `units`, by the largest of the three counts.
+    fn oversell(&self, orders: u64, units: i64) -> i64 {
+        (orders as i64)
+            .max(self.stock.sold)
+            .max(self.stock.order_line_units)
+            - units
+    }
+}
+
+/// The sale's figures: orders on both sides, over- and undersell, what is left,
+/// outcomes, timings and durable throughput.
+fn add_figures(report: &mut Report, args: &FlashSaleArgs, sold: &Sold, audit: &Audit) {
+    let stock = &audit.stock;
+    let oversell = audit.oversell(sold.orders, args.units);
+    let undersell = args.units - sold.orders as i64;
     report.figure_int("buyers", args.buyers as u64);
-    report.figure_int("units", units);
-    report.figure_int("orders (client)", orders);
+    report.figure_int("units", args.units as u64);
+    report.figure_int("orders (client)", sold.orders);
     report.figure_int("orders (database)", stock.orders as u64);
     report.figure_int("units sold (database)", stock.sold.max(0) as u64);
     report.figure_int("oversold units", oversell.max(0) as u64);
@@ -407,26 +409,31 @@ pub async fn run(args: FlashSaleArgs) -> anyhow::Result<Report> {
         Outcome::GaveUp,
         Outcome::Failed,
     ] {
-        report.figure_int(o.counter(), rec.counter(o.counter()));
+        report.figure_int(o.counter(), sold.rec.counter(o.counter()));
     }
-    match sold_out_after {
+    match sold.sold_out_after {
         Some(d) => report.figure_f64("time to sell out (s)", d.as_secs_f64(), 3),
         None => report.figure("time to sell out (s)", json!(null), "not sold out"),
     }
-    report.figure_f64("whole sale (s)", whole.as_secs_f64(), 3);
-    let so = rec
+    report.figure_f64("whole sale (s)", sold.whole.as_secs_f64(), 3);
+    let so = sold
+        .rec
         .hists
         .get(SOLD_OUT)
         .map(|h| h.summary())
         .unwrap_or_default();
     report.figure_f64("sold-out answer p50 (ms)", so.p50, 2);
     report.figure_f64("sold-out answer p99 (ms)", so.p99, 2);
-    report.figure_int("durable reservations + checkouts", durable);
-    report.figure_f64("durable ops/s (until sold out)", durable_per_s, 0);
-    report.figure_int("stock invariant violations", violations.len() as u64);
-    report.rss(rss_before, rss_after);
+    report.figure_int("durable reservations + checkouts", sold.durable());
+    report.figure_f64("durable ops/s (until sold out)", sold.durable_per_s(), 0);
+    report.figure_int("stock invariant violations", audit.violations.len() as u64);
+}
 
-    if oversell > 0 {
+/// Oversell, an order count that differs between client and database and any broken
+/// invariant fail the sale; undersell fails it with `--strict`, else it is a note.
+fn add_failures(report: &mut Report, args: &FlashSaleArgs, sku: &str, sold: &Sold, audit: &Audit) {
+    let (stock, orders) = (&audit.stock, sold.orders);
+    if audit.oversell(orders, args.units) > 0 {
         report.failures.push(format!(
             "oversell: {} units sold, {} orders (client), {} units in order lines, of {} units",
             stock.sold, orders, stock.order_line_units, args.units
@@ -434,43 +441,99 @@ pub async fn run(args: FlashSaleArgs) -> anyhow::Result<Report> {
     }
     if stock.orders as u64 != orders {
         report.failures.push(format!(
-            "the client counted {orders} orders, the database has {} for {}",
-            stock.orders, product.sku
+            "the client counted {orders} orders, the database has {} for {sku}",
+            stock.orders
         ));
     }
-    for v in &violations {
+    for v in &audit.violations {
         report.failures.push(format!("stock invariant: {v}"));
     }
-    if undersell > 0 {
+    if args.units > orders as i64 {
         let msg = format!(
             "undersell: {orders} orders of {} units while {} units were not sold",
             args.units,
             stock.total - stock.sold
         );
-        if c.strict {
+        if args.common.strict {
             report.failures.push(msg);
         } else {
             report.notes.push(msg);
         }
     }
+}
 
+/// Runs the sale and its checks.
+pub async fn run(args: FlashSaleArgs) -> anyhow::Result<Report> {
+    let c = &args.common;
+    anyhow::ensure!(args.units > 0, "--units must be positive");
+    anyhow::ensure!(c.concurrency > 0, "--concurrency must be positive");
+    let bases = c.base_strings()?;
+    let admin_client = http::client(&ClientOptions {
+        timeout: c.timeout,
+        connections: 8,
+        source: None,
+    });
+    let product = admin::fresh_visible(
+        &admin_client,
+        &bases,
+        &args.admin_token,
+        "flash",
+        args.units,
+    )
+    .await?;
+    println!(
+        "flash-sale: {} buyers, {} units of {}, concurrency {}, over {}",
+        thousands(args.buyers as u64),
+        thousands(args.units as u64),
+        product.sku,
+        c.concurrency,
+        bases.join(", ")
+    );
+    let warmed = if args.warm_sessions {
+        Some(warm(&bases, args.buyers, c.concurrency, c.threads, c.timeout).await?)
+    } else {
+        None
+    };
+    let rss_before = c.server_rss();
+    let cookies = warmed.as_ref().map(|w| w.1.clone()).unwrap_or_default();
+    let sold = sell(
+        c,
+        &bases,
+        &product.sku,
+        args.buyers,
+        args.units as u64,
+        cookies,
+    )
+    .await?;
+    let rss_after = c.server_rss();
+    let audit = Audit::read(&args.database_url, &product.sku).await?;
+
+    let mut report = Report::new(
+        "flash-sale",
+        json!({
+            "common": c.json(),
+            "buyers": args.buyers,
+            "units": args.units,
+            "sku": product.sku,
+            "warm_sessions": args.warm_sessions,
+        }),
+    );
+    add_figures(&mut report, &args, &sold, &audit);
+    report.rss(rss_before, rss_after);
+    add_failures(&mut report, &args, &product.sku, &sold, &audit);
     if !args.ceiling_db_duration.is_zero() {
         let ceil = ceiling::db_run(&args.database_url, args.ceiling_db_duration, 4, 512).await?;
-        ceiling::add_db_figures(&mut report, &ceil, durable_per_s);
+        ceiling::add_db_figures(&mut report, &ceil, sold.durable_per_s());
     }
+    let mut sections = Vec::new();
     if let Some((section, _)) = warmed {
         report.notes.push(format!(
             "sessions warmed before the sale: {} buyers got their cookie and cart with GET /api/cart in {:.2} s (not part of the sale's figures)",
             thousands(args.buyers as u64),
             section.elapsed.as_secs_f64()
         ));
-        report.sections.push(section);
+        sections.push(section);
     }
-    report.sections.push(Section {
-        name: "sale".into(),
-        elapsed: whole,
-        recorder: rec,
-    });
-    report.check_errors(c.strict);
-    Ok(report)
+    sections.push(Section::new("sale", sold.whole, sold.rec));
+    Ok(report.conclude(sections, c.strict))
 }

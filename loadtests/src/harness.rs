@@ -1,10 +1,21 @@
 //! Running load: each load thread has its own actix `System` (awc clients are
 //! single-threaded) and runs its share of the workers; results come back to the
-//! caller's runtime without blocking it.
+//! caller's runtime without blocking it. Timed scenarios describe one worker
+//! ([`Worker`]) and [`timed`] runs as many as asked until the deadline.
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    rc::Rc,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use anyhow::anyhow;
+
+use crate::{cli::Common, report::Recorder, util::Rng};
+
+/// Most steps one worker of a timed run takes, whatever the clock says.
+const MAX_STEPS: u64 = 10_000_000;
 
 /// Load threads that were started and whose results can be awaited.
 pub struct Threads<T> {
@@ -80,22 +91,111 @@ pub fn thread_client(
 }
 
 /// The base URL worker `w` of thread `t` talks to: workers spread over the nodes.
-pub fn base_for(bases: &[String], threads: usize, t: usize, w: usize) -> &str {
+fn base_for(bases: &[String], threads: usize, t: usize, w: usize) -> &str {
     bases[(w * threads + t) % bases.len()].as_str()
 }
 
 /// Merges the per-worker recorders of a timed run; also returns when the last worker
 /// stopped (or `deadline` when none reported).
-pub fn merge_timed(
-    results: Vec<Vec<(crate::report::Recorder, std::time::Instant)>>,
-    deadline: std::time::Instant,
-) -> (crate::report::Recorder, std::time::Instant) {
+fn merge_timed(results: Vec<Vec<(Recorder, Instant)>>, deadline: Instant) -> (Recorder, Instant) {
     let all: Vec<_> = results.into_iter().flatten().collect();
     let end = all.iter().map(|(_, e)| *e).max().unwrap_or(deadline);
-    (
-        crate::report::Recorder::merged(all.iter().map(|(r, _)| r)),
-        end,
-    )
+    (Recorder::merged(all.iter().map(|(r, _)| r)), end)
+}
+
+/// Who a timed run loads, how hard, and until when; the clock starts when it is made.
+#[derive(Debug, Clone)]
+pub struct Load {
+    /// Base URLs; the workers spread over them.
+    pub bases: Vec<String>,
+    /// Workers in all.
+    pub concurrency: usize,
+    /// Load threads.
+    pub threads: usize,
+    /// Timeout of one request.
+    pub timeout: Duration,
+    /// When the run started.
+    pub started: Instant,
+    /// When workers stop taking steps.
+    pub deadline: Instant,
+}
+
+impl Load {
+    /// `bases` loaded as the common options say, for `--duration` from now.
+    pub fn start(bases: Vec<String>, c: &Common) -> Self {
+        let started = Instant::now();
+        Self {
+            bases,
+            concurrency: c.concurrency,
+            threads: c.threads,
+            timeout: c.timeout,
+            started,
+            deadline: started + c.duration,
+        }
+    }
+}
+
+/// Where a worker of a timed run stands: its thread's client and the node it talks to.
+pub struct Slot {
+    /// The thread's HTTP client.
+    pub client: awc::Client,
+    /// The base URL it talks to.
+    pub base: Rc<str>,
+}
+
+/// One worker of a timed run: the scenario says what a step is, the harness repeats it
+/// until the deadline.
+pub trait Worker {
+    /// One unit of work: a request, or a short sequence of them.
+    async fn step(&mut self, rec: &mut Recorder, rng: &mut Rng);
+
+    /// Tidies up after the deadline, outside the measured time (e.g. empties a cart).
+    async fn finish(&mut self, _rec: &mut Recorder) {}
+}
+
+/// Runs `load.concurrency` workers made by `make` until the deadline. Returns what they
+/// recorded, merged, and when the last one stopped stepping (before it finished).
+pub async fn timed<W, F>(load: &Load, make: F) -> anyhow::Result<(Recorder, Instant)>
+where
+    W: Worker + 'static,
+    F: Fn(Slot) -> W + Send + Sync + 'static,
+{
+    let (bases, concurrency, threads, timeout, deadline) = (
+        load.bases.clone(),
+        load.concurrency,
+        load.threads,
+        load.timeout,
+        load.deadline,
+    );
+    let make = Arc::new(make);
+    let results = run(threads, move |t| {
+        let (bases, make) = (bases.clone(), make.clone());
+        async move {
+            let (workers, client) = thread_client(concurrency, threads, t, timeout);
+            let tasks = (0..workers).map(|w| {
+                let mut worker = make(Slot {
+                    client: client.clone(),
+                    base: Rc::from(base_for(&bases, threads, t, w)),
+                });
+                async move {
+                    let mut rec = Recorder::default();
+                    let mut rng = Rng::new((t * 100_000 + w) as u64);
+                    for _ in 0..MAX_STEPS {
+                        if Instant::now() >= deadline {
+                            break;
+                        }
+                        worker.step(&mut rec, &mut rng).await;
+                    }
+                    let ended = Instant::now();
+                    worker.finish(&mut rec).await;
+                    (rec, ended)
+                }
+            });
+            futures_util::future::join_all(tasks).await
+        }
+    })
+    .await?;
+    Ok(merge_timed(results, deadline))
 }
 
 /// Ends the process if it is still running after `limit`: the last guarantee that a

@@ -1,20 +1,18 @@
 //! `mixed`: every request drawn by weight from browsing (as `browse`), cart changes
 //! (as `cart`) and checkouts (reserve one unit, then check out with a fresh key).
 
-use std::{rc::Rc, sync::Arc, time::Instant};
+use std::{rc::Rc, sync::Arc};
 
 use serde_json::json;
 
 use crate::{
-    browse::Plan,
     cart::{self, Shopper},
     catalog,
     cli::MixedArgs,
-    harness,
-    http::{self, ClientOptions},
+    harness::{self, Load, Worker},
+    pages::Plan,
     report::{Recorder, Report, Section},
-    session::Session,
-    util::{rss_kib, Rng},
+    util::Rng,
 };
 
 /// Label of checkouts.
@@ -66,23 +64,54 @@ async fn checkout(
     }
 }
 
+/// How the blend is drawn: a roll below `browse` reads a page, below `browse + cart`
+/// changes the cart, below `total` checks out.
+#[derive(Debug, Clone, Copy)]
+struct Weights {
+    browse: u32,
+    cart: u32,
+    total: u32,
+}
+
+/// A shopper who browses, changes the cart and checks out, by weight.
+struct Blend {
+    shopper: Shopper,
+    client: awc::Client,
+    base: Rc<str>,
+    plan: Arc<Plan>,
+    skus: Arc<Vec<(String, i64)>>,
+    weights: Weights,
+}
+
+impl Worker for Blend {
+    async fn step(&mut self, rec: &mut Recorder, rng: &mut Rng) {
+        let w = self.weights;
+        let roll = rng.below(w.total as usize) as u32;
+        if roll < w.browse {
+            self.plan.visit(&self.client, &self.base, rec, rng).await;
+        } else if roll < w.browse + w.cart {
+            self.shopper.step(&self.skus, rec, rng).await;
+        } else {
+            checkout(&mut self.shopper, &self.skus, rec, rng).await;
+        }
+    }
+
+    async fn finish(&mut self, rec: &mut Recorder) {
+        self.shopper.empty(rec).await;
+    }
+}
+
 /// Runs the blend for the duration.
 pub async fn run(args: MixedArgs) -> anyhow::Result<Report> {
     let c = &args.common;
-    let total = args.browse + args.cart + args.checkout;
-    anyhow::ensure!(total > 0, "the weights add up to 0");
+    let weights = Weights {
+        browse: args.browse,
+        cart: args.cart,
+        total: args.browse + args.cart + args.checkout,
+    };
+    anyhow::ensure!(weights.total > 0, "the weights add up to 0");
     let bases = c.base_strings()?;
-    let probe = http::client(&ClientOptions {
-        timeout: c.timeout,
-        connections: 4,
-        source: None,
-    });
-    let cat = catalog::fetch(&probe, &bases[0], 20).await?;
-    anyhow::ensure!(
-        !cat.skus.is_empty(),
-        "no SKU with 20+ units in stock at {}",
-        bases[0]
-    );
+    let cat = catalog::read(&bases[0], c.timeout, 20).await?;
     let plan = Arc::new(Plan::new(&cat, 50));
     let skus = Arc::new(cat.skus);
     println!(
@@ -94,54 +123,19 @@ pub async fn run(args: MixedArgs) -> anyhow::Result<Report> {
         bases.join(", "),
         c.duration.as_secs_f64()
     );
-    let rss_before = c.server_pid.and_then(|p| rss_kib(p).ok());
-    let started = Instant::now();
-    let deadline = started + c.duration;
-    let (threads, concurrency, timeout) = (c.threads, c.concurrency, c.timeout);
-    let (w_browse, w_cart) = (args.browse, args.cart);
-    let results = harness::run(threads, move |t| {
-        let (skus, bases, plan) = (skus.clone(), bases.clone(), plan.clone());
-        async move {
-            let (workers, client) = harness::thread_client(concurrency, threads, t, timeout);
-            let tasks = (0..workers).map(|w| {
-                let (skus, plan, client) = (skus.clone(), plan.clone(), client.clone());
-                let base: Rc<str> = Rc::from(harness::base_for(&bases, threads, t, w));
-                async move {
-                    let mut rec = Recorder::default();
-                    let mut rng = Rng::new((t * 100_000 + w) as u64);
-                    let mut shopper = Shopper {
-                        session: Session::new(client.clone(), base.clone()),
-                        lines: Vec::new(),
-                    };
-                    for _ in 0..10_000_000u64 {
-                        if Instant::now() >= deadline {
-                            break;
-                        }
-                        let roll = rng.below(total as usize) as u32;
-                        if roll < w_browse {
-                            let (label, path) = plan.next(&mut rng);
-                            match http::get(&client, &format!("{base}{path}")).await {
-                                Ok(r) => rec.reply(label, &r, r.status == 200),
-                                Err(f) => rec.failure(label, &f),
-                            }
-                        } else if roll < w_browse + w_cart {
-                            shopper.step(&skus, &mut rec, &mut rng).await;
-                        } else {
-                            checkout(&mut shopper, &skus, &mut rec, &mut rng).await;
-                        }
-                    }
-                    let ended = Instant::now();
-                    shopper.empty(&mut rec).await;
-                    (rec, ended)
-                }
-            });
-            futures_util::future::join_all(tasks).await
-        }
+    let rss_before = c.server_rss();
+    let load = Load::start(bases, c);
+    let (rec, load_end) = harness::timed(&load, move |slot| Blend {
+        client: slot.client.clone(),
+        base: slot.base.clone(),
+        shopper: Shopper::new(slot),
+        plan: plan.clone(),
+        skus: skus.clone(),
+        weights,
     })
     .await?;
-    let rss_after = c.server_pid.and_then(|p| rss_kib(p).ok());
-    let (rec, load_end) = harness::merge_timed(results, deadline);
-    let elapsed = load_end.duration_since(started);
+    let rss_after = c.server_rss();
+    let elapsed = load_end.duration_since(load.started);
     let mut report = Report::new(
         "mixed",
         json!({
@@ -151,11 +145,5 @@ pub async fn run(args: MixedArgs) -> anyhow::Result<Report> {
     );
     report.figure_int("orders", rec.counter("orders"));
     report.rss(rss_before, rss_after);
-    report.sections.push(Section {
-        name: "surge".into(),
-        elapsed,
-        recorder: rec,
-    });
-    report.check_errors(c.strict);
-    Ok(report)
+    Ok(report.conclude([Section::new("surge", elapsed, rec)], c.strict))
 }

@@ -260,6 +260,15 @@ pub struct Section {
 }
 
 impl Section {
+    /// A run named `name` (e.g. `surge`) that took `elapsed`.
+    pub fn new(name: &str, elapsed: Duration, recorder: Recorder) -> Self {
+        Self {
+            name: name.to_owned(),
+            elapsed,
+            recorder,
+        }
+    }
+
     /// Answered requests per second over the whole run.
     pub fn rps(&self) -> f64 {
         per_second(self.recorder.total().answered(), self.elapsed)
@@ -335,9 +344,16 @@ impl Report {
         }
     }
 
+    /// Adds the measured runs and checks their answers: how every scenario ends.
+    pub fn conclude(mut self, sections: impl IntoIterator<Item = Section>, strict: bool) -> Self {
+        self.sections.extend(sections);
+        self.check_errors(strict);
+        self
+    }
+
     /// Records a failure for any 5xx answer in any section, and with `strict` also
     /// for requests without an answer and answers the scenario did not expect.
-    pub fn check_errors(&mut self, strict: bool) {
+    fn check_errors(&mut self, strict: bool) {
         let mut found = Vec::new();
         for s in &self.sections {
             let t = s.recorder.total();

@@ -15,26 +15,19 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$ROOT"
-
-say() { printf '==> %s\n' "$*"; }
-die() { printf '==> error: %s\n' "$*" >&2; exit 2; }
-as_root() {
-  if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo -n "$@"; fi
-}
+# shellcheck source=scripts/lib.sh
+source "$ROOT/scripts/lib.sh"
 
 # --- what the tests need -------------------------------------------------------------
 
-if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
-  say "installing Node.js and npm: apt-get install -y nodejs npm"
-  export DEBIAN_FRONTEND=noninteractive
-  as_root apt-get update
-  as_root apt-get install -y nodejs npm
+if ! have node || ! have npm; then
+  apt_install nodejs npm
 fi
 
 if [ -d node_modules/playwright-core ]; then
   say "playwright-core is installed"
 else
-  command -v npm >/dev/null 2>&1 || die "npm is missing (it comes with Node.js)"
+  have npm || die "npm is missing (it comes with Node.js)"
   if [ -f package-lock.json ]; then
     say "installing playwright-core: npm ci"
     PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund
@@ -47,13 +40,7 @@ fi
 if [ -x /usr/bin/chromium ]; then
   say "chromium is installed: /usr/bin/chromium"
 else
-  say "installing Debian chromium: apt-get install -y chromium"
-  export DEBIAN_FRONTEND=noninteractive
-  if ! as_root apt-get install -y chromium; then
-    say "refreshing the package lists: apt-get update"
-    as_root apt-get update
-    as_root apt-get install -y chromium
-  fi
+  apt_install chromium
   [ -x /usr/bin/chromium ] || die "chromium did not install to /usr/bin/chromium"
 fi
 
@@ -71,58 +58,17 @@ LOG="$ARTIFACTS/surge.log"
 say "seeding the demo store: $SURGE_BIN seed --demo"
 "$SURGE_BIN" seed --demo
 
-PORT=$(node -e 'const s = require("net").createServer(); s.listen(0, "127.0.0.1", () => { console.log(s.address().port); s.close(); });')
-TOKEN=$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')
-[ "${#TOKEN}" -eq 32 ] || die "could not make an admin token"
+PORT=$(free_port)
+TOKEN=$(random_hex 16)
 BASE="http://127.0.0.1:$PORT"
-
-SERVER_PID=""
-# shellcheck disable=SC2317  # called by the EXIT trap
-stop_server() {
-  if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
-    say "stopping the server (pid $SERVER_PID)"
-    kill -TERM "$SERVER_PID" 2>/dev/null || true
-    for _ in $(seq 100); do
-      kill -0 "$SERVER_PID" 2>/dev/null || break
-      sleep 0.1
-    done
-    if kill -0 "$SERVER_PID" 2>/dev/null; then
-      say "the server did not stop within 10 s: SIGKILL"
-      kill -KILL "$SERVER_PID" 2>/dev/null || true
-    fi
-    wait "$SERVER_PID" 2>/dev/null || true
-  fi
-  SERVER_PID=""
-}
-trap stop_server EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
 
 STATIC_DIR="${SURGE_STATIC_DIR:-$ROOT/static}"
 say "starting the server on $BASE, storefront from $STATIC_DIR (log: ${LOG#"$ROOT"/})"
-SURGE_BIND="127.0.0.1:$PORT" \
-SURGE_STATIC_DIR="$STATIC_DIR" \
-SURGE_ADMIN_TOKEN="$TOKEN" \
-SURGE_NODE_ID="browser-test-$$" \
-SURGE_DRAIN_DELAY_SECS=0 \
-  "$SURGE_BIN" serve >"$LOG" 2>&1 &
-SERVER_PID=$!
-
-say "waiting for $BASE/readyz (up to 60 s)"
-ready_probe='fetch(process.argv[1]).then((r) => process.exit(r.status === 200 ? 0 : 1), () => process.exit(1))'
-deadline=$((SECONDS + 60))
-until node -e "$ready_probe" "$BASE/readyz"; do
-  if ! kill -0 "$SERVER_PID" 2>/dev/null; then
-    tail -n 30 "$LOG" >&2 || true
-    SERVER_PID=""
-    die "the server exited before it was ready (log above)"
-  fi
-  if [ "$SECONDS" -ge "$deadline" ]; then
-    tail -n 30 "$LOG" >&2 || true
-    die "the server was not ready within 60 s (log above)"
-  fi
-  sleep 0.25
-done
+: >"$LOG"
+start_bg "the server" "$LOG" env SURGE_BIND="127.0.0.1:$PORT" \
+  SURGE_STATIC_DIR="$STATIC_DIR" SURGE_ADMIN_TOKEN="$TOKEN" \
+  SURGE_NODE_ID="browser-test-$$" SURGE_DRAIN_DELAY_SECS=0 "$SURGE_BIN" serve
+wait_ready "$BASE" 60 "$BG_PID" "$LOG" || die "the server did not get ready (log above)"
 say "the server is ready"
 
 # --- the tests -----------------------------------------------------------------------
