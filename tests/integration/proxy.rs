@@ -216,3 +216,52 @@ async fn the_proxy_forwards_and_cuts() {
     assert_eq!(&buf, b"pong");
     assert!(proxy.cuts() >= 1);
 }
+
+#[actix_web::test]
+async fn a_commit_cut_commits_on_the_server_while_the_client_hears_nothing() {
+    let db = crate::common::TestDb::create().await;
+    let direct = db.client().await;
+    direct
+        .batch_execute("CREATE TABLE t (x int)")
+        .await
+        .expect("table");
+    let cfg: tokio_postgres::Config = db.url.parse().expect("url");
+    let host = match cfg.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        _ => "127.0.0.1".to_owned(),
+    };
+    let port = cfg.get_ports().first().copied().unwrap_or(5432);
+    let proxy = Proxy::start(&format!("{host}:{port}")).await;
+    let mut via = tokio_postgres::Config::new();
+    via.host("127.0.0.1")
+        .port(proxy.addr().port())
+        .user(cfg.get_user().unwrap_or("postgres"))
+        .dbname(cfg.get_dbname().unwrap_or("postgres"));
+    let (mut client, conn) = via.connect(tokio_postgres::NoTls).await.expect("via proxy");
+    tokio::spawn(conn);
+    let tx = client.transaction().await.expect("begin");
+    tx.execute("INSERT INTO t VALUES (1)", &[])
+        .await
+        .expect("insert");
+    proxy.cut_after_next_commit();
+    let answer = tx.commit().await;
+    assert!(
+        answer.is_err(),
+        "the client never hears the COMMIT's answer"
+    );
+    assert_eq!(proxy.commit_cuts(), 1);
+    // The server got the COMMIT: the row is there (give the backend a moment).
+    let mut n = 0;
+    for _ in 0..50 {
+        n = direct
+            .query_one("SELECT count(*) FROM t", &[])
+            .await
+            .expect("count")
+            .get::<_, i64>(0);
+        if n == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(n, 1, "the cut COMMIT was committed all the same");
+}
