@@ -17,10 +17,7 @@ use uuid::Uuid;
 use crate::{
     cart::{Cart, CartError, CartLimits},
     money::Money,
-    ports::{
-        CartEvents, Journal, JournalError, OrderLine, OrderSummary, PlaceOrder, SetLine, Store,
-        WriteOp,
-    },
+    ports::{Journal, JournalError, OrderLine, OrderSummary, PlaceOrder, SetLine, Store, WriteOp},
     shard::{Shards, TakeError},
 };
 
@@ -131,6 +128,28 @@ impl CartView {
             version: cart.version,
         }
     }
+}
+
+/// What carts tell the shopper's live sockets (on every node) about.
+pub trait CartEvents: Send + Sync + 'static {
+    /// The cart changed.
+    fn cart_changed(&self, session_id: &str, cart: &CartView);
+    /// A reservation lapsed and its units went back to stock.
+    fn reservation_expired(&self, session_id: &str, sku: &str, quantity: i64);
+    /// An order was placed.
+    fn order_placed(&self, session_id: &str, order: &OrderSummary);
+    /// This node now owns the session's cart; another node's copy must stop.
+    fn cart_claimed(&self, session_id: &str);
+}
+
+/// Events that go nowhere, for tests and tools.
+pub struct NoEvents;
+
+impl CartEvents for NoEvents {
+    fn cart_changed(&self, _: &str, _: &CartView) {}
+    fn reservation_expired(&self, _: &str, _: &str, _: i64) {}
+    fn order_placed(&self, _: &str, _: &OrderSummary) {}
+    fn cart_claimed(&self, _: &str) {}
 }
 
 /// The actor.

@@ -1,6 +1,8 @@
-//! Surge's domain: a functional core of plain structs (money, stock accounting, carts)
-//! and the actors that shell it (inventory shards, carts). IO sits behind the traits
-//! in [`ports`], implemented by the `surge` crate on PostgreSQL.
+//! Surge's domain: a functional core of plain structs (money, stock accounting, carts,
+//! the Journal's batch planner, the reaper's arithmetic) and the actors that shell it
+//! (inventory shards, carts). IO sits behind traits: the Journal and the store's reads
+//! in [`ports`], live updates in [`cart_actor::CartEvents`]; the `surge` crate
+//! implements them.
 
 pub mod cart;
 pub mod cart_actor;

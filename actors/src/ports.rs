@@ -158,28 +158,6 @@ pub struct StockLevel {
     pub seq: i64,
 }
 
-/// What carts tell the shopper's live sockets (on every node) about.
-pub trait CartEvents: Send + Sync + 'static {
-    /// The cart changed.
-    fn cart_changed(&self, session_id: &str, cart: &crate::cart_actor::CartView);
-    /// A reservation lapsed and its units went back to stock.
-    fn reservation_expired(&self, session_id: &str, sku: &str, quantity: i64);
-    /// An order was placed.
-    fn order_placed(&self, session_id: &str, order: &OrderSummary);
-    /// This node now owns the session's cart; another node's copy must stop.
-    fn cart_claimed(&self, session_id: &str);
-}
-
-/// Events that go nowhere, for tests and tools.
-pub struct NoEvents;
-
-impl CartEvents for NoEvents {
-    fn cart_changed(&self, _: &str, _: &crate::cart_actor::CartView) {}
-    fn reservation_expired(&self, _: &str, _: &str, _: i64) {}
-    fn order_placed(&self, _: &str, _: &OrderSummary) {}
-    fn cart_claimed(&self, _: &str) {}
-}
-
 /// A failed read.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[error("store unavailable: {0}")]

@@ -10,8 +10,8 @@ use std::sync::{Arc, OnceLock};
 
 use actix_web::web;
 use surge_actors::{
-    cart_actor::CartView,
-    ports::{CartEvents, OrderSummary, StockLevel},
+    cart_actor::{CartEvents, CartView},
+    ports::{OrderSummary, StockLevel},
 };
 
 use self::{
