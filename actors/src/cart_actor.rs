@@ -5,6 +5,7 @@
 
 use std::{
     collections::HashMap,
+    error::Error,
     sync::{Arc, Mutex},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
@@ -17,7 +18,10 @@ use uuid::Uuid;
 use crate::{
     cart::{Cart, CartError, CartLimits},
     money::Money,
-    ports::{Journal, JournalError, OrderLine, OrderSummary, PlaceOrder, SetLine, Store, WriteOp},
+    ports::{
+        Journal, JournalError, OrderLine, OrderSummary, PlaceOrder, SetLine, Store, StoreError,
+        WriteOp,
+    },
     shard::{Shards, TakeError},
 };
 
@@ -46,16 +50,33 @@ pub enum CartFailure {
     /// The cart changed on another node; the caller should retry on a fresh actor.
     #[error("the cart changed elsewhere")]
     Stale,
-    /// PostgreSQL could not be reached; nothing changed.
-    #[error("unavailable: {0}")]
-    Unavailable(String),
+    /// Something the cart depends on could not be reached; nothing changed.
+    #[error(transparent)]
+    Unavailable(Unreachable),
+}
+
+/// What a cart could not reach, with the cause.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum Unreachable {
+    /// The cart's state could not be loaded, so the actor cannot answer.
+    #[error("cart unavailable: the cart is not loaded")]
+    NotLoaded,
+    /// The Journal did not commit the write.
+    #[error(transparent)]
+    Journal(JournalError),
+    /// The inventory shard could not get stock.
+    #[error(transparent)]
+    Stock(TakeError),
+    /// A read failed.
+    #[error(transparent)]
+    Store(StoreError),
 }
 
 impl From<JournalError> for CartFailure {
     fn from(e: JournalError) -> Self {
         match e {
             JournalError::Stale => Self::Stale,
-            other => Self::Unavailable(other.to_string()),
+            other => Self::Unavailable(Unreachable::Journal(other)),
         }
     }
 }
@@ -171,7 +192,7 @@ impl CartActor {
     fn cart(&self) -> Result<&Cart, CartFailure> {
         self.cart
             .as_ref()
-            .ok_or_else(|| CartFailure::Unavailable("the cart is not loaded".into()))
+            .ok_or(CartFailure::Unavailable(Unreachable::NotLoaded))
     }
 
     /// Schedules the next expiry check at the earliest reservation expiry.
@@ -200,7 +221,7 @@ impl CartActor {
                         act.schedule_expiry(ctx);
                     }
                     Err(err) => {
-                        tracing::warn!(%err, "could not load cart");
+                        tracing::warn!(error = &err as &dyn Error, "could not load cart");
                         ctx.stop();
                     }
                 }),
@@ -298,7 +319,9 @@ impl Handler<SetQuantity> for CartActor {
                         available: prev + available,
                     },
                     TakeError::Busy => CartFailure::Busy,
-                    TakeError::Unavailable(m) => CartFailure::Unavailable(m),
+                    e @ (TakeError::Grant(_) | TakeError::Stopped(_)) => {
+                        CartFailure::Unavailable(Unreachable::Stock(e))
+                    }
                 })?;
             }
             let op = WriteOp::SetLine(SetLine {
@@ -420,7 +443,10 @@ impl Handler<ExpireDue> for CartActor {
                 match failure {
                     Some(CartFailure::Stale) => act.reload(ctx),
                     Some(err) => {
-                        tracing::warn!(%err, "expiry not committed; retrying in a second");
+                        tracing::warn!(
+                            error = &err as &dyn Error,
+                            "expiry not committed; retrying in a second"
+                        );
                         act.expiry = Some(ctx.notify_later(ExpireDue, Duration::from_secs(1)));
                     }
                     None => act.schedule_expiry(ctx),
@@ -464,7 +490,7 @@ impl Handler<Checkout> for CartActor {
             match deps.store.order_for_key(session.clone(), key.clone()).await {
                 Ok(Some(order)) => return Ok((order, true)),
                 Ok(None) => {}
-                Err(e) => return Err(CartFailure::Unavailable(e.to_string())),
+                Err(e) => return Err(CartFailure::Unavailable(Unreachable::Store(e))),
             }
             let total = total?;
             let lines: Vec<OrderLine> = cart

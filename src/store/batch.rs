@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use surge_actors::{
-    ports::{JournalError, PlaceOrder, WriteOp, WriteOutcome},
+    ports::{JournalError, PlaceOrder, Rejection, WriteOp, WriteOutcome},
     stock::Delta,
 };
 use uuid::Uuid;
@@ -85,8 +85,14 @@ pub fn carts(ops: &[WriteOp]) -> Vec<Uuid> {
     out
 }
 
-fn rejected(msg: impl Into<String>) -> Result<WriteOutcome, JournalError> {
-    Err(JournalError::Rejected(msg.into()))
+fn rejected(why: Rejection) -> Result<WriteOutcome, JournalError> {
+    Err(JournalError::Rejected(why))
+}
+
+fn unknown(sku: &str) -> Rejection {
+    Rejection::UnknownSku {
+        sku: sku.to_owned(),
+    }
 }
 
 /// Plans `ops` in order against `locked`; each op sees the effect of the ones before it.
@@ -103,7 +109,7 @@ pub fn plan(ops: &[WriteOp], mut locked: Locked) -> Plan {
             }
             WriteOp::SetLine(l) => {
                 if !locked.available.contains_key(&l.sku) {
-                    rejected(format!("unknown sku {}", l.sku))
+                    rejected(unknown(&l.sku))
                 } else if locked.carts.get(&l.cart_id) != Some(&l.version) {
                     Err(JournalError::Stale)
                 } else {
@@ -113,8 +119,17 @@ pub fn plan(ops: &[WriteOp], mut locked: Locked) -> Plan {
                     let lease = locked.lease.get(&l.sku).copied().unwrap_or(0);
                     if current != l.prev_quantity {
                         Err(JournalError::Stale)
-                    } else if l.quantity < 0 || d > lease {
-                        rejected(format!("lease of {} cannot cover {d} units", l.sku))
+                    } else if l.quantity < 0 {
+                        rejected(Rejection::NegativeQuantity {
+                            sku: l.sku.clone(),
+                            quantity: l.quantity,
+                        })
+                    } else if d > lease {
+                        rejected(Rejection::LeaseShort {
+                            sku: l.sku.clone(),
+                            units: d,
+                            lease,
+                        })
                     } else {
                         move_units(
                             &mut p,
@@ -180,10 +195,13 @@ fn grant(
     want: i64,
 ) -> Result<WriteOutcome, JournalError> {
     let Some(&available) = locked.available.get(sku) else {
-        return rejected(format!("unknown sku {sku}"));
+        return rejected(unknown(sku));
     };
     if want < 0 {
-        return rejected("negative grant");
+        return rejected(Rejection::NegativeGrant {
+            sku: sku.to_owned(),
+            want,
+        });
     }
     let granted = want.min(available);
     move_units(p, locked, sku, Delta::grant(granted), granted);
@@ -201,12 +219,14 @@ fn return_lease(
 ) -> Result<WriteOutcome, JournalError> {
     let lease = locked.lease.get(sku).copied().unwrap_or(0);
     if !locked.available.contains_key(sku) {
-        return rejected(format!("unknown sku {sku}"));
+        return rejected(unknown(sku));
     }
     if quantity < 0 || quantity > lease {
-        return rejected(format!(
-            "cannot return {quantity} units of {sku}: the lease holds {lease}"
-        ));
+        return rejected(Rejection::ReturnExceedsLease {
+            sku: sku.to_owned(),
+            quantity,
+            lease,
+        });
     }
     move_units(p, locked, sku, Delta::give_back(quantity), -quantity);
     Ok(WriteOutcome::Done)

@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use deadpool_postgres::{Pool, Transaction};
-use surge_actors::ports::{BoxFut, Journal, JournalError, StockLevel, WriteOp, WriteOutcome};
+use surge_actors::ports::{
+    BoxFut, Cause, Journal, JournalError, StockLevel, WriteOp, WriteOutcome,
+};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
@@ -62,15 +64,9 @@ impl Journal for PgJournal {
         metrics::gauge!("journal_queue_depth").set((self.capacity - self.tx.capacity()) as f64);
         Box::pin(async move {
             match queued {
-                Ok(()) => answer.await.unwrap_or_else(|_| {
-                    Err(JournalError::Unavailable("the journal stopped".into()))
-                }),
-                Err(mpsc::error::TrySendError::Full(_)) => Err(JournalError::Unavailable(
-                    "the journal queue is full".into(),
-                )),
-                Err(mpsc::error::TrySendError::Closed(_)) => {
-                    Err(JournalError::Unavailable("the journal stopped".into()))
-                }
+                Ok(()) => answer.await.unwrap_or(Err(JournalError::Stopped)),
+                Err(mpsc::error::TrySendError::Full(_)) => Err(JournalError::QueueFull),
+                Err(mpsc::error::TrySendError::Closed(_)) => Err(JournalError::Stopped),
             }
         })
     }
@@ -128,9 +124,9 @@ async fn run(
                     writes = ops.len(),
                     "journal batch failed; nothing committed"
                 );
-                let msg = format!("{err:#}");
+                let cause = Cause::new(err);
                 for reply in replies {
-                    let _ = reply.send(Err(JournalError::Unavailable(msg.clone())));
+                    let _ = reply.send(Err(JournalError::NotCommitted(cause.clone())));
                 }
             }
         }
