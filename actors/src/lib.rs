@@ -6,6 +6,7 @@
 
 pub mod cart;
 pub mod cart_actor;
+pub mod journal_plan;
 pub mod money;
 pub mod ports;
 pub mod shard;

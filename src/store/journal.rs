@@ -2,21 +2,20 @@
 //!
 //! Callers queue a [`WriteOp`] and wait. The writer takes everything waiting (up to
 //! `max_batch`, lingering up to `max_wait` for more), locks the rows the batch touches
-//! in a fixed order, plans the batch in memory ([`super::batch`]), writes it with a
-//! fixed number of set-based statements, commits once, and only then answers every
-//! caller. An acknowledgement therefore always follows a commit.
+//! in a fixed order, plans the batch in memory ([`surge_actors::journal_plan`]),
+//! writes the plan with a fixed number of set-based statements, commits once, and only
+//! then answers every caller. An acknowledgement therefore always follows a commit.
 
 use std::time::Duration;
 
 use anyhow::Context as _;
 use deadpool_postgres::{Pool, Transaction};
-use surge_actors::ports::{
-    BoxFut, Cause, Journal, JournalError, StockLevel, WriteOp, WriteOutcome,
+use surge_actors::{
+    journal_plan::{self, Locked, Plan},
+    ports::{BoxFut, Cause, Journal, JournalError, StockLevel, WriteOp, WriteOutcome},
 };
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
-
-use super::batch::{self, Locked, Plan};
 
 /// Batching settings.
 #[derive(Debug, Clone)]
@@ -149,7 +148,7 @@ pub async fn commit(
     let mut client = pool.get().await.context("journal connection")?;
     let tx = client.transaction().await.context("begin")?;
     let locked = lock(&tx, node_id, ops).await?;
-    let plan = batch::plan(ops, locked);
+    let plan = journal_plan::plan(ops, locked);
     let levels = write(&tx, node_id, cfg, ops, &plan).await?;
     tx.commit().await.context("commit")?;
     Ok((plan.results, levels))
@@ -158,8 +157,8 @@ pub async fn commit(
 /// Locks the batch's inventory rows (sorted, so batches and the reaper never deadlock)
 /// and its carts, and reads the state the plan needs.
 async fn lock(tx: &Transaction<'_>, node_id: &str, ops: &[WriteOp]) -> anyhow::Result<Locked> {
-    let skus = batch::skus(ops);
-    let carts = batch::carts(ops);
+    let skus = journal_plan::skus(ops);
+    let carts = journal_plan::carts(ops);
     let mut locked = Locked::default();
     if !skus.is_empty() {
         let stmt = tx

@@ -2,13 +2,15 @@
 //! which writes are valid and what they change. The Journal then writes the plan with
 //! set-based SQL, so a batch of any size costs a fixed number of statements.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
-use surge_actors::{
+use uuid::Uuid;
+
+use crate::{
+    money::Currency,
     ports::{JournalError, PlaceOrder, Rejection, WriteOp, WriteOutcome},
     stock::Delta,
 };
-use uuid::Uuid;
 
 /// Rows a batch read under lock before planning.
 #[derive(Debug, Default, Clone)]
@@ -33,7 +35,7 @@ pub struct ReservationRow {
     /// Unit price.
     pub unit_price_minor: i64,
     /// Currency.
-    pub currency: String,
+    pub currency: Currency,
 }
 
 /// What a batch writes, and the answer for each op.
@@ -46,7 +48,7 @@ pub struct Plan {
     /// Net change of this node's lease row per SKU.
     pub lease: BTreeMap<String, i64>,
     /// SKUs for which this node already had a lease row when the batch began.
-    pub lease_rows: std::collections::HashSet<String>,
+    pub lease_rows: HashSet<String>,
     /// Final reservation state per (cart, SKU): `None` deletes the row.
     pub reservations: BTreeMap<(Uuid, String), Option<ReservationRow>>,
     /// New version per cart.
@@ -142,11 +144,11 @@ pub fn plan(ops: &[WriteOp], mut locked: Locked) -> Plan {
                             },
                             -d,
                         );
-                        let row = (l.quantity > 0).then(|| ReservationRow {
+                        let row = (l.quantity > 0).then_some(ReservationRow {
                             quantity: l.quantity,
                             expires_at_ms: l.expires_at_ms,
                             unit_price_minor: l.unit_price_minor,
-                            currency: l.currency.to_string(),
+                            currency: l.currency,
                         });
                         if l.quantity > 0 {
                             locked.reservations.insert(key.clone(), l.quantity);
@@ -263,10 +265,7 @@ fn place_order(p: &mut Plan, locked: &mut Locked, o: &PlaceOrder) -> Result<(), 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use surge_actors::{
-        money::Currency,
-        ports::{OrderLine, SetLine},
-    };
+    use crate::ports::{OrderLine, SetLine};
 
     fn cart() -> Uuid {
         Uuid::from_u128(7)
@@ -324,7 +323,12 @@ mod tests {
                 remaining: 0
             })
         );
-        assert!(matches!(p.results[2], Err(JournalError::Rejected(_))));
+        assert_eq!(
+            p.results[2],
+            Err(JournalError::Rejected(Rejection::UnknownSku {
+                sku: "B".into()
+            }))
+        );
         assert_eq!(p.inventory["A"], Delta::grant(4));
         assert_eq!(p.lease["A"], 4);
     }
@@ -365,7 +369,14 @@ mod tests {
         let mut l = locked(10);
         l.lease.insert("A".into(), 1);
         let p = plan(&[set_line(0, 2, 0)], l);
-        assert!(matches!(p.results[0], Err(JournalError::Rejected(_))));
+        assert_eq!(
+            p.results[0],
+            Err(JournalError::Rejected(Rejection::LeaseShort {
+                sku: "A".into(),
+                units: 2,
+                lease: 1
+            }))
+        );
     }
 
     #[test]
