@@ -266,7 +266,7 @@ pub async fn restock(
         return Err(ApiError::NotFound(format!("no sku {:?}", sku.as_str())));
     }
     let client = state.db.primary.get().await.map_err(anyhow::Error::from)?;
-    let restocked = catalog_repo::restock(&**client, &sku, body.quantity)
+    let restocked = crate::store::inventory::restock(&**client, &sku, body.quantity)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no sku {:?}", sku.as_str())))?;
     state

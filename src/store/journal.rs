@@ -17,6 +17,8 @@ use surge_actors::{
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
+use super::inventory;
+
 /// Batching settings.
 #[derive(Debug, Clone)]
 pub struct JournalConfig {
@@ -243,50 +245,9 @@ async fn write(
     ops: &[WriteOp],
     plan: &Plan,
 ) -> anyhow::Result<Vec<StockLevel>> {
-    let mut levels = Vec::new();
-    let moved: Vec<(&String, &surge_actors::stock::Delta)> = plan
-        .inventory
-        .iter()
-        .filter(|(_, d)| !d.is_zero())
-        .collect();
-    if !moved.is_empty() {
-        let skus: Vec<&str> = moved.iter().map(|(s, _)| s.as_str()).collect();
-        let col = |f: fn(&surge_actors::stock::Delta) -> i64| {
-            moved.iter().map(|(_, d)| f(d)).collect::<Vec<i64>>()
-        };
-        let (t, a, l, r, s) = (
-            col(|d| d.total),
-            col(|d| d.available),
-            col(|d| d.leased),
-            col(|d| d.reserved),
-            col(|d| d.sold),
-        );
-        let stmt = tx
-            .prepare_cached(
-                "UPDATE inventory i
-                    SET total = i.total + d.t, available = i.available + d.a, leased = i.leased + d.l,
-                        reserved = i.reserved + d.r, sold = i.sold + d.s, updated_at = now(),
-                        stock_seq = i.stock_seq + 1
-                   FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[])
-                        AS d(sku, t, a, l, r, s)
-                  WHERE i.sku = d.sku
-              RETURNING i.sku, i.available + i.leased, i.stock_seq, d.a + d.l <> 0",
-            )
-            .await?;
-        for row in tx
-            .query(&stmt, &[&skus, &t, &a, &l, &r, &s])
-            .await
-            .context("moving stock")?
-        {
-            if row.get::<_, bool>(3) {
-                levels.push(StockLevel {
-                    sku: row.get(0),
-                    available: row.get(1),
-                    seq: row.get(2),
-                });
-            }
-        }
-    }
+    let moved = inventory::apply(&**tx, &plan.inventory)
+        .await
+        .context("moving stock")?;
     let ttl_ms = i64::try_from(cfg.lease_ttl.as_millis()).unwrap_or(i64::MAX);
     // Existing rows are updated by delta; new rows (only ever created by a grant, so
     // never negative) are inserted. An INSERT ... ON CONFLICT would check the CHECK
@@ -383,7 +344,7 @@ async fn write(
     if !plan.orders.is_empty() {
         write_orders(tx, node_id, ops, &plan.orders).await?;
     }
-    Ok(levels)
+    Ok(inventory::changed_levels(&moved))
 }
 
 async fn write_orders(

@@ -4,6 +4,7 @@
 pub mod carts;
 pub mod catalog_repo;
 pub mod check;
+pub mod inventory;
 pub mod journal;
 pub mod leases;
 pub mod migrate;
