@@ -9,5 +9,6 @@ pub mod cart_actor;
 pub mod journal_plan;
 pub mod money;
 pub mod ports;
+pub mod reaper;
 pub mod shard;
 pub mod stock;
