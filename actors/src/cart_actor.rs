@@ -151,6 +151,18 @@ impl CartView {
     }
 }
 
+/// The lines of an order of `cart`: exactly its reservations, at their prices.
+pub fn order_lines(cart: &Cart) -> Vec<OrderLine> {
+    cart.lines
+        .values()
+        .map(|l| OrderLine {
+            sku: l.sku.clone(),
+            quantity: l.quantity,
+            unit_price_minor: l.unit_price.minor,
+        })
+        .collect()
+}
+
 /// What carts tell the shopper's live sockets (on every node) about.
 pub trait CartEvents: Send + Sync + 'static {
     /// The cart changed.
@@ -493,15 +505,7 @@ impl Handler<Checkout> for CartActor {
                 Err(e) => return Err(CartFailure::Unavailable(Unreachable::Store(e))),
             }
             let total = total?;
-            let lines: Vec<OrderLine> = cart
-                .lines
-                .values()
-                .map(|l| OrderLine {
-                    sku: l.sku.clone(),
-                    quantity: l.quantity,
-                    unit_price_minor: l.unit_price.minor,
-                })
-                .collect();
+            let lines = order_lines(&cart);
             let order = PlaceOrder {
                 order_id: Uuid::new_v4(),
                 cart_id: cart.id,

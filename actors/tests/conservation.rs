@@ -17,9 +17,10 @@ use std::{
 use proptest::prelude::*;
 use surge_actors::{
     cart::{Cart, CartLimits, CartLine},
+    cart_actor::order_lines,
     journal_plan::{self, Locked},
     money::{Currency, Money},
-    ports::{JournalError, OrderLine, PlaceOrder, SetLine, WriteOp, WriteOutcome},
+    ports::{JournalError, PlaceOrder, SetLine, WriteOp, WriteOutcome},
     reaper::{self, HeldReservation, LeaseRow, Scope},
     stock::{Buckets, Delta, LeasePolicy, ShardStock, Take},
 };
@@ -539,16 +540,7 @@ impl World {
             session_id: session_id(session),
             email: "a@b.c".into(),
             idempotency_key: order_id.to_string(),
-            lines: copy
-                .cart
-                .lines
-                .values()
-                .map(|l| OrderLine {
-                    sku: l.sku.clone(),
-                    quantity: l.quantity,
-                    unit_price_minor: l.unit_price.minor,
-                })
-                .collect(),
+            lines: order_lines(&copy.cart),
             total_minor: total.minor,
             currency: total.currency,
         };
@@ -682,14 +674,9 @@ impl World {
         self.run(n, work);
     }
 
-    fn tick(&mut self, n: usize) {
-        if !self.nodes[n].alive {
-            return;
-        }
-        let idle_before = u64::try_from(self.now - IDLE).unwrap_or(0);
-        let work = self.nodes[n]
-            .stock
-            .drain_idle(idle_before)
+    /// Units drained from node `n`'s memory go back to PostgreSQL in one batch.
+    fn give_back(&mut self, n: usize, drained: Vec<(String, i64)>) {
+        let work = drained
             .into_iter()
             .map(|(sku, quantity)| {
                 let op = WriteOp::ReturnLease {
@@ -700,6 +687,15 @@ impl World {
             })
             .collect();
         self.run(n, work);
+    }
+
+    fn tick(&mut self, n: usize) {
+        if !self.nodes[n].alive {
+            return;
+        }
+        let idle_before = u64::try_from(self.now - IDLE).unwrap_or(0);
+        let drained = self.nodes[n].stock.drain_idle(idle_before);
+        self.give_back(n, drained);
         for sku in self.nodes[n].stock.empty_skus() {
             let available = self.db.inventory[&sku].available;
             if available > 0 {
@@ -765,19 +761,8 @@ impl World {
             Op::Stop { node } if self.nodes[node].alive => {
                 let pending = std::mem::take(&mut self.nodes[node].pending);
                 self.run(node, pending);
-                let work = self.nodes[node]
-                    .stock
-                    .drain_all()
-                    .into_iter()
-                    .map(|(sku, quantity)| {
-                        let op = WriteOp::ReturnLease {
-                            sku: sku.clone(),
-                            quantity,
-                        };
-                        (op, Then::Return { sku, quantity })
-                    })
-                    .collect();
-                self.run(node, work);
+                let drained = self.nodes[node].stock.drain_all();
+                self.give_back(node, drained);
                 self.db.heartbeats.remove(&node_id(node));
                 self.nodes[node] = Node::new(false);
             }
@@ -813,22 +798,16 @@ impl World {
     fn check(&self) {
         for (sku, b) in &self.db.inventory {
             assert!(b.is_sound(), "{sku}: unsound row {b:?}");
-            let leased: i64 = self
-                .db
-                .leases
-                .iter()
-                .filter(|((_, s), _)| s == sku)
-                .map(|(_, (q, _))| q)
-                .sum();
-            assert_eq!(b.leased, leased, "{sku}: leased = the lease rows");
-            let reserved: i64 = self
-                .db
-                .reservations
-                .iter()
-                .filter(|((_, s), _)| s == sku)
-                .map(|(_, (q, _))| q)
-                .sum();
-            assert_eq!(b.reserved, reserved, "{sku}: reserved = the reservations");
+            assert_eq!(
+                b.leased,
+                units(&self.db.leases, sku),
+                "{sku}: leased = the lease rows"
+            );
+            assert_eq!(
+                b.reserved,
+                units(&self.db.reservations, sku),
+                "{sku}: reserved = the reservations"
+            );
             let ordered = self.db.ordered.get(sku).copied().unwrap_or(0);
             assert_eq!(b.sold, ordered, "{sku}: sold = the order lines");
         }
@@ -897,6 +876,14 @@ impl World {
             );
         }
     }
+}
+
+/// Units of `sku` in rows keyed by (owner, SKU).
+fn units<K>(rows: &BTreeMap<(K, String), (i64, i64)>, sku: &str) -> i64 {
+    rows.iter()
+        .filter(|((_, s), _)| s == sku)
+        .map(|(_, (q, _))| q)
+        .sum()
 }
 
 fn line_write(line: SetLine, session: usize, delta: i64) -> (WriteOp, Then) {

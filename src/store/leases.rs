@@ -15,7 +15,7 @@ use surge_actors::{
     ports::StockLevel,
     reaper::{self, HeldReservation, LeaseRow, Reaping},
 };
-use tokio_postgres::{Client, Transaction};
+use tokio_postgres::{types::ToSql, Client, Transaction};
 use uuid::Uuid;
 
 use super::inventory;
@@ -217,43 +217,23 @@ pub async fn reap(client: &mut Client, scope: Scope<'_>) -> anyhow::Result<Reape
 
 /// Deletes the rows a plan takes back and bumps the carts that lost a reservation.
 async fn delete(tx: &Transaction<'_>, reaping: &Reaping) -> anyhow::Result<()> {
-    if !reaping.leases.is_empty() {
-        let (nodes, skus): (Vec<&str>, Vec<&str>) = reaping
-            .leases
-            .iter()
-            .map(|(n, s)| (n.as_str(), s.as_str()))
-            .unzip();
-        let n = tx
-            .execute(
-                "DELETE FROM stock_leases l USING UNNEST($1::text[], $2::text[]) AS d(node_id, sku)
-                  WHERE l.node_id = d.node_id AND l.sku = d.sku",
-                &[&nodes, &skus],
-            )
-            .await
-            .context("deleting leases")?;
-        anyhow::ensure!(
-            n == reaping.leases.len() as u64,
-            "lease rows changed under lock"
-        );
-    }
+    delete_rows(
+        tx,
+        "DELETE FROM stock_leases l USING UNNEST($1::text[], $2::text[]) AS d(node_id, sku)
+          WHERE l.node_id = d.node_id AND l.sku = d.sku",
+        &reaping.leases,
+        "deleting leases",
+    )
+    .await?;
     if !reaping.reservations.is_empty() {
-        let (carts, skus): (Vec<Uuid>, Vec<&str>) = reaping
-            .reservations
-            .iter()
-            .map(|(c, s)| (*c, s.as_str()))
-            .unzip();
-        let n = tx
-            .execute(
-                "DELETE FROM reservations r USING UNNEST($1::uuid[], $2::text[]) AS d(cart_id, sku)
-                  WHERE r.cart_id = d.cart_id AND r.sku = d.sku",
-                &[&carts, &skus],
-            )
-            .await
-            .context("deleting expired reservations")?;
-        anyhow::ensure!(
-            n == reaping.reservations.len() as u64,
-            "reservation rows changed under lock"
-        );
+        delete_rows(
+            tx,
+            "DELETE FROM reservations r USING UNNEST($1::uuid[], $2::text[]) AS d(cart_id, sku)
+              WHERE r.cart_id = d.cart_id AND r.sku = d.sku",
+            &reaping.reservations,
+            "deleting expired reservations",
+        )
+        .await?;
         let carts: Vec<Uuid> = reaping.carts.iter().copied().collect();
         tx.execute(
             "UPDATE carts SET version = version + 1 WHERE id = ANY($1)",
@@ -262,5 +242,25 @@ async fn delete(tx: &Transaction<'_>, reaping: &Reaping) -> anyhow::Result<()> {
         .await
         .context("bumping carts")?;
     }
+    Ok(())
+}
+
+/// Deletes the rows keyed by (owner, SKU); every one must have been there, since they
+/// were read under lock.
+async fn delete_rows<K: ToSql + Sync>(
+    tx: &Transaction<'_>,
+    sql: &str,
+    keys: &[(K, String)],
+    what: &'static str,
+) -> anyhow::Result<()> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let (owners, skus): (Vec<&K>, Vec<&str>) = keys.iter().map(|(k, s)| (k, s.as_str())).unzip();
+    let deleted = tx.execute(sql, &[&owners, &skus]).await.context(what)?;
+    anyhow::ensure!(
+        deleted == keys.len() as u64,
+        "{what}: rows changed under lock"
+    );
     Ok(())
 }

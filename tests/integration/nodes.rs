@@ -197,9 +197,30 @@ async fn acknowledged_writes_survive_sigkill() {
     assert_stock_sound(&db).await;
 }
 
+/// `n` reaper passes at once, each on its own connection.
+async fn race_reapers(
+    db: &crate::common::TestDb,
+    n: usize,
+    scope: surge::store::leases::Scope<'static>,
+) -> Vec<surge::store::leases::Reaped> {
+    let reapers = (0..n).map(|_| {
+        let url = db.url.clone();
+        async move {
+            let (mut c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .expect("connect");
+            actix_web::rt::spawn(conn);
+            surge::store::leases::reap(&mut c, scope)
+                .await
+                .expect("reap")
+        }
+    });
+    futures_util::future::join_all(reapers).await
+}
+
 #[actix_web::test]
 async fn racing_reapers_return_each_unit_once() {
-    use surge::store::leases::{reap, Scope};
+    use surge::store::leases::Scope;
     let db = db_with_sku("REAP-1", 100).await;
     // Ten dead nodes, each holding an expired lease of 7 units.
     let client = db.client().await;
@@ -215,17 +236,7 @@ async fn racing_reapers_return_each_unit_once() {
         ttl: Duration::from_secs(1),
         grace: Duration::from_secs(1),
     };
-    let reapers = (0..4).map(|_| {
-        let url = db.url.clone();
-        async move {
-            let (mut c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-                .await
-                .expect("connect");
-            actix_web::rt::spawn(conn);
-            reap(&mut c, scope).await.expect("reap")
-        }
-    });
-    let passes = futures_util::future::join_all(reapers).await;
+    let passes = race_reapers(&db, 4, scope).await;
     let returned: i64 = passes.iter().map(|r| r.lease_units).sum();
     assert_eq!(returned, 70, "every unit returned exactly once: {passes:?}");
     assert_eq!(buckets(&db, "REAP-1").await, (100, 100, 0, 0, 0));
@@ -234,7 +245,7 @@ async fn racing_reapers_return_each_unit_once() {
 
 #[actix_web::test]
 async fn racing_reapers_return_orphaned_reservations_once() {
-    use surge::store::leases::{reap, Scope};
+    use surge::store::leases::Scope;
     let db = db_with_sku("ORPH-1", 10).await;
     let client = db.client().await;
     // A dead node holds an expired lease of 2 and owns a cart with an expired
@@ -263,17 +274,7 @@ async fn racing_reapers_return_orphaned_reservations_once() {
         ttl: Duration::from_secs(10),
         grace: Duration::from_secs(1),
     };
-    let reapers = (0..3).map(|_| {
-        let url = db.url.clone();
-        async move {
-            let (mut c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-                .await
-                .expect("connect");
-            actix_web::rt::spawn(conn);
-            reap(&mut c, scope).await.expect("reap")
-        }
-    });
-    let passes = futures_util::future::join_all(reapers).await;
+    let passes = race_reapers(&db, 3, scope).await;
     let leases: i64 = passes.iter().map(|r| r.lease_units).sum();
     let reservations: i64 = passes.iter().map(|r| r.reservation_units).sum();
     assert_eq!((leases, reservations), (2, 4), "each unit once: {passes:?}");
