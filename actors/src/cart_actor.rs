@@ -5,6 +5,7 @@
 
 use std::{
     collections::HashMap,
+    error::Error,
     sync::{Arc, Mutex},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
@@ -18,7 +19,7 @@ use crate::{
     cart::{Cart, CartError, CartLimits, CartLine},
     money::Money,
     ports::{
-        CartEvents, Journal, JournalError, OrderLine, OrderSummary, PlaceOrder, SetLine, Store,
+        Journal, JournalError, OrderLine, OrderSummary, PlaceOrder, SetLine, Store, StoreError,
         WriteOp,
     },
     shard::{Shards, TakeError},
@@ -49,16 +50,33 @@ pub enum CartFailure {
     /// The cart changed on another node; the caller should retry on a fresh actor.
     #[error("the cart changed elsewhere")]
     Stale,
-    /// PostgreSQL could not be reached; nothing changed.
-    #[error("unavailable: {0}")]
-    Unavailable(String),
+    /// Something the cart depends on could not be reached; nothing changed.
+    #[error(transparent)]
+    Unavailable(Unreachable),
+}
+
+/// What a cart could not reach, with the cause.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum Unreachable {
+    /// The cart's state could not be loaded, so the actor cannot answer.
+    #[error("cart unavailable: the cart is not loaded")]
+    NotLoaded,
+    /// The Journal did not commit the write.
+    #[error(transparent)]
+    Journal(JournalError),
+    /// The inventory shard could not get stock.
+    #[error(transparent)]
+    Stock(TakeError),
+    /// A read failed.
+    #[error(transparent)]
+    Store(StoreError),
 }
 
 impl From<JournalError> for CartFailure {
     fn from(e: JournalError) -> Self {
         match e {
             JournalError::Stale => Self::Stale,
-            other => Self::Unavailable(other.to_string()),
+            other => Self::Unavailable(Unreachable::Journal(other)),
         }
     }
 }
@@ -104,6 +122,40 @@ impl CartView {
     }
 }
 
+/// The lines of an order of `cart`: exactly its reservations, at their prices.
+pub fn order_lines(cart: &Cart) -> Vec<OrderLine> {
+    cart.lines
+        .values()
+        .map(|l| OrderLine {
+            sku: l.sku.clone(),
+            quantity: l.quantity,
+            unit_price_minor: l.unit_price.minor,
+        })
+        .collect()
+}
+
+/// What carts tell the shopper's live sockets (on every node) about.
+pub trait CartEvents: Send + Sync + 'static {
+    /// The cart changed.
+    fn cart_changed(&self, session_id: &str, cart: &CartView);
+    /// A reservation lapsed and its units went back to stock.
+    fn reservation_expired(&self, session_id: &str, sku: &str, quantity: i64);
+    /// An order was placed.
+    fn order_placed(&self, session_id: &str, order: &OrderSummary);
+    /// This node now owns the session's cart; another node's copy must stop.
+    fn cart_claimed(&self, session_id: &str);
+}
+
+/// Events that go nowhere, for tests and tools.
+pub struct NoEvents;
+
+impl CartEvents for NoEvents {
+    fn cart_changed(&self, _: &str, _: &CartView) {}
+    fn reservation_expired(&self, _: &str, _: &str, _: i64) {}
+    fn order_placed(&self, _: &str, _: &OrderSummary) {}
+    fn cart_claimed(&self, _: &str) {}
+}
+
 /// The actor.
 pub struct CartActor {
     session_id: String,
@@ -123,7 +175,7 @@ impl CartActor {
     fn cart(&self) -> Result<&Cart, CartFailure> {
         self.cart
             .as_ref()
-            .ok_or_else(|| CartFailure::Unavailable("the cart is not loaded".into()))
+            .ok_or(CartFailure::Unavailable(Unreachable::NotLoaded))
     }
 
     /// Schedules the next expiry check at the earliest reservation expiry.
@@ -152,7 +204,7 @@ impl CartActor {
                         act.schedule_expiry(ctx);
                     }
                     Err(err) => {
-                        tracing::warn!(%err, "could not load cart");
+                        tracing::warn!(error = &err as &dyn Error, "could not load cart");
                         ctx.stop();
                     }
                 }),
@@ -250,7 +302,9 @@ impl Handler<SetQuantity> for CartActor {
                         available: prev + available,
                     },
                     TakeError::Busy => CartFailure::Busy,
-                    TakeError::Unavailable(m) => CartFailure::Unavailable(m),
+                    e @ (TakeError::Grant(_) | TakeError::Stopped(_)) => {
+                        CartFailure::Unavailable(Unreachable::Stock(e))
+                    }
                 })?;
             }
             let op = WriteOp::SetLine(SetLine {
@@ -372,7 +426,10 @@ impl Handler<ExpireDue> for CartActor {
                 match failure {
                     Some(CartFailure::Stale) => act.reload(ctx),
                     Some(err) => {
-                        tracing::warn!(%err, "expiry not committed; retrying in a second");
+                        tracing::warn!(
+                            error = &err as &dyn Error,
+                            "expiry not committed; retrying in a second"
+                        );
                         act.expiry = Some(ctx.notify_later(ExpireDue, Duration::from_secs(1)));
                     }
                     None => act.schedule_expiry(ctx),
@@ -416,18 +473,10 @@ impl Handler<Checkout> for CartActor {
             match deps.store.order_for_key(session.clone(), key.clone()).await {
                 Ok(Some(order)) => return Ok((order, true)),
                 Ok(None) => {}
-                Err(e) => return Err(CartFailure::Unavailable(e.to_string())),
+                Err(e) => return Err(CartFailure::Unavailable(Unreachable::Store(e))),
             }
             let total = total?;
-            let lines: Vec<OrderLine> = cart
-                .lines
-                .values()
-                .map(|l| OrderLine {
-                    sku: l.sku.clone(),
-                    quantity: l.quantity,
-                    unit_price_minor: l.unit_price.minor,
-                })
-                .collect();
+            let lines = order_lines(&cart);
             let order = PlaceOrder {
                 order_id: Uuid::new_v4(),
                 cart_id: cart.id,

@@ -1,7 +1,7 @@
 //! What the actors need from the outside world, as traits: the durable Journal and the
 //! store's reads. The `surge` crate implements them on PostgreSQL.
 
-use std::{future::Future, pin::Pin};
+use std::{fmt, future::Future, pin::Pin, sync::Arc};
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -109,6 +109,94 @@ pub enum WriteOutcome {
     Done,
 }
 
+/// Why the Journal refused a write: it contradicts what PostgreSQL holds. Nothing of the
+/// write was committed; retrying the same write cannot succeed.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum Rejection {
+    /// The SKU has no inventory row.
+    #[error("unknown sku {sku}")]
+    UnknownSku {
+        /// The SKU.
+        sku: String,
+    },
+    /// A grant asked for a negative number of units.
+    #[error("negative grant of {want} units of {sku}")]
+    NegativeGrant {
+        /// The SKU.
+        sku: String,
+        /// Units asked for.
+        want: i64,
+    },
+    /// A line's new quantity is negative.
+    #[error("negative quantity {quantity} of {sku}")]
+    NegativeQuantity {
+        /// The SKU.
+        sku: String,
+        /// The quantity asked for.
+        quantity: i64,
+    },
+    /// A line wants more units than this node's lease row holds (the row was reaped,
+    /// or memory and row disagree).
+    #[error("lease of {sku} holds {lease} units and cannot cover {units}")]
+    LeaseShort {
+        /// The SKU.
+        sku: String,
+        /// Units the line needs from the lease.
+        units: i64,
+        /// Units the lease row holds.
+        lease: i64,
+    },
+    /// A return gives back more than the lease row holds, or a negative amount.
+    #[error("cannot return {quantity} units of {sku}: the lease holds {lease}")]
+    ReturnExceedsLease {
+        /// The SKU.
+        sku: String,
+        /// Units to return.
+        quantity: i64,
+        /// Units the lease row holds.
+        lease: i64,
+    },
+}
+
+/// The failure behind an error, shared by every caller it reached: one failed batch
+/// answers all of its writes with the same cause.
+#[derive(Clone)]
+pub struct Cause(Arc<dyn std::error::Error + Send + Sync>);
+
+impl Cause {
+    /// Wraps any error (an `anyhow::Error` too).
+    pub fn new(err: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Self(Arc::from(err.into()))
+    }
+}
+
+impl fmt::Debug for Cause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+impl fmt::Display for Cause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl std::error::Error for Cause {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+/// Two causes are equal only when they are the same failure.
+impl PartialEq for Cause {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for Cause {}
+
 /// Why a write was not committed.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum JournalError {
@@ -117,10 +205,16 @@ pub enum JournalError {
     Stale,
     /// The write contradicts PostgreSQL (e.g. an unknown SKU or a lost lease).
     #[error("write refused: {0}")]
-    Rejected(String),
-    /// PostgreSQL could not be reached or the queue is full; nothing was committed.
-    #[error("journal unavailable: {0}")]
-    Unavailable(String),
+    Rejected(Rejection),
+    /// Too many writes are waiting: the node sheds this one.
+    #[error("journal unavailable: the queue is full")]
+    QueueFull,
+    /// The writer has stopped (the node is shutting down).
+    #[error("journal unavailable: the writer stopped")]
+    Stopped,
+    /// The batch failed in PostgreSQL and was rolled back.
+    #[error("journal unavailable: the batch was not committed")]
+    NotCommitted(#[source] Cause),
 }
 
 /// The durable, batched writer (group commit). `write` resolves after the commit.
@@ -162,32 +256,28 @@ pub struct StockLevel {
     pub seq: i64,
 }
 
-/// What carts tell the shopper's live sockets (on every node) about.
-pub trait CartEvents: Send + Sync + 'static {
-    /// The cart changed.
-    fn cart_changed(&self, session_id: &str, cart: &crate::cart_actor::CartView);
-    /// A reservation lapsed and its units went back to stock.
-    fn reservation_expired(&self, session_id: &str, sku: &str, quantity: i64);
-    /// An order was placed.
-    fn order_placed(&self, session_id: &str, order: &OrderSummary);
-    /// This node now owns the session's cart; another node's copy must stop.
-    fn cart_claimed(&self, session_id: &str);
-}
-
-/// Events that go nowhere, for tests and tools.
-pub struct NoEvents;
-
-impl CartEvents for NoEvents {
-    fn cart_changed(&self, _: &str, _: &crate::cart_actor::CartView) {}
-    fn reservation_expired(&self, _: &str, _: &str, _: i64) {}
-    fn order_placed(&self, _: &str, _: &OrderSummary) {}
-    fn cart_claimed(&self, _: &str) {}
-}
-
-/// A failed read.
+/// Why a read failed; nothing changed and the caller may retry later.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
-#[error("store unavailable: {0}")]
-pub struct StoreError(pub String);
+pub enum StoreError {
+    /// No connection could be had (the pool is exhausted or PostgreSQL is down).
+    #[error("store unavailable: no connection")]
+    Connect(#[source] Cause),
+    /// A query failed.
+    #[error("store unavailable: the read failed")]
+    Query(#[source] Cause),
+}
+
+impl StoreError {
+    /// A pool that gave no connection.
+    pub fn connect(err: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Self::Connect(Cause::new(err))
+    }
+
+    /// A query that failed.
+    pub fn query(err: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Self::Query(Cause::new(err))
+    }
+}
 
 /// Reads the actors need from PostgreSQL.
 pub trait Store: Send + Sync + 'static {
@@ -201,4 +291,63 @@ pub trait Store: Send + Sync + 'static {
     ) -> BoxFut<Result<Option<OrderSummary>, StoreError>>;
     /// PostgreSQL's available count for each SKU.
     fn available(&self, skus: Vec<String>) -> BoxFut<Result<Vec<(String, i64)>, StoreError>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+
+    #[derive(Debug, Error)]
+    #[error("timed out")]
+    struct Timeout;
+
+    #[derive(Debug, Error)]
+    #[error("journal connection")]
+    struct Connect(#[source] Timeout);
+
+    fn chain(err: &(dyn std::error::Error + 'static)) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut next = Some(err);
+        while let Some(e) = next {
+            out.push(e.to_string());
+            next = e.source();
+        }
+        out
+    }
+
+    #[test]
+    fn a_failed_batch_keeps_its_cause_for_every_writer() {
+        let err = JournalError::NotCommitted(Cause::new(Connect(Timeout)));
+        let copy = err.clone();
+        assert_eq!(copy, err, "every writer of the batch sees the same failure");
+        assert_eq!(
+            chain(&copy),
+            [
+                "journal unavailable: the batch was not committed",
+                "journal connection",
+                "timed out"
+            ]
+        );
+        assert_ne!(
+            JournalError::NotCommitted(Cause::new(Timeout)),
+            JournalError::NotCommitted(Cause::new(Timeout)),
+            "two failures are two causes"
+        );
+    }
+
+    #[test]
+    fn rejections_say_what_was_refused() {
+        let err = JournalError::Rejected(Rejection::LeaseShort {
+            sku: "A".into(),
+            units: 3,
+            lease: 1,
+        });
+        assert_eq!(
+            err.to_string(),
+            "write refused: lease of A holds 1 units and cannot cover 3"
+        );
+        assert!(err.source().is_none());
+    }
 }

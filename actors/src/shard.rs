@@ -3,6 +3,7 @@
 //! lease chunk, to give idle units back, and now and then to recheck sold-out SKUs.
 
 use std::{
+    error::Error,
     hash::{DefaultHasher, Hash, Hasher},
     sync::{
         atomic::{AtomicUsize, Ordering},
@@ -31,9 +32,13 @@ pub enum TakeError {
     /// The shard's queue is too deep; the caller should shed the request.
     #[error("inventory shard is busy")]
     Busy,
-    /// PostgreSQL could not be reached for a lease.
-    #[error("stock unavailable: {0}")]
-    Unavailable(String),
+    /// The Journal did not commit the lease grant (PostgreSQL unreachable, or it
+    /// refused the grant).
+    #[error("stock unavailable: no lease was granted")]
+    Grant(#[source] JournalError),
+    /// The shard actor is gone (the node is stopping).
+    #[error("stock unavailable: the inventory shard stopped")]
+    Stopped(#[source] MailboxError),
 }
 
 /// Shard settings.
@@ -95,7 +100,10 @@ impl InventoryShard {
                                 }
                             }
                         }
-                        Err(err) => tracing::warn!(%err, "could not recheck sold-out SKUs"),
+                        Err(err) => tracing::warn!(
+                            error = &err as &dyn Error,
+                            "could not recheck sold-out SKUs"
+                        ),
                     }),
             );
         }
@@ -112,7 +120,7 @@ impl InventoryShard {
                 Ok(_) => metrics::counter!("lease_units_returned_total").increment(quantity.unsigned_abs()),
                 Err(err) => {
                     // Nothing was committed: the units are still ours.
-                    tracing::warn!(%err, sku = %sku, quantity, "lease return failed; keeping the units");
+                    tracing::warn!(error = &err as &dyn Error, sku = %sku, quantity, "lease return failed; keeping the units");
                     let now = act.now();
                     act.stock.sku(&sku).put(quantity, now);
                 }
@@ -165,8 +173,7 @@ impl Handler<TakeUnits> for InventoryShard {
                             act.stock.sku(&msg.sku).granted(granted, remaining);
                         }
                         Ok(WriteOutcome::Done) => {}
-                        Err(JournalError::Rejected(m)) => return Err(TakeError::Unavailable(m)),
-                        Err(err) => return Err(TakeError::Unavailable(err.to_string())),
+                        Err(err) => return Err(TakeError::Grant(err)),
                     }
                     let now = act.now();
                     match act.stock.take(&msg.sku, msg.quantity, now) {
@@ -243,7 +250,7 @@ impl Handler<ReturnAll> for InventoryShard {
                 {
                     Ok(_) => returned += quantity,
                     Err(err) => {
-                        tracing::warn!(%err, sku = %sku, "lease not returned; the reaper will");
+                        tracing::warn!(error = &err as &dyn Error, sku = %sku, "lease not returned; the reaper will");
                         failed.push((sku, quantity));
                     }
                 }
@@ -291,7 +298,7 @@ impl ShardHandle {
                 quantity,
             })
             .await
-            .unwrap_or_else(|e| Err(TakeError::Unavailable(e.to_string())))
+            .unwrap_or_else(|e| Err(TakeError::Stopped(e)))
     }
 
     /// Returns units to the lease.

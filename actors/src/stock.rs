@@ -110,6 +110,12 @@ impl Delta {
     pub fn is_zero(&self) -> bool {
         *self == Self::default()
     }
+
+    /// Change of the units a shopper can buy (see [`Buckets::sellable`]); live stock
+    /// updates are sent only when it is not zero.
+    pub fn sellable(&self) -> i64 {
+        self.available + self.leased
+    }
 }
 
 /// Why a delta was refused.
@@ -143,6 +149,11 @@ impl Buckets {
             available: n,
             ..Self::default()
         }
+    }
+
+    /// Units a shopper can buy: free in PostgreSQL plus free in some node's lease.
+    pub fn sellable(&self) -> i64 {
+        self.available + self.leased
     }
 
     /// Invariant 1: conservation, no negative term, `sold <= total`.
@@ -347,18 +358,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_movement_is_balanced() {
-        for d in [
-            Delta::grant(3),
-            Delta::give_back(3),
-            Delta::reserve(3),
-            Delta::unreserve(3),
-            Delta::reap_reservation(3),
-            Delta::sell(3),
-            Delta::restock(3),
-        ] {
+    fn each_movement_takes_from_one_bucket_and_gives_to_another() {
+        let row = |d: Delta| [d.total, d.available, d.leased, d.reserved, d.sold];
+        // [total, available, leased, reserved, sold]
+        let cases = [
+            (Delta::grant(3), [0, -3, 3, 0, 0]),
+            (Delta::give_back(3), [0, 3, -3, 0, 0]),
+            (Delta::reserve(3), [0, 0, -3, 3, 0]),
+            (Delta::unreserve(3), [0, 0, 3, -3, 0]),
+            (Delta::reap_reservation(3), [0, 3, 0, -3, 0]),
+            (Delta::sell(3), [0, 0, 0, -3, 3]),
+            (Delta::restock(3), [3, 3, 0, 0, 0]),
+        ];
+        for (d, want) in cases {
+            assert_eq!(row(d), want, "{d:?}");
             assert!(d.is_balanced(), "{d:?}");
         }
+        assert_eq!(Delta::grant(3).plus(Delta::give_back(3)), Delta::default());
+        assert_eq!(
+            Delta::reserve(3).plus(Delta::unreserve(3)),
+            Delta::default()
+        );
+        assert_eq!(
+            Delta::grant(3)
+                .plus(Delta::reserve(3))
+                .plus(Delta::reap_reservation(3)),
+            Delta::default(),
+            "a reaped reservation ends where its units began"
+        );
     }
 
     #[test]

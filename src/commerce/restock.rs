@@ -9,10 +9,7 @@ use surge_actors::{
 };
 use thiserror::Error;
 
-use crate::{
-    live::Live,
-    store::{catalog_repo, DbError},
-};
+use crate::{live::Live, store::DbError};
 
 /// Why a restock did not happen.
 #[derive(Debug, Error)]
@@ -37,9 +34,9 @@ pub async fn restock(
     shards: &Shards,
     sku: &Sku,
     quantity: i64,
-) -> Result<catalog_repo::Restocked, RestockError> {
+) -> Result<crate::store::inventory::Restocked, RestockError> {
     let client = db.get().await.map_err(DbError::from)?;
-    let restocked = catalog_repo::restock(&**client, sku.as_str(), quantity)
+    let restocked = crate::store::inventory::restock(&**client, sku.as_str(), quantity)
         .await?
         .ok_or_else(|| RestockError::UnknownSku(sku.to_string()))?;
     drop(client);

@@ -17,8 +17,8 @@ use std::sync::Arc;
 
 use deadpool_postgres::Pool;
 use surge_actors::{
-    cart_actor::CartView,
-    ports::{CartEvents, OrderSummary, StockLevel},
+    cart_actor::{CartEvents, CartView},
+    ports::{OrderSummary, StockLevel},
 };
 
 use self::{

@@ -9,6 +9,7 @@ use surge_actors::{
     money::{Currency, Money},
     ports::{BoxFut, OrderSummary, Store, StoreError},
 };
+use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
 /// [`Store`] on a connection pool.
@@ -25,17 +26,14 @@ impl PgStore {
     }
 }
 
-fn store_err(e: anyhow::Error) -> StoreError {
-    StoreError(format!("{e:#}"))
-}
-
 impl Store for PgStore {
     fn claim_cart(&self, session_id: String) -> BoxFut<Result<Cart, StoreError>> {
         let (pool, node) = (self.pool.clone(), self.node_id.clone());
         Box::pin(async move {
-            claim_cart(&pool, &node, &session_id)
+            let client = pool.get().await.map_err(StoreError::connect)?;
+            claim_cart(&**client, &node, &session_id)
                 .await
-                .map_err(store_err)
+                .map_err(StoreError::query)
         })
     }
 
@@ -46,19 +44,19 @@ impl Store for PgStore {
     ) -> BoxFut<Result<Option<OrderSummary>, StoreError>> {
         let pool = self.pool.clone();
         Box::pin(async move {
-            let client = pool.get().await.map_err(|e| StoreError(e.to_string()))?;
+            let client = pool.get().await.map_err(StoreError::connect)?;
             let row = client
                 .query_opt(
                     "SELECT order_id FROM idempotency_keys WHERE session_id = $1 AND key = $2",
                     &[&session_id, &key],
                 )
                 .await
-                .map_err(|e| StoreError(e.to_string()))?;
+                .map_err(StoreError::query)?;
             match row {
                 None => Ok(None),
                 Some(r) => super::orders::find(&**client, r.get(0), &session_id)
                     .await
-                    .map_err(|e| store_err(e.into())),
+                    .map_err(StoreError::query),
             }
         })
     }
@@ -66,14 +64,14 @@ impl Store for PgStore {
     fn available(&self, skus: Vec<String>) -> BoxFut<Result<Vec<(String, i64)>, StoreError>> {
         let pool = self.pool.clone();
         Box::pin(async move {
-            let client = pool.get().await.map_err(|e| StoreError(e.to_string()))?;
+            let client = pool.get().await.map_err(StoreError::connect)?;
             let rows = client
                 .query(
                     "SELECT sku, available FROM inventory WHERE sku = ANY($1)",
                     &[&skus],
                 )
                 .await
-                .map_err(|e| StoreError(e.to_string()))?;
+                .map_err(StoreError::query)?;
             Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
         })
     }
@@ -81,8 +79,11 @@ impl Store for PgStore {
 
 /// Makes this node the owner of the session's cart (creating it) and loads its lines.
 /// The version rises, so writes still in flight from a previous owner are refused.
-async fn claim_cart(pool: &Pool, node: &str, session_id: &str) -> anyhow::Result<Cart> {
-    let client = pool.get().await.context("connection")?;
+async fn claim_cart(
+    client: &impl GenericClient,
+    node: &str,
+    session_id: &str,
+) -> anyhow::Result<Cart> {
     let row = client
         .query_one(
             "INSERT INTO carts (id, session_id, owner_node) VALUES ($1, $2, $3)

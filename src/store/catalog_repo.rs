@@ -1,4 +1,5 @@
-//! Catalog and inventory queries: the full catalog load, the admin upsert and restock.
+//! Catalog queries: the full catalog load and the admin upsert. Stock changes live in
+//! [`super::inventory`].
 
 use std::collections::BTreeMap;
 
@@ -202,41 +203,4 @@ pub async fn upsert_product(
     } else {
         Upserted::Updated
     })
-}
-
-/// Stock of one SKU after a restock.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Restocked {
-    /// Units ever stocked.
-    pub total: i64,
-    /// Units in PostgreSQL not leased to any node.
-    pub available: i64,
-    /// Units a shopper can buy now (available plus unreserved leases).
-    pub sellable: i64,
-    /// The row's change counter after the restock.
-    pub seq: i64,
-}
-
-/// Adds `quantity` units to a SKU's total and available; `None` when the SKU is unknown.
-pub async fn restock(
-    client: &impl GenericClient,
-    sku: &str,
-    quantity: i64,
-) -> anyhow::Result<Option<Restocked>> {
-    let row = client
-        .query_opt(
-            "UPDATE inventory SET total = total + $2, available = available + $2, updated_at = now(),
-                    stock_seq = stock_seq + 1
-              WHERE sku = $1
-          RETURNING total, available, available + leased, stock_seq",
-            &[&sku, &quantity],
-        )
-        .await
-        .context("restocking")?;
-    Ok(row.map(|r| Restocked {
-        total: r.get(0),
-        available: r.get(1),
-        sellable: r.get(2),
-        seq: r.get(3),
-    }))
 }

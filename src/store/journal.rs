@@ -2,19 +2,22 @@
 //!
 //! Callers queue a [`WriteOp`] and wait. The writer takes everything waiting (up to
 //! `max_batch`, lingering up to `max_wait` for more), locks the rows the batch touches
-//! in a fixed order, plans the batch in memory ([`super::batch`]), writes it with a
-//! fixed number of set-based statements, commits once, and only then answers every
-//! caller. An acknowledgement therefore always follows a commit.
+//! in a fixed order, plans the batch in memory ([`surge_actors::journal_plan`]),
+//! writes the plan with a fixed number of set-based statements, commits once, and only
+//! then answers every caller. An acknowledgement therefore always follows a commit.
 
 use std::time::Duration;
 
 use anyhow::Context as _;
 use deadpool_postgres::{Pool, Transaction};
-use surge_actors::ports::{BoxFut, Journal, JournalError, StockLevel, WriteOp, WriteOutcome};
+use surge_actors::{
+    journal_plan::{self, Locked, Plan},
+    ports::{BoxFut, Cause, Journal, JournalError, StockLevel, WriteOp, WriteOutcome},
+};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use super::batch::{self, Locked, Plan};
+use super::inventory;
 
 /// Batching settings.
 #[derive(Debug, Clone)]
@@ -62,15 +65,9 @@ impl Journal for PgJournal {
         metrics::gauge!("journal_queue_depth").set((self.capacity - self.tx.capacity()) as f64);
         Box::pin(async move {
             match queued {
-                Ok(()) => answer.await.unwrap_or_else(|_| {
-                    Err(JournalError::Unavailable("the journal stopped".into()))
-                }),
-                Err(mpsc::error::TrySendError::Full(_)) => Err(JournalError::Unavailable(
-                    "the journal queue is full".into(),
-                )),
-                Err(mpsc::error::TrySendError::Closed(_)) => {
-                    Err(JournalError::Unavailable("the journal stopped".into()))
-                }
+                Ok(()) => answer.await.unwrap_or(Err(JournalError::Stopped)),
+                Err(mpsc::error::TrySendError::Full(_)) => Err(JournalError::QueueFull),
+                Err(mpsc::error::TrySendError::Closed(_)) => Err(JournalError::Stopped),
             }
         })
     }
@@ -128,9 +125,9 @@ async fn run(
                     writes = ops.len(),
                     "journal batch failed; nothing committed"
                 );
-                let msg = format!("{err:#}");
+                let cause = Cause::new(err);
                 for reply in replies {
-                    let _ = reply.send(Err(JournalError::Unavailable(msg.clone())));
+                    let _ = reply.send(Err(JournalError::NotCommitted(cause.clone())));
                 }
             }
         }
@@ -153,7 +150,7 @@ pub async fn commit(
     let mut client = pool.get().await.context("journal connection")?;
     let tx = client.transaction().await.context("begin")?;
     let locked = lock(&tx, node_id, ops).await?;
-    let plan = batch::plan(ops, locked);
+    let plan = journal_plan::plan(ops, locked);
     let levels = write(&tx, node_id, cfg, ops, &plan).await?;
     tx.commit().await.context("commit")?;
     Ok((plan.results, levels))
@@ -162,8 +159,8 @@ pub async fn commit(
 /// Locks the batch's inventory rows (sorted, so batches and the reaper never deadlock)
 /// and its carts, and reads the state the plan needs.
 async fn lock(tx: &Transaction<'_>, node_id: &str, ops: &[WriteOp]) -> anyhow::Result<Locked> {
-    let skus = batch::skus(ops);
-    let carts = batch::carts(ops);
+    let skus = journal_plan::skus(ops);
+    let carts = journal_plan::carts(ops);
     let mut locked = Locked::default();
     if !skus.is_empty() {
         let stmt = tx
@@ -248,50 +245,9 @@ async fn write(
     ops: &[WriteOp],
     plan: &Plan,
 ) -> anyhow::Result<Vec<StockLevel>> {
-    let mut levels = Vec::new();
-    let moved: Vec<(&String, &surge_actors::stock::Delta)> = plan
-        .inventory
-        .iter()
-        .filter(|(_, d)| !d.is_zero())
-        .collect();
-    if !moved.is_empty() {
-        let skus: Vec<&str> = moved.iter().map(|(s, _)| s.as_str()).collect();
-        let col = |f: fn(&surge_actors::stock::Delta) -> i64| {
-            moved.iter().map(|(_, d)| f(d)).collect::<Vec<i64>>()
-        };
-        let (t, a, l, r, s) = (
-            col(|d| d.total),
-            col(|d| d.available),
-            col(|d| d.leased),
-            col(|d| d.reserved),
-            col(|d| d.sold),
-        );
-        let stmt = tx
-            .prepare_cached(
-                "UPDATE inventory i
-                    SET total = i.total + d.t, available = i.available + d.a, leased = i.leased + d.l,
-                        reserved = i.reserved + d.r, sold = i.sold + d.s, updated_at = now(),
-                        stock_seq = i.stock_seq + 1
-                   FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[])
-                        AS d(sku, t, a, l, r, s)
-                  WHERE i.sku = d.sku
-              RETURNING i.sku, i.available + i.leased, i.stock_seq, d.a + d.l <> 0",
-            )
-            .await?;
-        for row in tx
-            .query(&stmt, &[&skus, &t, &a, &l, &r, &s])
-            .await
-            .context("moving stock")?
-        {
-            if row.get::<_, bool>(3) {
-                levels.push(StockLevel {
-                    sku: row.get(0),
-                    available: row.get(1),
-                    seq: row.get(2),
-                });
-            }
-        }
-    }
+    let moved = inventory::apply(&**tx, &plan.inventory)
+        .await
+        .context("moving stock")?;
     let ttl_ms = i64::try_from(cfg.lease_ttl.as_millis()).unwrap_or(i64::MAX);
     // Existing rows are updated by delta; new rows (only ever created by a grant, so
     // never negative) are inserted. An INSERT ... ON CONFLICT would check the CHECK
@@ -388,7 +344,7 @@ async fn write(
     if !plan.orders.is_empty() {
         write_orders(tx, node_id, ops, &plan.orders).await?;
     }
-    Ok(levels)
+    Ok(inventory::changed_levels(&moved))
 }
 
 async fn write_orders(

@@ -4,13 +4,21 @@
 //! which runs on every node, returns the expired leases of dead nodes, and the expired
 //! reservations of carts whose owner is dead, to `available` in one transaction. It
 //! locks inventory rows first, in SKU order, like the Journal, so two reapers (or a
-//! reaper and a batch) serialise instead of double-counting or deadlocking.
+//! reaper and a batch) serialise instead of double-counting or deadlocking. What goes
+//! back is decided by the domain core ([`surge_actors::reaper`]).
 
 use std::time::Duration;
 
 use anyhow::Context as _;
-use surge_actors::ports::StockLevel;
-use tokio_postgres::Client;
+pub use surge_actors::reaper::Scope;
+use surge_actors::{
+    ports::StockLevel,
+    reaper::{self, HeldReservation, LeaseRow, Reaping},
+};
+use tokio_postgres::{types::ToSql, Client, Transaction};
+use uuid::Uuid;
+
+use super::inventory;
 
 fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
@@ -88,29 +96,18 @@ pub struct Reaped {
     pub levels: Vec<StockLevel>,
 }
 
-/// Which leases a pass takes back.
-#[derive(Debug, Clone, Copy)]
-pub enum Scope<'a> {
-    /// Expired leases of dead nodes, and expired reservations of their carts.
-    Dead {
-        /// A node is dead when its heartbeat is older than this.
-        ttl: Duration,
-        /// Reservations are reaped this long after they expire.
-        grace: Duration,
-    },
-    /// Every lease of this node: run at startup, before this node leases anything, to
-    /// recover what a previous process with the same id left behind.
-    Own(&'a str),
-}
-
 /// One reaper pass in one transaction; safe to run on many nodes at once.
+///
+/// It locks the inventory rows of every SKU with something to take back, reads the
+/// lease and reservation rows of those SKUs, lets [`reaper::plan`] decide what goes
+/// back, then deletes exactly those rows and applies the movement.
 pub async fn reap(client: &mut Client, scope: Scope<'_>) -> anyhow::Result<Reaped> {
     let tx = client.transaction().await.context("begin")?;
-    let (node, ttl, grace) = match scope {
-        Scope::Dead { ttl, grace } => (String::new(), millis(ttl), millis(grace)),
-        Scope::Own(node) => (node.to_owned(), 0, 0),
+    let (own, node, ttl, grace) = match scope {
+        Scope::Dead { ttl, grace } => (false, "", millis(ttl), millis(grace)),
+        Scope::Own(node) => (true, node, 0, 0),
     };
-    let own = !node.is_empty();
+    // A cheap, unlocked look for candidates; the plan decides on the locked rows.
     let skus: Vec<String> = tx
         .query(
             "SELECT sku FROM stock_leases
@@ -131,72 +128,78 @@ pub async fn reap(client: &mut Client, scope: Scope<'_>) -> anyhow::Result<Reape
         tx.commit().await?;
         return Ok(Reaped::default());
     }
+    // Inventory first, in SKU order, like the Journal: the Journal changes lease and
+    // reservation rows only under these locks.
     tx.execute(
         "SELECT 1 FROM inventory WHERE sku = ANY($1) ORDER BY sku FOR UPDATE",
         &[&skus],
     )
     .await
     .context("locking inventory")?;
-    let leases = tx
-        .query(
-            "WITH gone AS (
-                DELETE FROM stock_leases
-                 WHERE sku = ANY($1) AND CASE WHEN $2 THEN node_id = $3 ELSE expires_at < now() END
-             RETURNING sku, quantity)
-             SELECT sku, SUM(quantity)::bigint FROM gone GROUP BY sku",
-            &[&skus, &own, &node],
+    let now_ms: i64 = tx
+        .query_one(
+            "SELECT floor(extract(epoch FROM now()) * 1000)::bigint",
+            &[],
         )
         .await
-        .context("deleting leases")?;
-    let reservations = if own {
+        .context("reading the time")?
+        .get(0);
+    // Heartbeats renew lease rows without the inventory lock: lock the rows themselves.
+    let leases: Vec<LeaseRow> = tx
+        .query(
+            "SELECT node_id, sku, quantity, floor(extract(epoch FROM expires_at) * 1000)::bigint
+               FROM stock_leases WHERE sku = ANY($1) ORDER BY sku, node_id FOR UPDATE",
+            &[&skus],
+        )
+        .await
+        .context("reading leases")?
+        .iter()
+        .map(|r| LeaseRow {
+            node_id: r.get(0),
+            sku: r.get(1),
+            quantity: r.get(2),
+            expires_at_ms: r.get(3),
+        })
+        .collect();
+    let reservations: Vec<HeldReservation> = if own {
         Vec::new()
     } else {
+        // Only expired reservations can go back; the plan applies the grace and the
+        // owner's liveness.
         tx.query(
-            "WITH gone AS (
-                DELETE FROM reservations r USING carts c
-                 WHERE r.cart_id = c.id AND r.sku = ANY($1)
-                   AND r.expires_at < now() - $3::bigint * interval '1 millisecond'
-                   AND NOT EXISTS (SELECT 1 FROM nodes n WHERE n.node_id = c.owner_node
-                                      AND n.heartbeat_at >= now() - $2::bigint * interval '1 millisecond')
-             RETURNING r.cart_id, r.sku, r.quantity),
-             bumped AS (UPDATE carts SET version = version + 1 WHERE id IN (SELECT cart_id FROM gone))
-             SELECT sku, SUM(quantity)::bigint FROM gone GROUP BY sku",
-            &[&skus, &ttl, &grace],
+            "SELECT r.cart_id, r.sku, r.quantity, floor(extract(epoch FROM r.expires_at) * 1000)::bigint,
+                    floor(extract(epoch FROM n.heartbeat_at) * 1000)::bigint
+               FROM reservations r JOIN carts c ON c.id = r.cart_id
+               LEFT JOIN nodes n ON n.node_id = c.owner_node
+              WHERE r.sku = ANY($1) AND r.expires_at < now()",
+            &[&skus],
         )
         .await
-        .context("deleting expired reservations")?
-    };
-    let mut moved: std::collections::BTreeMap<String, (i64, i64)> = Default::default();
-    for r in &leases {
-        moved.entry(r.get(0)).or_default().0 += r.get::<_, i64>(1);
-    }
-    for r in &reservations {
-        moved.entry(r.get(0)).or_default().1 += r.get::<_, i64>(1);
-    }
-    let skus: Vec<&str> = moved.keys().map(String::as_str).collect();
-    let lease_q: Vec<i64> = moved.values().map(|v| v.0).collect();
-    let res_q: Vec<i64> = moved.values().map(|v| v.1).collect();
-    let levels = tx
-        .query(
-            "UPDATE inventory i
-                SET available = i.available + d.l + d.r, leased = i.leased - d.l, reserved = i.reserved - d.r,
-                    updated_at = now(), stock_seq = i.stock_seq + 1
-               FROM UNNEST($1::text[], $2::bigint[], $3::bigint[]) AS d(sku, l, r)
-              WHERE i.sku = d.sku
-          RETURNING i.sku, i.available + i.leased, i.stock_seq, d.r <> 0",
-            &[&skus, &lease_q, &res_q],
-        )
-        .await
-        .context("returning stock")?
+        .context("reading expired reservations")?
         .iter()
-        .filter(|r| r.get::<_, bool>(3))
-        .map(|r| StockLevel { sku: r.get(0), available: r.get(1), seq: r.get(2) })
-        .collect();
+        .map(|r| HeldReservation {
+            cart_id: r.get(0),
+            sku: r.get(1),
+            quantity: r.get(2),
+            expires_at_ms: r.get(3),
+            owner_heartbeat_ms: r.get(4),
+        })
+        .collect()
+    };
+    let reaping = reaper::plan(scope, now_ms, &leases, &reservations);
+    if reaping.is_empty() {
+        tx.commit().await?;
+        return Ok(Reaped::default());
+    }
+    delete(&tx, &reaping).await?;
+    let moved = inventory::apply(&tx, &reaping.inventory)
+        .await
+        .context("returning stock")?;
     tx.commit().await.context("commit")?;
     let reaped = Reaped {
-        lease_units: lease_q.iter().sum(),
-        reservation_units: res_q.iter().sum(),
-        levels,
+        lease_units: reaping.lease_units,
+        reservation_units: reaping.reservation_units,
+        levels: inventory::changed_levels(&moved),
     };
     if reaped.lease_units + reaped.reservation_units > 0 {
         tracing::info!(
@@ -210,4 +213,54 @@ pub async fn reap(client: &mut Client, scope: Scope<'_>) -> anyhow::Result<Reape
             .increment(reaped.reservation_units.unsigned_abs());
     }
     Ok(reaped)
+}
+
+/// Deletes the rows a plan takes back and bumps the carts that lost a reservation.
+async fn delete(tx: &Transaction<'_>, reaping: &Reaping) -> anyhow::Result<()> {
+    delete_rows(
+        tx,
+        "DELETE FROM stock_leases l USING UNNEST($1::text[], $2::text[]) AS d(node_id, sku)
+          WHERE l.node_id = d.node_id AND l.sku = d.sku",
+        &reaping.leases,
+        "deleting leases",
+    )
+    .await?;
+    if !reaping.reservations.is_empty() {
+        delete_rows(
+            tx,
+            "DELETE FROM reservations r USING UNNEST($1::uuid[], $2::text[]) AS d(cart_id, sku)
+              WHERE r.cart_id = d.cart_id AND r.sku = d.sku",
+            &reaping.reservations,
+            "deleting expired reservations",
+        )
+        .await?;
+        let carts: Vec<Uuid> = reaping.carts.iter().copied().collect();
+        tx.execute(
+            "UPDATE carts SET version = version + 1 WHERE id = ANY($1)",
+            &[&carts],
+        )
+        .await
+        .context("bumping carts")?;
+    }
+    Ok(())
+}
+
+/// Deletes the rows keyed by (owner, SKU); every one must have been there, since they
+/// were read under lock.
+async fn delete_rows<K: ToSql + Sync>(
+    tx: &Transaction<'_>,
+    sql: &str,
+    keys: &[(K, String)],
+    what: &'static str,
+) -> anyhow::Result<()> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let (owners, skus): (Vec<&K>, Vec<&str>) = keys.iter().map(|(k, s)| (k, s.as_str())).unzip();
+    let deleted = tx.execute(sql, &[&owners, &skus]).await.context(what)?;
+    anyhow::ensure!(
+        deleted == keys.len() as u64,
+        "{what}: rows changed under lock"
+    );
+    Ok(())
 }

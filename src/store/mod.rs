@@ -1,7 +1,6 @@
 //! Everything that talks to PostgreSQL: pools, migrations, catalog queries, demo data
 //! and the stock check.
 
-pub mod batch;
 pub mod campaigns;
 pub mod carts;
 pub mod catalog_repo;

@@ -197,9 +197,30 @@ async fn acknowledged_writes_survive_sigkill() {
     assert_stock_sound(&db).await;
 }
 
+/// `n` reaper passes at once, each on its own connection.
+async fn race_reapers(
+    db: &crate::common::TestDb,
+    n: usize,
+    scope: surge::store::leases::Scope<'static>,
+) -> Vec<surge::store::leases::Reaped> {
+    let reapers = (0..n).map(|_| {
+        let url = db.url.clone();
+        async move {
+            let (mut c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .expect("connect");
+            actix_web::rt::spawn(conn);
+            surge::store::leases::reap(&mut c, scope)
+                .await
+                .expect("reap")
+        }
+    });
+    futures_util::future::join_all(reapers).await
+}
+
 #[actix_web::test]
 async fn racing_reapers_return_each_unit_once() {
-    use surge::store::leases::{reap, Scope};
+    use surge::store::leases::Scope;
     let db = db_with_sku("REAP-1", 100).await;
     // Ten dead nodes, each holding an expired lease of 7 units.
     let client = db.client().await;
@@ -215,20 +236,75 @@ async fn racing_reapers_return_each_unit_once() {
         ttl: Duration::from_secs(1),
         grace: Duration::from_secs(1),
     };
-    let reapers = (0..4).map(|_| {
-        let url = db.url.clone();
-        async move {
-            let (mut c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-                .await
-                .expect("connect");
-            actix_web::rt::spawn(conn);
-            reap(&mut c, scope).await.expect("reap")
-        }
-    });
-    let passes = futures_util::future::join_all(reapers).await;
+    let passes = race_reapers(&db, 4, scope).await;
     let returned: i64 = passes.iter().map(|r| r.lease_units).sum();
     assert_eq!(returned, 70, "every unit returned exactly once: {passes:?}");
     assert_eq!(buckets(&db, "REAP-1").await, (100, 100, 0, 0, 0));
+    assert_stock_sound(&db).await;
+}
+
+#[actix_web::test]
+async fn racing_reapers_return_orphaned_reservations_once() {
+    use surge::store::leases::Scope;
+    let db = db_with_sku("ORPH-1", 10).await;
+    let client = db.client().await;
+    // A dead node holds an expired lease of 2 and owns a cart with an expired
+    // reservation of 4 and a fresh one of 1; a live node owns a cart whose
+    // reservation of 2 has expired too (its own expiry will release it).
+    client
+        .batch_execute(
+            "UPDATE inventory SET available = 1, leased = 2, reserved = 7 WHERE sku = 'ORPH-1';
+             INSERT INTO nodes (node_id, heartbeat_at) VALUES
+                 ('dead-a', now() - interval '1 minute'), ('live-b', now());
+             INSERT INTO stock_leases (node_id, sku, quantity, expires_at)
+                 VALUES ('dead-a', 'ORPH-1', 2, now() - interval '1 minute');
+             INSERT INTO carts (id, session_id, owner_node, version) VALUES
+                 ('00000000-0000-0000-0000-00000000000a', 's-dead', 'dead-a', 3),
+                 ('00000000-0000-0000-0000-00000000000b', 's-live', 'live-b', 5),
+                 ('00000000-0000-0000-0000-00000000000c', 's-fresh', 'dead-a', 1);
+             INSERT INTO reservations (cart_id, sku, quantity, node_id, expires_at, unit_price_minor, currency)
+             VALUES ('00000000-0000-0000-0000-00000000000a', 'ORPH-1', 4, 'dead-a', now() - interval '1 minute', 100, 'EUR'),
+                    ('00000000-0000-0000-0000-00000000000b', 'ORPH-1', 2, 'live-b', now() - interval '1 minute', 100, 'EUR'),
+                    ('00000000-0000-0000-0000-00000000000c', 'ORPH-1', 1, 'dead-a', now() + interval '1 hour', 100, 'EUR');",
+        )
+        .await
+        .expect("orphans");
+    assert_stock_sound(&db).await;
+    let scope = Scope::Dead {
+        ttl: Duration::from_secs(10),
+        grace: Duration::from_secs(1),
+    };
+    let passes = race_reapers(&db, 3, scope).await;
+    let leases: i64 = passes.iter().map(|r| r.lease_units).sum();
+    let reservations: i64 = passes.iter().map(|r| r.reservation_units).sum();
+    assert_eq!((leases, reservations), (2, 4), "each unit once: {passes:?}");
+    let levels: Vec<_> = passes.iter().flat_map(|r| r.levels.iter()).collect();
+    assert_eq!(
+        levels.len(),
+        1,
+        "one pass changed the sellable count: {levels:?}"
+    );
+    assert_eq!((levels[0].sku.as_str(), levels[0].available), ("ORPH-1", 7));
+    assert_eq!(buckets(&db, "ORPH-1").await, (10, 7, 0, 3, 0));
+    let versions: Vec<(String, i64)> = client
+        .query(
+            "SELECT session_id, version FROM carts ORDER BY session_id",
+            &[],
+        )
+        .await
+        .expect("carts")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        versions,
+        [
+            ("s-dead".to_owned(), 4),
+            ("s-fresh".to_owned(), 1),
+            ("s-live".to_owned(), 5)
+        ],
+        "only the reaped cart moves on"
+    );
     assert_stock_sound(&db).await;
 }
 

@@ -2,13 +2,15 @@
 //! which writes are valid and what they change. The Journal then writes the plan with
 //! set-based SQL, so a batch of any size costs a fixed number of statements.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
-use surge_actors::{
-    ports::{JournalError, PlaceOrder, WriteOp, WriteOutcome},
+use uuid::Uuid;
+
+use crate::{
+    money::Currency,
+    ports::{JournalError, PlaceOrder, Rejection, WriteOp, WriteOutcome},
     stock::Delta,
 };
-use uuid::Uuid;
 
 /// Rows a batch read under lock before planning.
 #[derive(Debug, Default, Clone)]
@@ -33,7 +35,7 @@ pub struct ReservationRow {
     /// Unit price.
     pub unit_price_minor: i64,
     /// Currency.
-    pub currency: String,
+    pub currency: Currency,
 }
 
 /// What a batch writes, and the answer for each op.
@@ -46,7 +48,7 @@ pub struct Plan {
     /// Net change of this node's lease row per SKU.
     pub lease: BTreeMap<String, i64>,
     /// SKUs for which this node already had a lease row when the batch began.
-    pub lease_rows: std::collections::HashSet<String>,
+    pub lease_rows: HashSet<String>,
     /// Final reservation state per (cart, SKU): `None` deletes the row.
     pub reservations: BTreeMap<(Uuid, String), Option<ReservationRow>>,
     /// New version per cart.
@@ -85,8 +87,14 @@ pub fn carts(ops: &[WriteOp]) -> Vec<Uuid> {
     out
 }
 
-fn rejected(msg: impl Into<String>) -> Result<WriteOutcome, JournalError> {
-    Err(JournalError::Rejected(msg.into()))
+fn rejected(why: Rejection) -> Result<WriteOutcome, JournalError> {
+    Err(JournalError::Rejected(why))
+}
+
+fn unknown(sku: &str) -> Rejection {
+    Rejection::UnknownSku {
+        sku: sku.to_owned(),
+    }
 }
 
 /// Plans `ops` in order against `locked`; each op sees the effect of the ones before it.
@@ -103,7 +111,7 @@ pub fn plan(ops: &[WriteOp], mut locked: Locked) -> Plan {
             }
             WriteOp::SetLine(l) => {
                 if !locked.available.contains_key(&l.sku) {
-                    rejected(format!("unknown sku {}", l.sku))
+                    rejected(unknown(&l.sku))
                 } else if locked.carts.get(&l.cart_id) != Some(&l.version) {
                     Err(JournalError::Stale)
                 } else {
@@ -113,8 +121,17 @@ pub fn plan(ops: &[WriteOp], mut locked: Locked) -> Plan {
                     let lease = locked.lease.get(&l.sku).copied().unwrap_or(0);
                     if current != l.prev_quantity {
                         Err(JournalError::Stale)
-                    } else if l.quantity < 0 || d > lease {
-                        rejected(format!("lease of {} cannot cover {d} units", l.sku))
+                    } else if l.quantity < 0 {
+                        rejected(Rejection::NegativeQuantity {
+                            sku: l.sku.clone(),
+                            quantity: l.quantity,
+                        })
+                    } else if d > lease {
+                        rejected(Rejection::LeaseShort {
+                            sku: l.sku.clone(),
+                            units: d,
+                            lease,
+                        })
                     } else {
                         move_units(
                             &mut p,
@@ -127,11 +144,11 @@ pub fn plan(ops: &[WriteOp], mut locked: Locked) -> Plan {
                             },
                             -d,
                         );
-                        let row = (l.quantity > 0).then(|| ReservationRow {
+                        let row = (l.quantity > 0).then_some(ReservationRow {
                             quantity: l.quantity,
                             expires_at_ms: l.expires_at_ms,
                             unit_price_minor: l.unit_price_minor,
-                            currency: l.currency.to_string(),
+                            currency: l.currency,
                         });
                         if l.quantity > 0 {
                             locked.reservations.insert(key.clone(), l.quantity);
@@ -180,10 +197,13 @@ fn grant(
     want: i64,
 ) -> Result<WriteOutcome, JournalError> {
     let Some(&available) = locked.available.get(sku) else {
-        return rejected(format!("unknown sku {sku}"));
+        return rejected(unknown(sku));
     };
     if want < 0 {
-        return rejected("negative grant");
+        return rejected(Rejection::NegativeGrant {
+            sku: sku.to_owned(),
+            want,
+        });
     }
     let granted = want.min(available);
     move_units(p, locked, sku, Delta::grant(granted), granted);
@@ -201,12 +221,14 @@ fn return_lease(
 ) -> Result<WriteOutcome, JournalError> {
     let lease = locked.lease.get(sku).copied().unwrap_or(0);
     if !locked.available.contains_key(sku) {
-        return rejected(format!("unknown sku {sku}"));
+        return rejected(unknown(sku));
     }
     if quantity < 0 || quantity > lease {
-        return rejected(format!(
-            "cannot return {quantity} units of {sku}: the lease holds {lease}"
-        ));
+        return rejected(Rejection::ReturnExceedsLease {
+            sku: sku.to_owned(),
+            quantity,
+            lease,
+        });
     }
     move_units(p, locked, sku, Delta::give_back(quantity), -quantity);
     Ok(WriteOutcome::Done)
@@ -243,10 +265,7 @@ fn place_order(p: &mut Plan, locked: &mut Locked, o: &PlaceOrder) -> Result<(), 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use surge_actors::{
-        money::Currency,
-        ports::{OrderLine, SetLine},
-    };
+    use crate::ports::{OrderLine, SetLine};
 
     fn cart() -> Uuid {
         Uuid::from_u128(7)
@@ -304,7 +323,12 @@ mod tests {
                 remaining: 0
             })
         );
-        assert!(matches!(p.results[2], Err(JournalError::Rejected(_))));
+        assert_eq!(
+            p.results[2],
+            Err(JournalError::Rejected(Rejection::UnknownSku {
+                sku: "B".into()
+            }))
+        );
         assert_eq!(p.inventory["A"], Delta::grant(4));
         assert_eq!(p.lease["A"], 4);
     }
@@ -345,7 +369,14 @@ mod tests {
         let mut l = locked(10);
         l.lease.insert("A".into(), 1);
         let p = plan(&[set_line(0, 2, 0)], l);
-        assert!(matches!(p.results[0], Err(JournalError::Rejected(_))));
+        assert_eq!(
+            p.results[0],
+            Err(JournalError::Rejected(Rejection::LeaseShort {
+                sku: "A".into(),
+                units: 2,
+                lease: 1
+            }))
+        );
     }
 
     #[test]
