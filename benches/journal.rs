@@ -18,7 +18,7 @@ use surge::{
     config::{CommerceConfig, DatabaseConfig, LiveArgs, ServeConfig},
     server::{Application, Drain},
     store::{
-        journal::{self, JournalConfig, PgJournal},
+        journal::{self, PgJournal},
         migrate, Db,
     },
 };
@@ -120,7 +120,9 @@ async fn bench(url: &str, writes: usize) -> anyhow::Result<()> {
         read_pool_size: 2,
     };
     let db = Db::with_journal(&db_cfg, 2)?;
-    let cfg = JournalConfig::default();
+    let cfg = surge::config::defaults::<surge::config::CommerceArgs>()
+        .validate()
+        .journal();
 
     // Leases for both contenders, so that every measured write is a reservation.
     for node in ["bench-journal", "bench-single"] {

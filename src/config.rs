@@ -443,6 +443,45 @@ impl CommerceArgs {
     }
 }
 
+impl CommerceConfig {
+    /// The Journal's settings.
+    pub fn journal(&self) -> crate::store::journal::JournalConfig {
+        crate::store::journal::JournalConfig {
+            max_batch: self.journal_max_batch,
+            max_wait: self.journal_max_wait,
+            queue: crate::store::journal::JournalConfig::QUEUE,
+            lease_ttl: self.lease_ttl,
+        }
+    }
+
+    /// Each inventory shard's settings.
+    pub fn shard(&self) -> surge_actors::shard::ShardConfig {
+        use surge_actors::{shard::ShardConfig, stock::LeasePolicy};
+        ShardConfig {
+            policy: LeasePolicy {
+                max_chunk: self.lease_max_chunk,
+                spread: LeasePolicy::SPREAD,
+            },
+            idle_return: self.lease_idle,
+            tick: ShardConfig::TICK,
+            max_queue: self.shard_queue,
+        }
+    }
+
+    /// What one cart may hold. A checkout refuses lines that lapse within a tenth of
+    /// the TTL (at most a second), so that an expiry never races a checkout.
+    pub fn cart_limits(&self) -> surge_actors::cart::CartLimits {
+        use surge_actors::cart::CartLimits;
+        let ttl_ms = i64::try_from(self.reservation_ttl.as_millis()).unwrap_or(i64::MAX);
+        CartLimits {
+            max_line_quantity: self.max_line_quantity,
+            max_lines: CartLimits::MAX_LINES,
+            reservation_ttl_ms: ttl_ms,
+            checkout_margin_ms: (ttl_ms / 10).min(1000),
+        }
+    }
+}
+
 /// Validated settings of a serving node.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
@@ -474,6 +513,21 @@ pub struct ServeConfig {
     pub commerce: CommerceConfig,
     /// WebSocket, hub and bus settings.
     pub live: LiveConfig,
+}
+
+impl ServeConfig {
+    /// The bus's settings.
+    pub fn bus(&self) -> crate::live::bus::BusConfig {
+        use crate::live::bus::BusConfig;
+        BusConfig {
+            redis_url: self.redis_url.clone(),
+            prefix: self.live.bus_prefix.clone(),
+            node_id: self.node_id.clone(),
+            reconnect_min: self.live.bus_reconnect,
+            reconnect_max: BusConfig::RECONNECT_MAX.max(self.live.bus_reconnect),
+            publish_queue: BusConfig::PUBLISH_QUEUE,
+        }
+    }
 }
 
 impl ServeArgs {

@@ -22,15 +22,10 @@ pub struct CartLimits {
     pub checkout_margin_ms: i64,
 }
 
-impl Default for CartLimits {
-    fn default() -> Self {
-        Self {
-            max_line_quantity: 10,
-            max_lines: 50,
-            reservation_ttl_ms: 15 * 60 * 1000,
-            checkout_margin_ms: 1000,
-        }
-    }
+impl CartLimits {
+    /// Most lines in one cart: enough for any shopper, small enough that one cart's
+    /// batch stays small.
+    pub const MAX_LINES: usize = 50;
 }
 
 /// Why a cart change or checkout was refused.
@@ -183,6 +178,15 @@ mod tests {
     use super::*;
     use crate::money::Currency;
 
+    fn limits() -> CartLimits {
+        CartLimits {
+            max_line_quantity: 10,
+            max_lines: CartLimits::MAX_LINES,
+            reservation_ttl_ms: 15 * 60 * 1000,
+            checkout_margin_ms: 1000,
+        }
+    }
+
     fn eur(minor: i64) -> Money {
         Money::new(minor, Currency::parse("EUR").expect("valid"))
     }
@@ -191,7 +195,7 @@ mod tests {
     fn plan_set_bounds_quantity_and_lines() {
         let limits = CartLimits {
             max_lines: 1,
-            ..CartLimits::default()
+            ..limits()
         };
         let mut cart = Cart::new(Uuid::nil(), 0);
         assert_eq!(
@@ -214,7 +218,7 @@ mod tests {
 
     #[test]
     fn checkout_refuses_lines_about_to_expire() {
-        let limits = CartLimits::default();
+        let limits = limits();
         let mut cart = Cart::new(Uuid::nil(), 0);
         assert_eq!(cart.check_checkout(0, &limits), Err(CartError::Empty));
         cart.apply_set("A", 2, eur(150), 10_000);

@@ -54,15 +54,10 @@ pub struct ShardConfig {
     pub max_queue: usize,
 }
 
-impl Default for ShardConfig {
-    fn default() -> Self {
-        Self {
-            policy: LeasePolicy::default(),
-            idle_return: Duration::from_secs(2),
-            tick: Duration::from_millis(500),
-            max_queue: 4096,
-        }
-    }
+impl ShardConfig {
+    /// How often a shard looks for idle leases and rechecks sold-out SKUs: often
+    /// enough that a restock elsewhere sells within a second, rarely enough to be free.
+    pub const TICK: Duration = Duration::from_millis(500);
 }
 
 /// The actor.

@@ -194,13 +194,10 @@ pub struct LeasePolicy {
     pub spread: i64,
 }
 
-impl Default for LeasePolicy {
-    fn default() -> Self {
-        Self {
-            max_chunk: 64,
-            spread: 8,
-        }
-    }
+impl LeasePolicy {
+    /// Near sell-out a node takes at most this fraction of what PostgreSQL has left, so
+    /// that the other nodes still find units to lease.
+    pub const SPREAD: i64 = 8;
 }
 
 impl LeasePolicy {
@@ -290,7 +287,7 @@ impl SkuStock {
 }
 
 /// The stock of every SKU that hashes to one shard on this node.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ShardStock {
     skus: HashMap<String, SkuStock>,
     /// Chunking policy.
@@ -420,7 +417,10 @@ mod tests {
 
     #[test]
     fn sold_out_is_answered_from_memory() {
-        let p = LeasePolicy::default();
+        let p = LeasePolicy {
+            max_chunk: 64,
+            spread: LeasePolicy::SPREAD,
+        };
         let mut s = SkuStock::default();
         assert_eq!(s.take(1, &p, 1), Take::NeedLease { want: 64 });
         s.granted(2, 0);
@@ -434,7 +434,10 @@ mod tests {
 
     #[test]
     fn idle_leases_are_drained() {
-        let mut shard = ShardStock::new(LeasePolicy::default());
+        let mut shard = ShardStock::new(LeasePolicy {
+            max_chunk: 64,
+            spread: LeasePolicy::SPREAD,
+        });
         shard.sku("A").granted(5, 10);
         shard.sku("A").last_used = 10;
         shard.sku("B").granted(3, 10);

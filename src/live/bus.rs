@@ -149,16 +149,21 @@ pub struct BusConfig {
     pub publish_queue: usize,
 }
 
-impl Default for BusConfig {
-    /// In-process bus, prefix "surge", a random node id and the documented defaults.
-    fn default() -> Self {
+impl BusConfig {
+    /// Longest wait between two reconnection attempts.
+    pub const RECONNECT_MAX: Duration = Duration::from_secs(5);
+    /// Outgoing events queued before new ones are dropped and counted.
+    pub const PUBLISH_QUEUE: usize = 10_000;
+
+    /// An in-process bus (one node), for tests and tools.
+    pub fn in_process(node_id: impl Into<String>) -> Self {
         Self {
             redis_url: None,
             prefix: "surge".into(),
-            node_id: uuid::Uuid::new_v4().simple().to_string(),
+            node_id: node_id.into(),
             reconnect_min: Duration::from_millis(100),
-            reconnect_max: Duration::from_secs(5),
-            publish_queue: 10_000,
+            reconnect_max: Self::RECONNECT_MAX,
+            publish_queue: Self::PUBLISH_QUEUE,
         }
     }
 }
@@ -1088,15 +1093,9 @@ mod tests {
                 panic!("nothing to resync");
             }
         }
-        let bus = Bus::start(
-            BusConfig {
-                node_id: "solo node".into(),
-                ..Default::default()
-            },
-            Arc::new(Nothing),
-        )
-        .await
-        .expect("in-process bus starts");
+        let bus = Bus::start(BusConfig::in_process("solo node"), Arc::new(Nothing))
+            .await
+            .expect("in-process bus starts");
         bus.publish(BusEvent::Catalog);
         assert!(bus.is_connected());
         assert_eq!(bus.subscriber_name(), "surge-sub-solo_node");

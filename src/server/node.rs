@@ -2,24 +2,22 @@
 //! (migrated, this node's old leases recovered), the live layer's publishing half, the
 //! Journal, the shards, the carts, and last the bus subscriber that acts on them.
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use actix_web::web;
 use anyhow::Context as _;
 use surge_actors::{
-    cart::CartLimits,
     cart_actor::{CartDeps, CartRegistry},
     ports::{Journal, Store},
-    shard::{ShardConfig, Shards},
-    stock::LeasePolicy,
+    shard::Shards,
 };
 
 use crate::{
     assets::Assets,
     catalog::{CatalogStore, StockLevels},
-    config::{CommerceConfig, ServeConfig},
+    config::ServeConfig,
     live::{
-        bus::{Bus, BusConfig, Publisher, Subscriber},
+        bus::{Bus, Publisher, Subscriber},
         hub::Hub,
         sink::LiveSink,
         Live, LiveDeps,
@@ -28,7 +26,7 @@ use crate::{
     state::{AppState, Health},
     store::{
         carts::PgStore,
-        journal::{JournalConfig, PgJournal},
+        journal::PgJournal,
         leases::{self, Scope},
         migrate, Db,
     },
@@ -54,7 +52,7 @@ impl Node {
 
         let stock = Arc::new(StockLevels::default());
         let catalog = Arc::new(CatalogStore::default());
-        let bus_cfg = bus_config(cfg);
+        let bus_cfg = cfg.bus();
         let publisher = Publisher::start(&bus_cfg).await?;
         let live = Live::new(LiveDeps {
             hub: Hub::start(cfg.live.hub_shards, cfg.live.coalesce),
@@ -69,12 +67,7 @@ impl Node {
         let journal: Arc<dyn Journal> = Arc::new(PgJournal::spawn(
             db.journal.clone(),
             cfg.node_id.clone(),
-            JournalConfig {
-                max_batch: commerce.journal_max_batch,
-                max_wait: commerce.journal_max_wait,
-                lease_ttl: commerce.lease_ttl,
-                ..JournalConfig::default()
-            },
+            commerce.journal(),
             {
                 let live = live.clone();
                 Arc::new(move |levels| live.stock_changed(levels))
@@ -85,9 +78,9 @@ impl Node {
             commerce.shards,
             Arc::clone(&journal),
             Arc::clone(&store),
-            shard_config(commerce),
+            commerce.shard(),
         );
-        let limits = cart_limits(commerce);
+        let limits = commerce.cart_limits();
         let carts = CartRegistry::new(CartDeps {
             journal,
             store,
@@ -156,37 +149,4 @@ async fn prepare_database(db: &Db, cfg: &ServeConfig) -> anyhow::Result<()> {
         );
     }
     leases::heartbeat(&client, &cfg.node_id, ttl).await
-}
-
-fn bus_config(cfg: &ServeConfig) -> BusConfig {
-    BusConfig {
-        redis_url: cfg.redis_url.clone(),
-        prefix: cfg.live.bus_prefix.clone(),
-        node_id: cfg.node_id.clone(),
-        reconnect_min: cfg.live.bus_reconnect,
-        reconnect_max: Duration::from_secs(5).max(cfg.live.bus_reconnect),
-        publish_queue: 10_000,
-    }
-}
-
-fn shard_config(commerce: &CommerceConfig) -> ShardConfig {
-    ShardConfig {
-        policy: LeasePolicy {
-            max_chunk: commerce.lease_max_chunk,
-            ..LeasePolicy::default()
-        },
-        idle_return: commerce.lease_idle,
-        max_queue: commerce.shard_queue,
-        ..ShardConfig::default()
-    }
-}
-
-fn cart_limits(commerce: &CommerceConfig) -> CartLimits {
-    let ttl_ms = i64::try_from(commerce.reservation_ttl.as_millis()).unwrap_or(i64::MAX);
-    CartLimits {
-        max_line_quantity: commerce.max_line_quantity,
-        reservation_ttl_ms: ttl_ms,
-        checkout_margin_ms: (ttl_ms / 10).min(1000),
-        ..CartLimits::default()
-    }
 }

@@ -32,15 +32,10 @@ pub struct JournalConfig {
     pub lease_ttl: Duration,
 }
 
-impl Default for JournalConfig {
-    fn default() -> Self {
-        Self {
-            max_batch: 512,
-            max_wait: Duration::from_millis(2),
-            queue: 65_536,
-            lease_ttl: Duration::from_secs(15),
-        }
-    }
+impl JournalConfig {
+    /// Writes waiting beyond this are refused at once: a bound on memory, far above
+    /// what a node queues at its peak.
+    pub const QUEUE: usize = 65_536;
 }
 
 struct Item {
