@@ -33,6 +33,8 @@ test: services ## provision PostgreSQL + Redis and run the whole test suite (car
 	@source $(ENV_FILE) && \
 	  export SURGE_TEST_PG_URL="$$SURGE_PG_URL" SURGE_TEST_REDIS_URL="$$REDIS_URL" && \
 	  unset DATABASE_URL REDIS_URL && \
+	  echo "==> architecture (docs/ARCHITECTURE.md)" && \
+	  bash scripts/check-architecture.sh && \
 	  echo "==> cargo test (PostgreSQL $$SURGE_TEST_PG_URL, Redis $$SURGE_TEST_REDIS_URL)" && \
 	  $(CARGO) test --workspace --locked && \
 	  echo "==> browser tests (headless Chromium)" && \
@@ -40,7 +42,8 @@ test: services ## provision PostgreSQL + Redis and run the whole test suite (car
 	  echo "==> load-test smoke (correctness only)" && \
 	  bash scripts/loadtest-smoke.sh
 
-lint: ## rustfmt check and clippy with warnings as errors
+lint: ## rustfmt check, clippy with warnings as errors, and the architecture check
+	bash scripts/check-architecture.sh
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 

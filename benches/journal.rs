@@ -18,7 +18,7 @@ use surge::{
     config::{CommerceConfig, DatabaseConfig, LiveArgs, ServeConfig},
     server::{Application, Drain},
     store::{
-        journal::{self, PgJournal},
+        journal::{self, JournalConfig, PgJournal},
         migrate, Db,
     },
 };
@@ -120,9 +120,9 @@ async fn bench(url: &str, writes: usize) -> anyhow::Result<()> {
         read_pool_size: 2,
     };
     let db = Db::with_journal(&db_cfg, 2)?;
-    let cfg = surge::config::defaults::<surge::config::CommerceArgs>()
-        .validate()
-        .journal();
+    let cfg = JournalConfig::from_commerce(
+        &surge::config::defaults::<surge::config::CommerceArgs>().validate(),
+    );
 
     // Leases for both contenders, so that every measured write is a reservation.
     for node in ["bench-journal", "bench-single"] {

@@ -110,11 +110,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Check(args) => {
             let db = Db::new(&args.validate()?)?;
             let client = db.primary.get().await.context("connecting to PostgreSQL")?;
-            let skus: i64 = client
-                .query_one("SELECT count(*) FROM inventory", &[])
-                .await
-                .context("counting SKUs")?
-                .get(0);
+            let skus = check::sku_count(&**client).await?;
             let violations = check::violations(&**client).await?;
             for v in &violations {
                 println!("VIOLATION {v}");

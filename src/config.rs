@@ -444,16 +444,6 @@ impl CommerceArgs {
 }
 
 impl CommerceConfig {
-    /// The Journal's settings.
-    pub fn journal(&self) -> crate::store::journal::JournalConfig {
-        crate::store::journal::JournalConfig {
-            max_batch: self.journal_max_batch,
-            max_wait: self.journal_max_wait,
-            queue: crate::store::journal::JournalConfig::QUEUE,
-            lease_ttl: self.lease_ttl,
-        }
-    }
-
     /// Each inventory shard's settings.
     pub fn shard(&self) -> surge_actors::shard::ShardConfig {
         use surge_actors::{shard::ShardConfig, stock::LeasePolicy};
@@ -513,21 +503,6 @@ pub struct ServeConfig {
     pub commerce: CommerceConfig,
     /// WebSocket, hub and bus settings.
     pub live: LiveConfig,
-}
-
-impl ServeConfig {
-    /// The bus's settings.
-    pub fn bus(&self) -> crate::live::bus::BusConfig {
-        use crate::live::bus::BusConfig;
-        BusConfig {
-            redis_url: self.redis_url.clone(),
-            prefix: self.live.bus_prefix.clone(),
-            node_id: self.node_id.clone(),
-            reconnect_min: self.live.bus_reconnect,
-            reconnect_max: BusConfig::RECONNECT_MAX.max(self.live.bus_reconnect),
-            publish_queue: BusConfig::PUBLISH_QUEUE,
-        }
-    }
 }
 
 impl ServeArgs {

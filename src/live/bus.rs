@@ -155,6 +155,18 @@ impl BusConfig {
     /// Outgoing events queued before new ones are dropped and counted.
     pub const PUBLISH_QUEUE: usize = 10_000;
 
+    /// The bus of a serving node.
+    pub fn for_node(cfg: &crate::config::ServeConfig) -> Self {
+        Self {
+            redis_url: cfg.redis_url.clone(),
+            prefix: cfg.live.bus_prefix.clone(),
+            node_id: cfg.node_id.clone(),
+            reconnect_min: cfg.live.bus_reconnect,
+            reconnect_max: Self::RECONNECT_MAX.max(cfg.live.bus_reconnect),
+            publish_queue: Self::PUBLISH_QUEUE,
+        }
+    }
+
     /// An in-process bus (one node), for tests and tools.
     pub fn in_process(node_id: impl Into<String>) -> Self {
         Self {

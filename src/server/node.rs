@@ -17,7 +17,7 @@ use crate::{
     catalog::{CatalogStore, StockLevels},
     config::ServeConfig,
     live::{
-        bus::{Bus, Publisher, Subscriber},
+        bus::{Bus, BusConfig, Publisher, Subscriber},
         hub::Hub,
         sink::LiveSink,
         Live, LiveDeps,
@@ -26,7 +26,7 @@ use crate::{
     state::{AppState, Health},
     store::{
         carts::PgStore,
-        journal::PgJournal,
+        journal::{JournalConfig, PgJournal},
         leases::{self, Scope},
         migrate, Db,
     },
@@ -52,7 +52,7 @@ impl Node {
 
         let stock = Arc::new(StockLevels::default());
         let catalog = Arc::new(CatalogStore::default());
-        let bus_cfg = cfg.bus();
+        let bus_cfg = BusConfig::for_node(cfg);
         let publisher = Publisher::start(&bus_cfg).await?;
         let live = Live::new(LiveDeps {
             hub: Hub::start(cfg.live.hub_shards, cfg.live.coalesce),
@@ -67,7 +67,7 @@ impl Node {
         let journal: Arc<dyn Journal> = Arc::new(PgJournal::spawn(
             db.journal.clone(),
             cfg.node_id.clone(),
-            commerce.journal(),
+            JournalConfig::from_commerce(commerce),
             {
                 let live = live.clone();
                 Arc::new(move |levels| live.stock_changed(levels))

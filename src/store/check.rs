@@ -65,6 +65,15 @@ SELECT i.sku, i.total, i.available, i.leased, i.reserved, i.sold,
     OR i.sold <> COALESCE(s.q, 0)
  ORDER BY i.sku";
 
+/// SKUs the check covers, for its summary line.
+pub async fn sku_count(client: &impl GenericClient) -> anyhow::Result<i64> {
+    Ok(client
+        .query_one("SELECT count(*) FROM inventory", &[])
+        .await
+        .context("counting SKUs")?
+        .get(0))
+}
+
 /// Runs the check in one snapshot and returns every violation.
 pub async fn violations(client: &impl GenericClient) -> anyhow::Result<Vec<Violation>> {
     let rows = client

@@ -33,6 +33,16 @@ pub struct JournalConfig {
 }
 
 impl JournalConfig {
+    /// The settings a node runs its Journal with.
+    pub fn from_commerce(c: &crate::config::CommerceConfig) -> Self {
+        Self {
+            max_batch: c.journal_max_batch,
+            max_wait: c.journal_max_wait,
+            queue: Self::QUEUE,
+            lease_ttl: c.lease_ttl,
+        }
+    }
+
     /// Writes waiting beyond this are refused at once: a bound on memory, far above
     /// what a node queues at its peak.
     pub const QUEUE: usize = 65_536;
