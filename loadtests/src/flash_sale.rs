@@ -60,6 +60,25 @@ struct Shared {
     cookies: Vec<Option<String>>,
     orders: AtomicU64,
     sold_out_at: Mutex<Option<Instant>>,
+    /// When the latest successful reservation was sent: a unit was free then, and units
+    /// only move from free to reserved to sold in this sale, so it was free before too.
+    last_reserved_sent: Mutex<Option<Instant>>,
+    /// When each sold-out answer arrived.
+    sold_out_answers: Mutex<Vec<Instant>>,
+}
+
+impl Shared {
+    /// Sold-out answers that arrived before a later request still found a free unit:
+    /// false sold-outs, which invariant 6 forbids.
+    fn false_sold_outs(&self) -> u64 {
+        let Some(last) = self.last_reserved_sent.lock().ok().and_then(|g| *g) else {
+            return 0;
+        };
+        self.sold_out_answers
+            .lock()
+            .map(|a| a.iter().filter(|at| **at < last).count() as u64)
+            .unwrap_or(0)
+    }
 }
 
 /// What one buyer needs to know.
@@ -109,10 +128,19 @@ async fn buyer(
             }
         };
         match r.status {
-            200 => rec.reply(PUT, &r, true),
+            200 => {
+                rec.reply(PUT, &r, true);
+                let sent = Instant::now().checked_sub(r.latency);
+                if let (Some(sent), Ok(mut last)) = (sent, ctx.shared.last_reserved_sent.lock()) {
+                    *last = Some(last.map_or(sent, |l| l.max(sent)));
+                }
+            }
             409 if r.is_sold_out() => {
                 rec.reply(PUT, &r, true);
                 rec.sample(SOLD_OUT, r.latency);
+                if let Ok(mut answers) = ctx.shared.sold_out_answers.lock() {
+                    answers.push(Instant::now());
+                }
                 zero[node] = true;
                 match (1..=n).map(|k| (node + k) % n).find(|j| !zero[*j]) {
                     None => return Outcome::SoldOut,
@@ -274,6 +302,8 @@ struct Sold {
     orders: u64,
     /// When the last unit sold, from the start.
     sold_out_after: Option<Duration>,
+    /// Sold-out answers given while units remained.
+    false_sold_outs: u64,
 }
 
 impl Sold {
@@ -304,6 +334,8 @@ async fn sell(
         cookies,
         orders: AtomicU64::new(0),
         sold_out_at: Mutex::new(None),
+        last_reserved_sent: Mutex::new(None),
+        sold_out_answers: Mutex::new(Vec::new()),
     });
     let started = Instant::now();
     let deadline = started + c.duration;
@@ -355,6 +387,7 @@ async fn sell(
         whole,
         orders: shared.orders.load(Ordering::SeqCst),
         sold_out_after,
+        false_sold_outs: shared.false_sold_outs(),
     })
 }
 
@@ -424,6 +457,10 @@ fn add_figures(report: &mut Report, args: &FlashSaleArgs, sold: &Sold, audit: &A
         .unwrap_or_default();
     report.figure_f64("sold-out answer p50 (ms)", so.p50, 2);
     report.figure_f64("sold-out answer p99 (ms)", so.p99, 2);
+    report.figure_int(
+        "false sold-outs (409 while units remained)",
+        sold.false_sold_outs,
+    );
     report.figure_int("durable reservations + checkouts", sold.durable());
     report.figure_f64("durable ops/s (until sold out)", sold.durable_per_s(), 0);
     report.figure_int("stock invariant violations", audit.violations.len() as u64);
@@ -447,6 +484,12 @@ fn add_failures(report: &mut Report, args: &FlashSaleArgs, sku: &str, sold: &Sol
     }
     for v in &audit.violations {
         report.failures.push(format!("stock invariant: {v}"));
+    }
+    if sold.false_sold_outs > 0 {
+        report.failures.push(format!(
+            "{} sold-out answers arrived while a later buyer still found a free unit",
+            sold.false_sold_outs
+        ));
     }
     if args.units > orders as i64 {
         let msg = format!(
