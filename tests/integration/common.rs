@@ -77,6 +77,8 @@ impl TestDb {
             replica: None,
             pool_size: 4,
             read_pool_size: 2,
+            session: surge::config::defaults::<surge::config::DatabaseArgs>().session(),
+            journal_via: None,
         }
     }
 }
@@ -163,6 +165,7 @@ pub fn test_commerce() -> CommerceConfig {
         journal_max_batch: 512,
         journal_max_wait: Duration::from_millis(2),
         journal_pool_size: 2,
+        journal_commit_timeout: Duration::from_secs(5),
     }
 }
 
