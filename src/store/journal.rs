@@ -175,12 +175,17 @@ fn refuse(replies: Vec<Reply>, cause: Cause) {
 async fn settle(pool: Pool, pending: Pending, replies: Vec<Reply>, listener: StockListener) {
     let xid = pending.xid;
     match resolve(&pool, &xid).await {
-        Outcome::Committed => {
+        None => {
+            // Shutdown with PostgreSQL unreachable: no answer is true, so none is given;
+            // by now the HTTP server has stopped and no client hears a guess.
+            tracing::error!(%xid, "node stopping with a journal COMMIT's outcome unknown");
+        }
+        Some(Outcome::Committed) => {
             metrics::counter!("journal_outcomes_total", "outcome" => "committed").increment(1);
             tracing::warn!(%xid, "unanswered journal COMMIT had committed; callers get its results");
             answer(replies, pending.results, pending.levels, &listener);
         }
-        Outcome::Aborted => {
+        Some(Outcome::Aborted) => {
             metrics::counter!("journal_outcomes_total", "outcome" => "aborted").increment(1);
             tracing::warn!(%xid, "unanswered journal COMMIT had aborted; nothing committed");
             let cause = pending.cause.context(format!("transaction {xid} aborted"));
@@ -206,15 +211,16 @@ const RESOLVE_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// Asks PostgreSQL, on a connection of `pool`, whether transaction `xid` committed. It
 /// keeps asking, with backoff, while the transaction is still in progress (its backend
 /// has not yet noticed its client is gone: bounded by the session limits) or PostgreSQL
-/// cannot be reached, because only PostgreSQL knows the answer.
-pub async fn resolve(pool: &Pool, xid: &str) -> Outcome {
+/// cannot be reached, because only PostgreSQL knows the answer. `None` only once the
+/// pool is closed (the node is stopping).
+pub async fn resolve(pool: &Pool, xid: &str) -> Option<Outcome> {
     let mut backoff = RESOLVE_BACKOFF;
     let mut tries = 0_u32;
-    loop {
+    while !pool.is_closed() {
         tries += 1;
         match xact_status(pool, xid).await {
-            Ok(Some(status)) if status == "committed" => return Outcome::Committed,
-            Ok(Some(status)) if status == "aborted" => return Outcome::Aborted,
+            Ok(Some(status)) if status == "committed" => return Some(Outcome::Committed),
+            Ok(Some(status)) if status == "aborted" => return Some(Outcome::Aborted),
             Ok(status) => tracing::debug!(xid, ?status, tries, "transaction not resolved yet"),
             Err(err) => tracing::warn!(
                 xid,
@@ -226,6 +232,7 @@ pub async fn resolve(pool: &Pool, xid: &str) -> Outcome {
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(RESOLVE_BACKOFF_MAX);
     }
+    None
 }
 
 async fn xact_status(pool: &Pool, xid: &str) -> anyhow::Result<Option<String>> {

@@ -133,6 +133,55 @@ async fn a_batch_cut_before_commit_is_503_and_leaves_nothing() {
     app.stop().await;
 }
 
+/// Guards against a batch stuck behind another session's lock (a frozen node's) holding
+/// the Journal past its deadline, and against a deadline that passes before COMMIT being
+/// answered anything but "not committed".
+#[actix_web::test]
+async fn a_batch_past_its_deadline_before_commit_is_not_committed() {
+    let db = db_with_sku("OUT-LATE", 10).await;
+    let mut cfg = db.config();
+    cfg.session.lock_timeout = Duration::ZERO;
+    let pools = Db::new(&cfg).expect("pools");
+    let mut journal_cfg = surge::config::defaults::<surge::config::CommerceArgs>()
+        .validate()
+        .journal();
+    journal_cfg.commit_timeout = Duration::from_millis(300);
+    let grant = || {
+        vec![surge_actors::ports::WriteOp::Grant {
+            sku: "OUT-LATE".into(),
+            want: 4,
+        }]
+    };
+    let mut holder = db.client().await;
+    let tx = holder.transaction().await.expect("begin");
+    tx.execute(
+        "SELECT 1 FROM inventory WHERE sku = 'OUT-LATE' FOR UPDATE",
+        &[],
+    )
+    .await
+    .expect("lock the row");
+    let asked = Instant::now();
+    let outcome = journal::commit(&pools.journal, "late-node", &journal_cfg, &grant()).await;
+    assert!(
+        matches!(outcome, Err(journal::CommitError::NotCommitted(_))),
+        "{outcome:?}"
+    );
+    assert!(
+        asked.elapsed() < Duration::from_secs(2),
+        "the deadline held"
+    );
+    tx.rollback().await.expect("release the row");
+    let (results, _) = journal::commit(&pools.journal, "late-node", &journal_cfg, &grant())
+        .await
+        .expect("commits once the row is free");
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    let (_, available, leased, _, _) = buckets(&db, "OUT-LATE").await;
+    assert_eq!(available + leased, 10);
+    assert!(leased > 0, "only the second grant moved stock");
+    assert_stock_sound(&db).await;
+    pools.close();
+}
+
 /// Guards against the outcome lookup answering before PostgreSQL knows: a transaction
 /// still in progress is waited out, then reported as it ended.
 #[actix_web::test]
@@ -156,7 +205,7 @@ async fn the_outcome_lookup_reports_commits_aborts_and_waits_out_open_transactio
     tx.rollback().await.expect("rollback");
     assert_eq!(
         journal::resolve(&pools.journal, &aborted).await,
-        Outcome::Aborted
+        Some(Outcome::Aborted)
     );
 
     let tx = client.transaction().await.expect("begin");
@@ -175,7 +224,7 @@ async fn the_outcome_lookup_reports_commits_aborts_and_waits_out_open_transactio
         .await
         .expect("resolved soon after the commit")
         .expect("task");
-    assert_eq!(outcome, Outcome::Committed);
+    assert_eq!(outcome, Some(Outcome::Committed));
     pools.close();
 }
 
