@@ -130,3 +130,41 @@ async fn a_node_frozen_mid_batch_loses_its_locks_and_the_other_keeps_selling() {
     assert_stock_sound(&db).await;
     drop((a, b));
 }
+
+/// Guards against the heartbeat waiting behind a busy request pool: with every request
+/// connection taken, three heartbeats that each wait 5 s for one outlast the lease TTL,
+/// and the reaper takes a live node's leases while it keeps selling from memory.
+#[actix_web::test]
+async fn the_heartbeat_beats_while_the_request_pool_is_exhausted() {
+    let app = crate::common::TestApp::spawn(crate::common::Options {
+        seed_demo: false,
+        ..crate::common::Options::default()
+    })
+    .await;
+    let node = app.state().node_id.clone();
+    let pool = app.state().db.primary.clone();
+    let mut held = Vec::new();
+    for _ in 0..pool.status().max_size {
+        held.push(pool.get().await.expect("a request connection"));
+    }
+    let direct = app.db.client().await;
+    let beat = || async {
+        direct
+            .query_one(
+                "SELECT heartbeat_at FROM nodes WHERE node_id = $1",
+                &[&node],
+            )
+            .await
+            .expect("the node's row")
+            .get::<_, std::time::SystemTime>(0)
+    };
+    let before = beat().await;
+    // The test lease TTL is 3 s: a beat every second.
+    actix_web::rt::time::sleep(Duration::from_millis(2500)).await;
+    assert!(
+        beat().await > before,
+        "the heartbeat ran with no request connection free"
+    );
+    drop(held);
+    app.stop().await;
+}
