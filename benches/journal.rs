@@ -118,6 +118,8 @@ async fn bench(url: &str, writes: usize) -> anyhow::Result<()> {
         replica: None,
         pool_size: 16,
         read_pool_size: 2,
+        session: surge::config::defaults::<surge::config::DatabaseArgs>().session(),
+        journal_via: None,
     };
     let db = Db::with_journal(&db_cfg, 2)?;
     let cfg = JournalConfig::from_commerce(
@@ -212,6 +214,8 @@ async fn http_latency(url: &str) -> anyhow::Result<()> {
             replica: None,
             pool_size: 16,
             read_pool_size: 4,
+            session: surge::config::defaults::<surge::config::DatabaseArgs>().session(),
+            journal_via: None,
         },
         bind: "127.0.0.1:0".parse()?,
         redis_url: None,
@@ -237,6 +241,7 @@ async fn http_latency(url: &str) -> anyhow::Result<()> {
             journal_max_batch: 512,
             journal_max_wait: Duration::from_millis(2),
             journal_pool_size: 2,
+            journal_commit_timeout: Duration::from_secs(5),
         },
         live: surge::config::defaults::<LiveArgs>().validate()?,
     };

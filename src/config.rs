@@ -65,6 +65,36 @@ pub struct DatabaseArgs {
     #[arg(long, env = "SURGE_DB_READ_POOL_SIZE", value_name = "SURGE_DB_READ_POOL_SIZE", default_value_t = 4,
           value_parser = clap::value_parser!(u16).range(1..=1000))]
     pub db_read_pool_size: u16,
+    /// Milliseconds one statement may run before PostgreSQL cancels it.
+    #[arg(long, env = "SURGE_DB_STATEMENT_TIMEOUT_MS", value_name = "SURGE_DB_STATEMENT_TIMEOUT_MS", default_value_t = 5000,
+          value_parser = clap::value_parser!(u64).range(0..=3_600_000))]
+    pub db_statement_timeout_ms: u64,
+    /// Milliseconds a statement may wait for a lock before it fails.
+    #[arg(long, env = "SURGE_DB_LOCK_TIMEOUT_MS", value_name = "SURGE_DB_LOCK_TIMEOUT_MS", default_value_t = 2000,
+          value_parser = clap::value_parser!(u64).range(0..=3_600_000))]
+    pub db_lock_timeout_ms: u64,
+    /// Milliseconds a session may sit idle inside a transaction before PostgreSQL ends it.
+    #[arg(long, env = "SURGE_DB_IDLE_IN_TX_TIMEOUT_MS", value_name = "SURGE_DB_IDLE_IN_TX_TIMEOUT_MS", default_value_t = 5000,
+          value_parser = clap::value_parser!(u64).range(0..=3_600_000))]
+    pub db_idle_in_tx_timeout_ms: u64,
+    /// Seconds a connection may be silent before TCP keepalive probes start (both ends).
+    #[arg(long, env = "SURGE_DB_KEEPALIVE_SECS", value_name = "SURGE_DB_KEEPALIVE_SECS", default_value_t = 5,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub db_keepalive_secs: u64,
+}
+
+/// Limits every pooled connection sets on its session, so that a frozen, partitioned
+/// or slow node cannot hold row locks for longer than a few seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionLimits {
+    /// `statement_timeout`.
+    pub statement_timeout: Duration,
+    /// `lock_timeout`.
+    pub lock_timeout: Duration,
+    /// `idle_in_transaction_session_timeout`.
+    pub idle_in_tx_timeout: Duration,
+    /// TCP keepalive idle time; probes then follow every second, three times.
+    pub keepalive: Duration,
 }
 
 /// Validated database settings.
@@ -78,6 +108,11 @@ pub struct DatabaseConfig {
     pub pool_size: usize,
     /// Replica pool size.
     pub read_pool_size: usize,
+    /// Session limits of every connection.
+    pub session: SessionLimits,
+    /// Where the Journal connects instead of the primary (the same server seen through
+    /// another address, e.g. a proxy); `None` for the primary.
+    pub journal_via: Option<tokio_postgres::Config>,
 }
 
 impl DatabaseArgs {
@@ -104,7 +139,19 @@ impl DatabaseArgs {
             replica,
             pool_size: usize::from(self.db_pool_size),
             read_pool_size: usize::from(self.db_read_pool_size),
+            session: self.session(),
+            journal_via: None,
         })
+    }
+
+    /// The session limits these flags ask for.
+    pub fn session(&self) -> SessionLimits {
+        SessionLimits {
+            statement_timeout: Duration::from_millis(self.db_statement_timeout_ms),
+            lock_timeout: Duration::from_millis(self.db_lock_timeout_ms),
+            idle_in_tx_timeout: Duration::from_millis(self.db_idle_in_tx_timeout_ms),
+            keepalive: Duration::from_secs(self.db_keepalive_secs),
+        }
     }
 }
 
@@ -390,6 +437,11 @@ pub struct CommerceArgs {
     #[arg(long, env = "SURGE_JOURNAL_POOL_SIZE", value_name = "SURGE_JOURNAL_POOL_SIZE", default_value_t = 2,
           value_parser = clap::value_parser!(u16).range(1..=64))]
     pub journal_pool_size: u16,
+    /// Milliseconds a Journal batch may take, COMMIT included, before the Journal gives
+    /// up on it (and, if COMMIT was sent, asks PostgreSQL what became of it).
+    #[arg(long, env = "SURGE_JOURNAL_COMMIT_TIMEOUT_MS", value_name = "SURGE_JOURNAL_COMMIT_TIMEOUT_MS", default_value_t = 5000,
+          value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    pub journal_commit_timeout_ms: u64,
 }
 
 /// Validated stock, cart and Journal settings.
@@ -419,6 +471,8 @@ pub struct CommerceConfig {
     pub journal_max_wait: Duration,
     /// Journal pool size.
     pub journal_pool_size: usize,
+    /// Deadline of one Journal batch.
+    pub journal_commit_timeout: Duration,
 }
 
 impl CommerceArgs {
@@ -439,6 +493,7 @@ impl CommerceArgs {
             journal_max_batch: self.journal_max_batch as usize,
             journal_max_wait: Duration::from_millis(self.journal_max_wait_ms),
             journal_pool_size: usize::from(self.journal_pool_size),
+            journal_commit_timeout: Duration::from_millis(self.journal_commit_timeout_ms),
         }
     }
 }
@@ -617,8 +672,7 @@ mod tests {
         let args = DatabaseArgs {
             database_url: None,
             database_read_url: None,
-            db_pool_size: 4,
-            db_read_pool_size: 4,
+            ..defaults::<DatabaseArgs>()
         };
         let err = args.validate().expect_err("no database");
         assert_eq!(err.var, "DATABASE_URL");

@@ -126,12 +126,13 @@ pub fn spawn(cfg: &ServeConfig, state: &web::Data<AppState>) -> Jobs {
         }
     });
 
+    // On its own connection: a busy request pool must never delay it past the TTL.
     jobs.every("heartbeat", ttl / 3, First::Now, {
-        let (primary, node) = (primary.clone(), cfg.node_id.clone());
+        let (pool, node) = (state.db.heartbeat.clone(), cfg.node_id.clone());
         move || {
-            let (primary, node) = (primary.clone(), node.clone());
+            let (pool, node) = (pool.clone(), node.clone());
             async move {
-                let client = primary.get().await?;
+                let client = pool.get().await?;
                 leases::heartbeat(&client, &node, ttl).await
             }
         }

@@ -5,11 +5,22 @@
 //! in a fixed order, plans the batch in memory ([`surge_actors::journal_plan`]),
 //! writes the plan with a fixed number of set-based statements, commits once, and only
 //! then answers every caller. An acknowledgement therefore always follows a commit.
+//!
+//! Every answer is the truth about PostgreSQL. A batch that fails before its COMMIT is
+//! sent was rolled back: its callers hear `NotCommitted` and undo. A batch whose COMMIT
+//! was sent but never answered (the connection dropped, or the deadline passed) may have
+//! committed: the Journal looks its transaction id up with `pg_xact_status` on another
+//! connection, beside the writer so later batches are not held up, and answers the plan's
+//! results if it committed and `NotCommitted` only if it did not. A `503` from a write
+//! therefore always means that nothing was committed.
 
-use std::time::Duration;
+use std::{
+    sync::{Mutex, OnceLock},
+    time::Duration,
+};
 
 use anyhow::Context as _;
-use deadpool_postgres::{Pool, Transaction};
+use deadpool_postgres::{Object, Pool, Transaction};
 use surge_actors::{
     journal_plan::{self, Locked, Plan},
     ports::{BoxFut, Cause, Journal, JournalError, StockLevel, WriteOp, WriteOutcome},
@@ -30,6 +41,8 @@ pub struct JournalConfig {
     pub queue: usize,
     /// Lifetime given to this node's lease rows on every write and heartbeat.
     pub lease_ttl: Duration,
+    /// Deadline of one batch from BEGIN to the answer to COMMIT.
+    pub commit_timeout: Duration,
 }
 
 impl JournalConfig {
@@ -40,6 +53,7 @@ impl JournalConfig {
             max_wait: c.journal_max_wait,
             queue: Self::QUEUE,
             lease_ttl: c.lease_ttl,
+            commit_timeout: c.journal_commit_timeout,
         }
     }
 
@@ -88,6 +102,8 @@ impl PgJournal {
     }
 }
 
+type Reply = oneshot::Sender<Result<WriteOutcome, JournalError>>;
+
 async fn run(
     mut rx: mpsc::Receiver<Item>,
     pool: Pool,
@@ -107,7 +123,7 @@ async fn run(
                 },
             }
         }
-        let (ops, replies): (Vec<WriteOp>, Vec<_>) =
+        let (ops, replies): (Vec<WriteOp>, Vec<Reply>) =
             items.into_iter().map(|i| (i.op, i.reply)).unzip();
         metrics::histogram!("journal_batch_size").record(ops.len() as f64);
         let started = std::time::Instant::now();
@@ -116,49 +132,244 @@ async fn run(
         match outcome {
             Ok((results, levels)) => {
                 metrics::counter!("journal_batches_total", "result" => "committed").increment(1);
-                for (reply, result) in replies.into_iter().zip(results) {
-                    let _ = reply.send(result);
-                }
-                if !levels.is_empty() {
-                    listener(levels);
-                }
+                answer(replies, results, levels, &listener);
             }
-            Err(err) => {
+            Err(CommitError::NotCommitted(err)) => {
                 metrics::counter!("journal_batches_total", "result" => "failed").increment(1);
                 tracing::error!(
                     error = format!("{err:#}"),
                     writes = ops.len(),
-                    "journal batch failed; nothing committed"
+                    "journal batch failed before COMMIT; nothing committed"
                 );
-                let cause = Cause::new(err);
-                for reply in replies {
-                    let _ = reply.send(Err(JournalError::NotCommitted(cause.clone())));
-                }
+                refuse(replies, Cause::new(err));
+            }
+            Err(CommitError::Unknown(pending)) => {
+                metrics::counter!("journal_batches_total", "result" => "unknown").increment(1);
+                metrics::counter!("journal_outcomes_total", "outcome" => "unknown").increment(1);
+                tracing::warn!(
+                    xid = %pending.xid,
+                    error = format!("{:#}", pending.cause),
+                    writes = ops.len(),
+                    "journal COMMIT unanswered; looking up its outcome"
+                );
+                // Beside the writer: later batches lock the same rows, so they plan
+                // against whatever this one turns out to have done.
+                actix_web::rt::spawn(settle(
+                    pool.clone(),
+                    *pending,
+                    replies,
+                    std::sync::Arc::clone(&listener),
+                ));
             }
         }
     }
     tracing::info!("journal stopped");
 }
 
+fn answer(replies: Vec<Reply>, results: Results, levels: Vec<StockLevel>, on: &StockListener) {
+    for (reply, result) in replies.into_iter().zip(results) {
+        let _ = reply.send(result);
+    }
+    if !levels.is_empty() {
+        on(levels);
+    }
+}
+
+fn refuse(replies: Vec<Reply>, cause: Cause) {
+    for reply in replies {
+        let _ = reply.send(Err(JournalError::NotCommitted(cause.clone())));
+    }
+}
+
+/// Answers the callers of a batch whose COMMIT went unanswered, once PostgreSQL says
+/// what became of it.
+async fn settle(pool: Pool, pending: Pending, replies: Vec<Reply>, listener: StockListener) {
+    let xid = pending.xid;
+    match resolve(&pool, &xid).await {
+        None => {
+            // Shutdown with PostgreSQL unreachable: no answer is true, so none is given;
+            // by now the HTTP server has stopped and no client hears a guess.
+            tracing::error!(%xid, "node stopping with a journal COMMIT's outcome unknown");
+        }
+        Some(Outcome::Committed) => {
+            metrics::counter!("journal_outcomes_total", "outcome" => "committed").increment(1);
+            tracing::warn!(%xid, "unanswered journal COMMIT had committed; callers get its results");
+            answer(replies, pending.results, pending.levels, &listener);
+        }
+        Some(Outcome::Aborted) => {
+            metrics::counter!("journal_outcomes_total", "outcome" => "aborted").increment(1);
+            tracing::warn!(%xid, "unanswered journal COMMIT had aborted; nothing committed");
+            let cause = pending.cause.context(format!("transaction {xid} aborted"));
+            refuse(replies, Cause::new(cause));
+        }
+    }
+}
+
+/// What PostgreSQL reports became of a transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Its writes are durable.
+    Committed,
+    /// Nothing it wrote survives.
+    Aborted,
+}
+
+/// First wait between two lookups of an unresolved transaction, doubled up to
+/// [`RESOLVE_BACKOFF_MAX`].
+const RESOLVE_BACKOFF: Duration = Duration::from_millis(25);
+const RESOLVE_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// Asks PostgreSQL, on a connection of `pool`, whether transaction `xid` committed. It
+/// keeps asking, with backoff, while the transaction is still in progress (its backend
+/// has not yet noticed its client is gone: bounded by the session limits) or PostgreSQL
+/// cannot be reached, because only PostgreSQL knows the answer. `None` only once the
+/// pool is closed (the node is stopping).
+pub async fn resolve(pool: &Pool, xid: &str) -> Option<Outcome> {
+    let mut backoff = RESOLVE_BACKOFF;
+    let mut tries = 0_u32;
+    while !pool.is_closed() {
+        tries += 1;
+        match xact_status(pool, xid).await {
+            Ok(Some(status)) if status == "committed" => return Some(Outcome::Committed),
+            Ok(Some(status)) if status == "aborted" => return Some(Outcome::Aborted),
+            Ok(status) => tracing::debug!(xid, ?status, tries, "transaction not resolved yet"),
+            Err(err) => tracing::warn!(
+                xid,
+                tries,
+                error = format!("{err:#}"),
+                "cannot look up a transaction's outcome yet"
+            ),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(RESOLVE_BACKOFF_MAX);
+    }
+    None
+}
+
+async fn xact_status(pool: &Pool, xid: &str) -> anyhow::Result<Option<String>> {
+    let client = pool.get().await.context("connection")?;
+    let row = client
+        .query_one("SELECT pg_xact_status($1::text::xid8)", &[&xid])
+        .await
+        .context("pg_xact_status")?;
+    Ok(row.get(0))
+}
+
 /// One result per op of a batch.
 pub type Results = Vec<Result<WriteOutcome, JournalError>>;
+
+/// Why a batch has no results (yet).
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    /// It failed before COMMIT was sent, so PostgreSQL rolled it back.
+    #[error("journal batch not committed")]
+    NotCommitted(#[source] anyhow::Error),
+    /// COMMIT was sent and not answered: only [`resolve`] can say what happened.
+    #[error("journal batch outcome unknown (transaction {})", .0.xid)]
+    Unknown(Box<Pending>),
+}
+
+/// A batch whose COMMIT went unanswered, with what to answer if it committed.
+#[derive(Debug)]
+pub struct Pending {
+    /// Its transaction id, for `pg_xact_status`.
+    pub xid: String,
+    /// The plan's result per op.
+    pub results: Results,
+    /// SKUs whose sellable count it changed.
+    pub levels: Vec<StockLevel>,
+    /// What went wrong around COMMIT.
+    pub cause: anyhow::Error,
+}
+
+/// How far one attempt got, read after it ends or is dropped at the deadline.
+#[derive(Default)]
+struct Progress {
+    xid: OnceLock<String>,
+    /// Set just before COMMIT is sent: from then on the outcome is PostgreSQL's to say.
+    sent: Mutex<Option<(Results, Vec<StockLevel>)>>,
+}
 
 /// Commits one batch in one transaction; returns one result per op and the SKUs whose
 /// sellable count changed. The Journal's writer calls it with whatever is queued; the
 /// benchmark calls it with one op at a time for the one-transaction-per-write baseline.
+/// The whole attempt runs within `cfg.commit_timeout`.
 pub async fn commit(
     pool: &Pool,
     node_id: &str,
     cfg: &JournalConfig,
     ops: &[WriteOp],
-) -> anyhow::Result<(Results, Vec<StockLevel>)> {
-    let mut client = pool.get().await.context("journal connection")?;
+) -> Result<(Results, Vec<StockLevel>), CommitError> {
+    let mut client = pool
+        .get()
+        .await
+        .context("journal connection")
+        .map_err(CommitError::NotCommitted)?;
+    let progress = Progress::default();
+    let attempt = tokio::time::timeout(
+        cfg.commit_timeout,
+        attempt(&mut client, node_id, cfg, ops, &progress),
+    )
+    .await;
+    let cause = match attempt {
+        Ok(Ok(())) => {
+            return take_sent(&progress).ok_or_else(|| {
+                CommitError::NotCommitted(anyhow::anyhow!("committed without a plan"))
+            })
+        }
+        Ok(Err(err)) => err,
+        Err(_) => {
+            // The connection may be wedged mid-statement: never hand it out again.
+            drop(Object::take(client));
+            anyhow::anyhow!("no answer within {:?}", cfg.commit_timeout)
+        }
+    };
+    match (take_sent(&progress), progress.xid.into_inner()) {
+        (Some((results, levels)), Some(xid)) => Err(CommitError::Unknown(Box::new(Pending {
+            xid,
+            results,
+            levels,
+            cause,
+        }))),
+        _ => Err(CommitError::NotCommitted(cause)),
+    }
+}
+
+fn take_sent(progress: &Progress) -> Option<(Results, Vec<StockLevel>)> {
+    progress
+        .sent
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take()
+}
+
+async fn attempt(
+    client: &mut Object,
+    node_id: &str,
+    cfg: &JournalConfig,
+    ops: &[WriteOp],
+    progress: &Progress,
+) -> anyhow::Result<()> {
     let tx = client.transaction().await.context("begin")?;
-    let locked = lock(&tx, node_id, ops).await?;
+    // Pipelined with the lock step: the xid costs no round trip of its own.
+    let (xid, locked) = tokio::try_join!(current_xid(&tx), lock(&tx, node_id, ops))?;
+    let _ = progress.xid.set(xid);
     let plan = journal_plan::plan(ops, locked);
     let levels = write(&tx, node_id, cfg, ops, &plan).await?;
+    *progress
+        .sent
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((plan.results, levels));
     tx.commit().await.context("commit")?;
-    Ok((plan.results, levels))
+    Ok(())
+}
+
+async fn current_xid(tx: &Transaction<'_>) -> anyhow::Result<String> {
+    let stmt = tx
+        .prepare_cached("SELECT pg_current_xact_id()::text")
+        .await?;
+    let row = tx.query_one(&stmt, &[]).await.context("reading the xid")?;
+    Ok(row.get(0))
 }
 
 /// Locks the batch's inventory rows (sorted, so batches and the reaper never deadlock)

@@ -26,6 +26,22 @@ pub async fn run(client: &mut Client) -> anyhow::Result<Report> {
 
 /// Applies `set` under an advisory lock, in one transaction.
 pub async fn run_set(client: &mut Client, set: &[Migration]) -> anyhow::Result<Report> {
+    // A migration may rightly take longer than a request's statement, and a node that
+    // starts beside another waits for its migrations: no session limits meanwhile. RESET
+    // puts back the connection's own limits before it returns to its pool.
+    client
+        .batch_execute("SET statement_timeout = 0; SET lock_timeout = 0")
+        .await
+        .context("lifting the session limits for migrations")?;
+    let report = migrate_locked(client, set).await;
+    client
+        .batch_execute("RESET statement_timeout; RESET lock_timeout")
+        .await
+        .context("restoring the session limits")?;
+    report
+}
+
+async fn migrate_locked(client: &mut Client, set: &[Migration]) -> anyhow::Result<Report> {
     client
         .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
         .await

@@ -77,6 +77,8 @@ impl TestDb {
             replica: None,
             pool_size: 4,
             read_pool_size: 2,
+            session: surge::config::defaults::<surge::config::DatabaseArgs>().session(),
+            journal_via: None,
         }
     }
 }
@@ -128,6 +130,11 @@ pub struct Options {
     pub live: LiveConfig,
     /// Redis for the bus (None: in-process).
     pub redis_url: Option<String>,
+    /// Where every pool of the node connects instead of the database URL (the same
+    /// database through a proxy); the harness itself still connects directly.
+    pub connect_via: Option<String>,
+    /// Where the node's Journal alone connects (the same database through a proxy).
+    pub journal_via: Option<String>,
 }
 
 /// Redis of the tests.
@@ -163,6 +170,7 @@ pub fn test_commerce() -> CommerceConfig {
         journal_max_batch: 512,
         journal_max_wait: Duration::from_millis(2),
         journal_pool_size: 2,
+        journal_commit_timeout: Duration::from_secs(5),
     }
 }
 
@@ -178,6 +186,8 @@ impl Default for Options {
             database_url: None,
             live: test_live(),
             redis_url: None,
+            connect_via: None,
+            journal_via: None,
         }
     }
 }
@@ -210,8 +220,16 @@ impl TestApp {
                 .await
                 .expect("seed demo");
         }
+        let mut db_cfg = db.config();
+        if let Some(url) = &opts.connect_via {
+            db_cfg.primary = tokio_postgres::Config::from_str(url).expect("valid url");
+        }
+        db_cfg.journal_via = opts
+            .journal_via
+            .as_deref()
+            .map(|url| tokio_postgres::Config::from_str(url).expect("valid url"));
         let cfg = ServeConfig {
-            db: db.config(),
+            db: db_cfg,
             bind: "127.0.0.1:0".parse().expect("addr"),
             redis_url: opts.redis_url.clone().map(Into::into),
             node_id: opts

@@ -14,13 +14,13 @@ use crate::common::{
 const SESSION_KEY: &str = "test-session-key-0123456789-0123456789";
 
 /// A `surge serve` child process; killed with SIGKILL when dropped.
-struct Node {
+pub(crate) struct Node {
     child: Child,
-    base: String,
+    pub(crate) base: String,
 }
 
 impl Node {
-    async fn start(db_url: &str, node_id: &str, extra: &[(&str, &str)]) -> Self {
+    pub(crate) async fn start(db_url: &str, node_id: &str, extra: &[(&str, &str)]) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
@@ -59,6 +59,16 @@ impl Node {
             );
             actix_web::rt::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`, ...) to the process.
+    pub(crate) fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} failed");
     }
 
     fn kill9(&mut self) {

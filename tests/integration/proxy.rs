@@ -71,6 +71,29 @@ impl Proxy {
         self.addr
     }
 
+    /// A proxy in front of the PostgreSQL server of `url`.
+    pub async fn for_pg(url: &str) -> Self {
+        let cfg: tokio_postgres::Config = url.parse().expect("url");
+        let host = match cfg.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+            _ => "127.0.0.1".to_owned(),
+        };
+        let port = cfg.get_ports().first().copied().unwrap_or(5432);
+        Self::start(&format!("{host}:{port}")).await
+    }
+
+    /// `url` (a PostgreSQL URL with no password) with its host and port replaced by the
+    /// proxy's.
+    pub fn pg_url(&self, url: &str) -> String {
+        let cfg: tokio_postgres::Config = url.parse().expect("url");
+        format!(
+            "postgres://{}@{}/{}",
+            cfg.get_user().unwrap_or("postgres"),
+            self.addr,
+            cfg.get_dbname().unwrap_or("postgres")
+        )
+    }
+
     /// Closes every open connection and refuses new ones until [`Proxy::restore`].
     pub fn cut(&self) {
         self.state.up.store(false, Ordering::SeqCst);
