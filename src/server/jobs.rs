@@ -8,6 +8,8 @@ use actix_web::web;
 use tokio::{task::JoinSet, time::Instant};
 use tokio_util::sync::CancellationToken;
 
+use surge_actors::cart_actor::CartEvents as _;
+
 use crate::{
     config::ServeConfig,
     live::campaigns::Announcer,
@@ -140,13 +142,16 @@ pub fn spawn(cfg: &ServeConfig, state: &web::Data<AppState>) -> Jobs {
     let reaper_period = cfg.commerce.reaper_period;
     jobs.every("reaper", reaper_period, First::Now, {
         let (primary, live) = (primary.clone(), state.live.clone());
-        let grace = reaper_period.max(Duration::from_secs(1));
+        let grace = leases::reservation_grace(reaper_period);
         move || {
             let (primary, live) = (primary.clone(), live.clone());
             async move {
                 let mut client = primary.get().await?;
                 let reaped = leases::reap(&mut client, Scope::Dead { ttl, grace }).await?;
                 live.stock_changed(reaped.levels);
+                for lapsed in reaped.lapsed {
+                    live.reservation_expired(&lapsed.session_id, &lapsed.sku, lapsed.quantity);
+                }
                 Ok(())
             }
         }
