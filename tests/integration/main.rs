@@ -10,6 +10,7 @@ mod live;
 mod migrations;
 mod nodes;
 mod ops;
+mod orders;
 mod proxy;
 mod routes;
 mod storefront;
