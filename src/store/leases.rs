@@ -95,6 +95,9 @@ pub struct Reaped {
     pub reservation_units: i64,
     /// SKUs whose sellable count changed (reservations freed).
     pub levels: Vec<StockLevel>,
+    /// PostgreSQL's `available` afterwards, for each SKU the pass returned units to, so
+    /// that this node's shards stop refusing them at once.
+    pub available: Vec<(String, i64)>,
     /// The reservations released, by session, for the shoppers' sockets.
     pub lapsed: Vec<Lapsed>,
     /// Carts whose owner was this node id (startup recovery only): they count as
@@ -228,6 +231,10 @@ pub async fn reap(client: &mut Client, scope: Scope<'_>) -> anyhow::Result<Reape
         lease_units: reaping.lease_units,
         reservation_units: reaping.reservation_units,
         levels: inventory::changed_levels(&moved),
+        available: moved
+            .iter()
+            .map(|m| (m.sku.clone(), m.buckets.available))
+            .collect(),
         lapsed: reaping.lapsed,
         disowned_carts,
     };
