@@ -549,6 +549,9 @@ impl Handler<Evict> for CartActor {
         if newer {
             return false;
         }
+        // Out of the registry at once, so the session's next request starts a fresh
+        // actor rather than reaching this one while it stops.
+        self.registry.forget(&self.session_id, &ctx.address());
         self.cart = None;
         ctx.stop();
         true
