@@ -10,7 +10,10 @@ use actix_web::{
 };
 use deadpool_postgres::PoolError;
 use serde::Serialize;
-use surge_actors::{order::UnknownStatus, validated::EmailError};
+use surge_actors::{
+    order::{OrderStatus, UnknownStatus},
+    validated::EmailError,
+};
 use utoipa::ToSchema;
 
 use crate::store::{self, DbError};
@@ -54,6 +57,14 @@ pub enum ApiError {
     InsufficientStock {
         /// The largest quantity the line could have now.
         available: i64,
+    },
+    /// An order's lifecycle does not allow the move asked for; nothing changed.
+    #[error("an order that is {from} cannot become {to}")]
+    InvalidTransition {
+        /// The order's status, unchanged.
+        from: OrderStatus,
+        /// The status asked for.
+        to: OrderStatus,
     },
     /// Some reservations of the cart have expired.
     #[error("reservations expired for: {}", .lines.join(", "))]
@@ -154,6 +165,7 @@ impl ApiError {
             Self::Busy { .. } => "busy",
             Self::InsufficientStock { .. } => "insufficient_stock",
             Self::ReservationExpired { .. } => "reservation_expired",
+            Self::InvalidTransition { .. } => "invalid_transition",
             Self::Unavailable | Self::Database(_) => "unavailable",
             Self::Internal(_) => "internal",
         }
@@ -180,6 +192,9 @@ pub struct ErrorDetail {
     /// With `reservation_expired`: the SKUs whose reservation lapsed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lines: Option<Vec<String>>,
+    /// With `invalid_transition`: the order's current status, unchanged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<OrderStatus>,
 }
 
 /// Builds an error response with the standard body.
@@ -190,6 +205,7 @@ pub fn error_response(status: StatusCode, code: &str, message: &str) -> HttpResp
             message: message.to_owned(),
             available: None,
             lines: None,
+            status: None,
         },
     })
 }
@@ -204,9 +220,9 @@ impl ResponseError for ApiError {
             Self::Conflict { .. } => StatusCode::CONFLICT,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Busy { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::InsufficientStock { .. } | Self::ReservationExpired { .. } => {
-                StatusCode::CONFLICT
-            }
+            Self::InsufficientStock { .. }
+            | Self::ReservationExpired { .. }
+            | Self::InvalidTransition { .. } => StatusCode::CONFLICT,
             Self::Unavailable | Self::Database(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -234,6 +250,10 @@ impl ResponseError for ApiError {
                 },
                 lines: match self {
                     Self::ReservationExpired { lines } => Some(lines.clone()),
+                    _ => None,
+                },
+                status: match self {
+                    Self::InvalidTransition { from, .. } => Some(*from),
                     _ => None,
                 },
             },

@@ -142,8 +142,9 @@ pub trait CartEvents: Send + Sync + 'static {
     fn reservation_expired(&self, session_id: &str, sku: &str, quantity: i64);
     /// An order was placed.
     fn order_placed(&self, session_id: &str, order: &OrderSummary);
-    /// This node now owns the session's cart; another node's copy must stop.
-    fn cart_claimed(&self, session_id: &str);
+    /// This node now owns the session's cart at `version`; another node's older copy
+    /// must stop.
+    fn cart_claimed(&self, session_id: &str, version: i64);
 }
 
 /// Events that go nowhere, for tests and tools.
@@ -153,7 +154,7 @@ impl CartEvents for NoEvents {
     fn cart_changed(&self, _: &str, _: &CartView) {}
     fn reservation_expired(&self, _: &str, _: &str, _: i64) {}
     fn order_placed(&self, _: &str, _: &OrderSummary) {}
-    fn cart_claimed(&self, _: &str) {}
+    fn cart_claimed(&self, _: &str, _: i64) {}
 }
 
 /// The actor.
@@ -198,7 +199,7 @@ impl CartActor {
                 .into_actor(self)
                 .map(|result, act, ctx| match result {
                     Ok(cart) => {
-                        act.deps.events.cart_claimed(&act.session_id);
+                        act.deps.events.cart_claimed(&act.session_id, cart.version);
                         act.cart = Some(cart);
                         act.persisted = true;
                         act.schedule_expiry(ctx);
@@ -525,17 +526,35 @@ impl Handler<Checkout> for CartActor {
     }
 }
 
-/// Another node took the cart over: stop, so this copy can neither write nor expire.
+/// Another node claimed the cart at `version`: a copy older than that stops, so it can
+/// neither write nor expire. A copy at `version` or newer (this node claimed it again
+/// since) stays: takeovers can arrive late and out of order.
 #[derive(Message)]
-#[rtype(result = "()")]
-pub struct Evict;
+#[rtype(result = "bool")]
+pub struct Evict {
+    /// The cart's version as the new owner claimed it.
+    pub version: i64,
+}
 
 impl Handler<Evict> for CartActor {
-    type Result = ();
+    type Result = bool;
 
-    fn handle(&mut self, _: Evict, ctx: &mut Self::Context) {
+    fn handle(&mut self, msg: Evict, ctx: &mut Self::Context) -> bool {
+        // Loading runs in `ctx.wait`, so a loaded cart's version is known here; a fresh
+        // session's unsaved cart (version 0) is older than any claim.
+        let newer = self
+            .cart
+            .as_ref()
+            .is_some_and(|c| self.persisted && c.version >= msg.version);
+        if newer {
+            return false;
+        }
+        // Out of the registry at once, so the session's next request starts a fresh
+        // actor rather than reaching this one while it stops.
+        self.registry.forget(&self.session_id, &ctx.address());
         self.cart = None;
         ctx.stop();
+        true
     }
 }
 
@@ -594,15 +613,131 @@ impl CartRegistry {
         }
     }
 
-    /// Stops the session's actor on this node, if any (another node took the cart).
-    pub fn evict(&self, session_id: &str) {
+    /// Another node claimed the session's cart at `version`: this node's actor stops if
+    /// its copy is older (it leaves the registry as it stops).
+    pub fn evict(&self, session_id: &str, version: i64) {
         let addr = self
             .live
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(session_id);
+            .get(session_id)
+            .cloned();
         if let Some(addr) = addr {
-            addr.do_send(Evict);
+            addr.do_send(Evict { version });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicI64, Ordering};
+
+    use super::*;
+    use crate::{
+        ports::{BoxFut, WriteOutcome},
+        shard::ShardConfig,
+        stock::LeasePolicy,
+    };
+
+    /// Claims carts at the version it holds; nothing else is read.
+    struct ClaimsAt(AtomicI64);
+
+    impl Store for ClaimsAt {
+        fn claim_cart(&self, _: String) -> BoxFut<Result<Cart, StoreError>> {
+            let version = self.0.load(Ordering::SeqCst);
+            Box::pin(async move { Ok(Cart::new(Uuid::from_u128(1), version)) })
+        }
+
+        fn order_for_key(
+            &self,
+            _: String,
+            _: String,
+        ) -> BoxFut<Result<Option<OrderSummary>, StoreError>> {
+            Box::pin(async { Ok(None) })
+        }
+
+        fn available(&self, _: Vec<String>) -> BoxFut<Result<Vec<(String, i64)>, StoreError>> {
+            Box::pin(async { Ok(Vec::new()) })
+        }
+    }
+
+    /// No write is expected in these tests.
+    struct NoWrites;
+
+    impl Journal for NoWrites {
+        fn write(&self, _: WriteOp) -> BoxFut<Result<WriteOutcome, JournalError>> {
+            Box::pin(async { Err(JournalError::Stopped) })
+        }
+    }
+
+    fn registry(version: i64) -> CartRegistry {
+        let journal: Arc<dyn Journal> = Arc::new(NoWrites);
+        let store: Arc<dyn Store> = Arc::new(ClaimsAt(AtomicI64::new(version)));
+        let shards = Shards::start(
+            1,
+            Arc::clone(&journal),
+            Arc::clone(&store),
+            ShardConfig {
+                policy: LeasePolicy {
+                    max_chunk: 4,
+                    spread: 2,
+                },
+                idle_return: Duration::from_secs(60),
+                tick: ShardConfig::TICK,
+                max_queue: 16,
+            },
+        );
+        CartRegistry::new(CartDeps {
+            journal,
+            store,
+            shards,
+            limits: CartLimits {
+                max_line_quantity: 4,
+                max_lines: 4,
+                reservation_ttl_ms: 60_000,
+                checkout_margin_ms: 1_000,
+            },
+            idle: Duration::from_secs(60),
+            events: Arc::new(NoEvents),
+        })
+    }
+
+    /// Guards against a late takeover evicting a newer owner: this node claimed the
+    /// cart at version 7, and a takeover from an earlier claim (version 6) arrives
+    /// afterwards. The actor must keep serving; only a newer claim stops it.
+    #[actix::test]
+    async fn a_late_takeover_does_not_evict_a_newer_owner() {
+        let carts = registry(7);
+        let addr = carts.get("s1", false);
+        let view = addr
+            .send(GetCart)
+            .await
+            .expect("delivered")
+            .expect("loaded");
+        assert_eq!(view.version, 7);
+
+        carts.evict("s1", 6);
+        let still = addr.send(GetCart).await.expect("the actor is alive");
+        assert_eq!(
+            still.map(|v| v.version),
+            Ok(7),
+            "the newer copy kept its cart"
+        );
+        assert_eq!(
+            addr.send(Evict { version: 7 }).await,
+            Ok(false),
+            "its own claim's version does not evict it either"
+        );
+        assert!(carts.get("s1", false) == addr, "the registry still has it");
+
+        assert_eq!(addr.send(Evict { version: 8 }).await, Ok(true));
+        for _ in 0..100 {
+            if !addr.connected() {
+                break;
+            }
+            actix::clock::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(!addr.connected(), "an older copy stops on a newer claim");
+        assert!(carts.get("s1", false) != addr, "a new actor replaces it");
     }
 }

@@ -1,10 +1,16 @@
 //! What a reaper pass gives back, without IO.
 //!
-//! A node that stops heartbeating leaves rows behind: its lease rows (units it held but
-//! had not handed out) and the reservations of carts it owned. The reaper reads those
-//! rows under the inventory lock, [`plan`] decides which of them go back to
-//! `available` and what that moves per SKU, and the store deletes exactly those rows
-//! and applies the movement.
+//! A node that stops heartbeating leaves its lease rows behind (units it held but had
+//! not handed out). Reservations can outlive their TTL too, whoever holds the cart: a
+//! dead node, a restarted process under the same id, an evicted actor, a cart whose
+//! load failed. The reaper reads those rows under the inventory lock, [`plan`] decides
+//! which of them go back to `available` and what that moves per SKU, and the store
+//! deletes exactly those rows and applies the movement.
+//!
+//! A reservation goes back once it has been expired for longer than the grace, with no
+//! regard to its owner's liveness: a live cart actor normally expires its own lines
+//! first, and if the reaper wins, the cart's version has moved, so the actor's next
+//! write is refused as stale and it reloads instead of returning the units twice.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -18,17 +24,18 @@ use crate::stock::Delta;
 /// Which rows a pass takes back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scope<'a> {
-    /// Expired leases (their node stopped renewing them), and expired reservations of
-    /// carts whose owner is dead.
+    /// Expired leases (their node stopped renewing them), and reservations expired for
+    /// longer than the grace, whoever owns their cart.
     Dead {
         /// A node is dead when its heartbeat is older than this.
         ttl: Duration,
         /// Reservations are reaped this long after they expire, so that a live owner's
-        /// own expiry always comes first.
+        /// own expiry normally comes first.
         grace: Duration,
     },
     /// Every lease of this node: run at startup, before this node leases anything, to
-    /// recover what a previous process with the same id left behind.
+    /// recover what a previous process with the same id left behind (the store also
+    /// disowns that id's carts, whose reservations then lapse like any other).
     Own(&'a str),
 }
 
@@ -45,20 +52,31 @@ pub struct LeaseRow {
     pub expires_at_ms: i64,
 }
 
-/// A `reservations` row, read under lock, with what the reaper knows of its cart's owner.
+/// A `reservations` row, read under lock, with its cart's session (whose sockets hear
+/// of the expiry).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HeldReservation {
     /// The cart.
     pub cart_id: Uuid,
+    /// The session owning the cart.
+    pub session_id: String,
     /// The SKU.
     pub sku: String,
     /// Units held.
     pub quantity: i64,
     /// Expiry, Unix milliseconds.
     pub expires_at_ms: i64,
-    /// The owner node's last heartbeat, Unix milliseconds; `None` when the cart has no
-    /// owner or the owner left.
-    pub owner_heartbeat_ms: Option<i64>,
+}
+
+/// A reservation the reaper released, so that its session's sockets can be told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lapsed {
+    /// The session owning the cart.
+    pub session_id: String,
+    /// The SKU.
+    pub sku: String,
+    /// Units released.
+    pub quantity: i64,
 }
 
 /// What one pass takes back.
@@ -68,6 +86,8 @@ pub struct Reaping {
     pub leases: Vec<(String, String)>,
     /// Reservation rows to delete, as (cart, SKU).
     pub reservations: Vec<(Uuid, String)>,
+    /// The same reservations, by session, for the shoppers' sockets.
+    pub lapsed: Vec<Lapsed>,
     /// Carts that lose a reservation: their version rises, so that whoever holds a copy
     /// must reload before writing.
     pub carts: BTreeSet<Uuid>,
@@ -116,11 +136,16 @@ pub fn plan(
             *d = d.plus(Delta::give_back(lease.quantity));
         }
     }
-    if let Scope::Dead { ttl, grace } = scope {
+    if let Scope::Dead { grace, .. } = scope {
         let due = now_ms.saturating_sub(millis(grace));
         for r in reservations {
-            if r.expires_at_ms < due && !is_alive(r.owner_heartbeat_ms, now_ms, ttl) {
+            if r.expires_at_ms < due {
                 out.reservations.push((r.cart_id, r.sku.clone()));
+                out.lapsed.push(Lapsed {
+                    session_id: r.session_id.clone(),
+                    sku: r.sku.clone(),
+                    quantity: r.quantity,
+                });
                 out.carts.insert(r.cart_id);
                 out.reservation_units += r.quantity;
                 let d = out.inventory.entry(r.sku.clone()).or_default();
@@ -149,13 +174,13 @@ mod tests {
         }
     }
 
-    fn held(cart: u128, expires_at_ms: i64, owner_heartbeat_ms: Option<i64>) -> HeldReservation {
+    fn held(cart: u128, expires_at_ms: i64) -> HeldReservation {
         HeldReservation {
             cart_id: Uuid::from_u128(cart),
+            session_id: format!("s{cart}"),
             sku: "A".into(),
             quantity: 2,
             expires_at_ms,
-            owner_heartbeat_ms,
         }
     }
 
@@ -173,7 +198,7 @@ mod tests {
             Scope::Own("a"),
             1000,
             &[lease("a", 3, 5000), lease("b", 5, 0)],
-            &[held(1, 0, None)],
+            &[held(1, 0)],
         );
         assert_eq!(r.leases, vec![("a".to_owned(), "A".to_owned())]);
         assert!(
@@ -183,22 +208,31 @@ mod tests {
         assert_eq!(r.inventory["A"], Delta::give_back(3));
     }
 
+    /// Guards against stock lost to a reservation whose owner still heartbeats (a
+    /// restart under the same id, an evicted actor, a failed load): past the grace it
+    /// goes back whoever owns the cart.
     #[test]
-    fn reservations_go_back_after_the_grace_when_their_owner_is_dead() {
+    fn reservations_go_back_after_the_grace_whoever_owns_them() {
         let rows = [
-            held(1, 989, None),      // past the grace, no owner
-            held(2, 990, None),      // not yet past the grace
-            held(3, 100, Some(950)), // owner alive
-            held(4, 100, Some(899)), // owner dead
-            held(4, 100, Some(899)), // a second line of the same cart
+            held(1, 989), // past the grace
+            held(2, 990), // not yet past the grace
+            held(3, 100), // long past, whatever the owner's liveness
+            held(3, 100), // a second line of the same cart
         ];
         let r = plan(DEAD, 1000, &[], &rows);
         assert_eq!(r.reservation_units, 6);
         assert_eq!(
             r.carts,
-            BTreeSet::from([Uuid::from_u128(1), Uuid::from_u128(4)])
+            BTreeSet::from([Uuid::from_u128(1), Uuid::from_u128(3)])
         );
         assert_eq!(r.inventory["A"], Delta::reap_reservation(6));
         assert!(r.inventory["A"].is_balanced());
+        let sessions: Vec<&str> = r.lapsed.iter().map(|l| l.session_id.as_str()).collect();
+        assert_eq!(
+            sessions,
+            ["s1", "s3", "s3"],
+            "each session hears of its lines"
+        );
+        assert_eq!(r.lapsed.iter().map(|l| l.quantity).sum::<i64>(), 6);
     }
 }

@@ -80,6 +80,15 @@ impl Delta {
         }
     }
 
+    /// A cancelled order puts its `n` sold units back on sale; the total stays.
+    pub fn cancel(n: i64) -> Self {
+        Self {
+            available: n,
+            sold: -n,
+            ..Self::default()
+        }
+    }
+
     /// An admin adds `n` units.
     pub fn restock(n: i64) -> Self {
         Self {
@@ -365,6 +374,7 @@ mod tests {
             (Delta::unreserve(3), [0, 0, 3, -3, 0]),
             (Delta::reap_reservation(3), [0, 3, 0, -3, 0]),
             (Delta::sell(3), [0, 0, 0, -3, 3]),
+            (Delta::cancel(3), [0, 3, 0, 0, -3]),
             (Delta::restock(3), [3, 3, 0, 0, 0]),
         ];
         for (d, want) in cases {

@@ -323,10 +323,10 @@ impl Db {
             .map(
                 |((cart, sku), &(quantity, expires_at_ms))| HeldReservation {
                     cart_id: *cart,
+                    session_id: self.carts[cart].session.clone(),
                     sku: sku.clone(),
                     quantity,
                     expires_at_ms,
-                    owner_heartbeat_ms: self.heartbeats.get(&self.carts[cart].owner).copied(),
                 },
             )
             .collect();
@@ -461,8 +461,13 @@ impl World {
         } else {
             let cart = self.db.claim(&node_id(n), &session_id(session), id);
             if evict {
+                // The takeover carries the claimed version: only older copies stop.
                 for (m, other) in self.nodes.iter_mut().enumerate() {
-                    if m != n && !other.busy(session) {
+                    let older = other
+                        .carts
+                        .get(&session)
+                        .is_some_and(|c| c.cart.version < cart.version);
+                    if m != n && older && !other.busy(session) {
                         other.carts.remove(&session);
                     }
                 }
@@ -778,10 +783,25 @@ impl World {
                     return;
                 }
                 self.db.reap(Scope::Own(&id), self.now);
+                // Startup recovery lets go of the id's carts too.
+                for cart in self.db.carts.values_mut().filter(|c| c.owner == id) {
+                    cart.owner.clear();
+                }
                 self.db.heartbeats.insert(id, self.now);
                 self.nodes[node] = Node::new(true);
             }
-            Op::Reap => self.db.reap(dead_scope(), self.now),
+            Op::Reap => {
+                self.db.reap(dead_scope(), self.now);
+                // Whoever holds the cart (a live node, a restart under the same id, an
+                // evicted copy), no reservation outlives its expiry by the grace.
+                for ((cart, sku), (_, expires)) in &self.db.reservations {
+                    assert!(
+                        *expires >= self.now - GRACE,
+                        "{cart}/{sku}: a reservation expired at {expires} survived a pass at {}",
+                        self.now
+                    );
+                }
+            }
             Op::Restock { sku, n } => {
                 let sku = SKUS[sku].to_owned();
                 self.db

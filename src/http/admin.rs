@@ -18,13 +18,15 @@ use utoipa_actix_web::{scope, service_config::ServiceConfig};
 
 use super::products::ProductView;
 use crate::{
-    commerce::restock::{restock as add_stock, RestockError},
+    commerce::{
+        orders::{self as order_status, StatusError},
+        restock::{restock as add_stock, RestockError},
+    },
     error::{ApiError, ErrorBody},
     state::AppState,
     store::{
         campaigns::{self, CampaignError, NewCampaign},
         catalog_repo::{self, ProductInput, UpsertError, Upserted, VariantInput},
-        orders,
     },
 };
 
@@ -294,7 +296,9 @@ pub struct StatusChange {
     pub status: String,
 }
 
-/// Changes an order's status and tells the shopper's sockets.
+/// Moves an order along its lifecycle (placed → paid → shipped → delivered, or
+/// cancelled before it ships) and tells the shopper's sockets; a cancellation puts the
+/// order's units back on sale in the same commit.
 #[utoipa::path(
     tag = "admin",
     request_body = StatusChange,
@@ -304,6 +308,7 @@ pub struct StatusChange {
         (status = 200, description = "The order", body = crate::views::OrderBody),
         (status = 400, description = "Unknown status", body = ErrorBody),
         (status = 404, description = "No such order", body = ErrorBody),
+        (status = 409, description = "`invalid_transition`: the order's lifecycle does not allow the move; `status` is its current status, unchanged", body = ErrorBody),
     )
 )]
 #[post("/orders/{id}/status")]
@@ -313,18 +318,17 @@ pub async fn set_order_status(
     id: web::Path<String>,
     body: web::Json<StatusChange>,
 ) -> Result<HttpResponse, ApiError> {
-    // Any status may follow any other for now; `OrderStatus::can_become` is the rule
-    // this route will enforce.
     let status = OrderStatus::parse(&body.status)?;
     let not_found = || ApiError::NotFound("no such order".into());
     let id = uuid::Uuid::parse_str(&id).map_err(|_| not_found())?;
-    let (session, order) = orders::set_status(&state.db.primary, id, status)
-        .await?
-        .ok_or_else(not_found)?;
-    let body = order;
-    state.live.order_changed(&session, &body);
-    tracing::info!(order = %id, status = %body.status, "order status changed");
-    Ok(HttpResponse::Ok().json(body))
+    let order = order_status::set_status(&state.db.primary, &state.live, &state.shards, id, status)
+        .await
+        .map_err(|e| match e {
+            StatusError::NotFound => not_found(),
+            StatusError::InvalidTransition { from, to } => ApiError::InvalidTransition { from, to },
+            StatusError::Db(e) => e.into(),
+        })?;
+    Ok(HttpResponse::Ok().json(order))
 }
 
 /// A campaign to announce.

@@ -85,12 +85,16 @@ pub enum BusEvent {
         /// The message, carrying full state (absolute).
         payload: ServerMessage,
     },
-    /// `node_id` now owns `session_id`; any other node holding it must let it go.
+    /// `node_id` now owns `session_id` at cart `version`; another node holding an older
+    /// copy must let it go. The version orders takeovers, so a late one cannot evict a
+    /// newer owner.
     Takeover {
         /// The session taken over.
         session_id: String,
         /// The node that owns it from now on.
         node_id: String,
+        /// The cart's version as claimed (every claim raises it).
+        version: i64,
     },
 }
 
@@ -980,6 +984,7 @@ mod tests {
             BusEvent::Takeover {
                 session_id: "s1".into(),
                 node_id: "b".into(),
+                version: 3,
             },
         ]
     }

@@ -156,10 +156,11 @@ impl CartEvents for Live {
         self.order_changed(session_id, order);
     }
 
-    fn cart_claimed(&self, session_id: &str) {
+    fn cart_claimed(&self, session_id: &str, version: i64) {
         self.0.bus.publish(BusEvent::Takeover {
             session_id: session_id.to_owned(),
             node_id: self.0.node_id.clone(),
+            version,
         });
     }
 }

@@ -56,7 +56,11 @@ impl BusSink for LiveSink {
                 session_id,
                 payload,
             } => self.live.hub().to_session(&session_id, &payload),
-            BusEvent::Takeover { session_id, .. } => self.carts.evict(&session_id),
+            BusEvent::Takeover {
+                session_id,
+                version,
+                ..
+            } => self.carts.evict(&session_id, version),
             BusEvent::Catalog => {
                 let live = self.live.clone();
                 tokio::spawn(async move {

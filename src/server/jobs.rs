@@ -8,6 +8,8 @@ use actix_web::web;
 use tokio::{task::JoinSet, time::Instant};
 use tokio_util::sync::CancellationToken;
 
+use surge_actors::{cart_actor::CartEvents as _, shard::Restocked};
+
 use crate::{
     config::ServeConfig,
     live::campaigns::Announcer,
@@ -140,14 +142,24 @@ pub fn spawn(cfg: &ServeConfig, state: &web::Data<AppState>) -> Jobs {
 
     let reaper_period = cfg.commerce.reaper_period;
     jobs.every("reaper", reaper_period, First::Now, {
-        let (primary, live) = (primary.clone(), state.live.clone());
-        let grace = reaper_period.max(Duration::from_secs(1));
+        let (primary, live, shards) = (primary.clone(), state.live.clone(), state.shards.clone());
+        let grace = leases::reservation_grace(reaper_period);
         move || {
-            let (primary, live) = (primary.clone(), live.clone());
+            let (primary, live, shards) = (primary.clone(), live.clone(), shards.clone());
             async move {
                 let mut client = primary.get().await?;
                 let reaped = leases::reap(&mut client, Scope::Dead { ttl, grace }).await?;
+                drop(client);
+                for (sku, available) in reaped.available {
+                    shards
+                        .for_sku(&sku)
+                        .addr()
+                        .do_send(Restocked { sku, available });
+                }
                 live.stock_changed(reaped.levels);
+                for lapsed in reaped.lapsed {
+                    live.reservation_expired(&lapsed.session_id, &lapsed.sku, lapsed.quantity);
+                }
                 Ok(())
             }
         }

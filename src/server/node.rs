@@ -131,7 +131,8 @@ impl Node {
 }
 
 /// Migrates, then takes this node id over: waits out a live process that still uses
-/// it, returns what a dead one leased, and heartbeats.
+/// it, returns what a dead one leased, lets go of the carts it owned (their lapsed
+/// reservations go back with the reaper's next pass), and heartbeats.
 async fn prepare_database(db: &Db, cfg: &ServeConfig) -> anyhow::Result<()> {
     let ttl = cfg.commerce.lease_ttl;
     let mut client = db
@@ -142,10 +143,11 @@ async fn prepare_database(db: &Db, cfg: &ServeConfig) -> anyhow::Result<()> {
     migrate::run(&mut client).await?;
     leases::wait_for_id(&client, &cfg.node_id, ttl).await?;
     let recovered = leases::reap(&mut client, Scope::Own(&cfg.node_id)).await?;
-    if recovered.lease_units > 0 {
+    if recovered.lease_units > 0 || recovered.disowned_carts > 0 {
         tracing::info!(
             units = recovered.lease_units,
-            "recovered this node's old leases"
+            carts = recovered.disowned_carts,
+            "recovered this node id's old leases and let go of its carts"
         );
     }
     leases::heartbeat(&client, &cfg.node_id, ttl).await

@@ -1,6 +1,7 @@
 //! The stock conservation check behind `surge check`: for every SKU,
 //! `total = available + leased + reserved + sold` with no negative term and
-//! `sold <= total`, and each bucket equal to the rows that make it up.
+//! `sold <= total`, and each bucket equal to the rows that make it up (`sold`: the
+//! order lines of orders that were not cancelled).
 
 use anyhow::Context as _;
 use tokio_postgres::GenericClient;
@@ -24,7 +25,8 @@ pub struct Violation {
     pub lease_rows: i64,
     /// Sum of `reservations` rows.
     pub reservation_rows: i64,
-    /// Sum of `order_lines` rows.
+    /// Sum of the `order_lines` rows of orders not cancelled (a cancellation puts its
+    /// units back to `available`).
     pub order_line_rows: i64,
 }
 
@@ -50,7 +52,9 @@ impl std::fmt::Display for Violation {
 pub const CHECK_SQL: &str = "
 WITH l AS (SELECT sku, SUM(quantity)::bigint AS q FROM stock_leases GROUP BY sku),
      r AS (SELECT sku, SUM(quantity)::bigint AS q FROM reservations GROUP BY sku),
-     s AS (SELECT sku, SUM(quantity)::bigint AS q FROM order_lines GROUP BY sku)
+     s AS (SELECT ol.sku, SUM(ol.quantity)::bigint AS q
+             FROM order_lines ol JOIN orders o ON o.id = ol.order_id
+            WHERE o.status <> 'cancelled' GROUP BY ol.sku)
 SELECT i.sku, i.total, i.available, i.leased, i.reserved, i.sold,
        COALESCE(l.q, 0), COALESCE(r.q, 0), COALESCE(s.q, 0)
   FROM inventory i

@@ -1,8 +1,9 @@
 //! Node liveness and the recovery of stock from dead nodes.
 //!
 //! Every node renews its `nodes` row and its lease rows on a heartbeat. The reaper,
-//! which runs on every node, returns the expired leases of dead nodes, and the expired
-//! reservations of carts whose owner is dead, to `available` in one transaction. It
+//! which runs on every node, returns the expired leases of dead nodes, and every
+//! reservation expired for longer than a grace (whoever owns its cart), to `available`
+//! in one transaction. It
 //! locks inventory rows first, in SKU order, like the Journal, so two reapers (or a
 //! reaper and a batch) serialise instead of double-counting or deadlocking. What goes
 //! back is decided by the domain core ([`surge_actors::reaper`]).
@@ -13,7 +14,7 @@ use anyhow::Context as _;
 pub use surge_actors::reaper::Scope;
 use surge_actors::{
     ports::StockLevel,
-    reaper::{self, HeldReservation, LeaseRow, Reaping},
+    reaper::{self, HeldReservation, Lapsed, LeaseRow, Reaping},
 };
 use tokio_postgres::{types::ToSql, Client, Transaction};
 use uuid::Uuid;
@@ -94,30 +95,56 @@ pub struct Reaped {
     pub reservation_units: i64,
     /// SKUs whose sellable count changed (reservations freed).
     pub levels: Vec<StockLevel>,
+    /// PostgreSQL's `available` afterwards, for each SKU the pass returned units to, so
+    /// that this node's shards stop refusing them at once.
+    pub available: Vec<(String, i64)>,
+    /// The reservations released, by session, for the shoppers' sockets.
+    pub lapsed: Vec<Lapsed>,
+    /// Carts whose owner was this node id (startup recovery only): they count as
+    /// nobody's now, so no process believes it holds them.
+    pub disowned_carts: u64,
+}
+
+/// The grace after a reservation's expiry before the reaper takes it back: long enough
+/// for a live cart actor's own expiry to come first, never longer than a reaper period.
+pub fn reservation_grace(reaper_period: Duration) -> Duration {
+    reaper_period.min(Duration::from_secs(1))
 }
 
 /// One reaper pass in one transaction; safe to run on many nodes at once.
 ///
 /// It locks the inventory rows of every SKU with something to take back, reads the
 /// lease and reservation rows of those SKUs, lets [`reaper::plan`] decide what goes
-/// back, then deletes exactly those rows and applies the movement.
+/// back, then deletes exactly those rows and applies the movement. Under
+/// [`Scope::Own`] it also clears the id's ownership of its carts.
 pub async fn reap(client: &mut Client, scope: Scope<'_>) -> anyhow::Result<Reaped> {
-    let tx = client.transaction().await.context("begin")?;
-    let (own, node, ttl, grace) = match scope {
-        Scope::Dead { ttl, grace } => (false, "", millis(ttl), millis(grace)),
-        Scope::Own(node) => (true, node, 0, 0),
+    let (own, node, grace) = match scope {
+        Scope::Dead { grace, .. } => (false, "", millis(grace)),
+        Scope::Own(node) => (true, node, 0),
     };
+    // On its own, before any inventory lock: it takes only cart rows, in id order.
+    let disowned_carts = if own {
+        client
+            .execute(
+                "UPDATE carts SET owner_node = NULL
+                  WHERE id IN (SELECT id FROM carts WHERE owner_node = $1 ORDER BY id FOR UPDATE)",
+                &[&node],
+            )
+            .await
+            .context("disowning this id's carts")?
+    } else {
+        0
+    };
+    let tx = client.transaction().await.context("begin")?;
     // A cheap, unlocked look for candidates; the plan decides on the locked rows.
     let skus: Vec<String> = tx
         .query(
             "SELECT sku FROM stock_leases
               WHERE CASE WHEN $1 THEN node_id = $2 ELSE expires_at < now() END
              UNION
-             SELECT r.sku FROM reservations r JOIN carts c ON c.id = r.cart_id
-              WHERE NOT $1 AND r.expires_at < now() - $4::bigint * interval '1 millisecond'
-                AND NOT EXISTS (SELECT 1 FROM nodes n WHERE n.node_id = c.owner_node
-                                   AND n.heartbeat_at >= now() - $3::bigint * interval '1 millisecond')",
-            &[&own, &node, &ttl, &grace],
+             SELECT sku FROM reservations
+              WHERE NOT $1 AND expires_at < now() - $3::bigint * interval '1 millisecond'",
+            &[&own, &node, &grace],
         )
         .await
         .context("finding stock to reap")?
@@ -126,7 +153,10 @@ pub async fn reap(client: &mut Client, scope: Scope<'_>) -> anyhow::Result<Reape
         .collect();
     if skus.is_empty() {
         tx.commit().await?;
-        return Ok(Reaped::default());
+        return Ok(Reaped {
+            disowned_carts,
+            ..Reaped::default()
+        });
     }
     // Inventory first, in SKU order, like the Journal: the Journal changes lease and
     // reservation rows only under these locks.
@@ -164,13 +194,11 @@ pub async fn reap(client: &mut Client, scope: Scope<'_>) -> anyhow::Result<Reape
     let reservations: Vec<HeldReservation> = if own {
         Vec::new()
     } else {
-        // Only expired reservations can go back; the plan applies the grace and the
-        // owner's liveness.
+        // Only expired reservations can go back; the plan applies the grace.
         tx.query(
-            "SELECT r.cart_id, r.sku, r.quantity, floor(extract(epoch FROM r.expires_at) * 1000)::bigint,
-                    floor(extract(epoch FROM n.heartbeat_at) * 1000)::bigint
+            "SELECT r.cart_id, c.session_id, r.sku, r.quantity,
+                    floor(extract(epoch FROM r.expires_at) * 1000)::bigint
                FROM reservations r JOIN carts c ON c.id = r.cart_id
-               LEFT JOIN nodes n ON n.node_id = c.owner_node
               WHERE r.sku = ANY($1) AND r.expires_at < now()",
             &[&skus],
         )
@@ -179,17 +207,20 @@ pub async fn reap(client: &mut Client, scope: Scope<'_>) -> anyhow::Result<Reape
         .iter()
         .map(|r| HeldReservation {
             cart_id: r.get(0),
-            sku: r.get(1),
-            quantity: r.get(2),
-            expires_at_ms: r.get(3),
-            owner_heartbeat_ms: r.get(4),
+            session_id: r.get(1),
+            sku: r.get(2),
+            quantity: r.get(3),
+            expires_at_ms: r.get(4),
         })
         .collect()
     };
     let reaping = reaper::plan(scope, now_ms, &leases, &reservations);
     if reaping.is_empty() {
         tx.commit().await?;
-        return Ok(Reaped::default());
+        return Ok(Reaped {
+            disowned_carts,
+            ..Reaped::default()
+        });
     }
     delete(&tx, &reaping).await?;
     let moved = inventory::apply(&tx, &reaping.inventory)
@@ -200,6 +231,12 @@ pub async fn reap(client: &mut Client, scope: Scope<'_>) -> anyhow::Result<Reape
         lease_units: reaping.lease_units,
         reservation_units: reaping.reservation_units,
         levels: inventory::changed_levels(&moved),
+        available: moved
+            .iter()
+            .map(|m| (m.sku.clone(), m.buckets.available))
+            .collect(),
+        lapsed: reaping.lapsed,
+        disowned_carts,
     };
     if reaped.lease_units + reaped.reservation_units > 0 {
         tracing::info!(

@@ -1,14 +1,20 @@
-//! Orders: reading one for its owner, and changing its status.
+//! Orders: reading one for its owner, and moving it along its lifecycle.
+
+use std::collections::BTreeMap;
 
 use deadpool_postgres::Pool;
 use surge_actors::{
     order::OrderStatus,
     ports::{OrderLine, OrderSummary},
+    stock::Delta,
 };
-use tokio_postgres::GenericClient;
+use tokio_postgres::{GenericClient, Transaction};
 use uuid::Uuid;
 
-use super::DbError;
+use super::{
+    inventory::{self, Moved},
+    DbError,
+};
 
 /// An order, only if `session_id` placed it.
 pub async fn find(
@@ -63,25 +69,94 @@ pub async fn find_for_session(
     find(&**client, id, session_id).await
 }
 
-/// An order after its status changed: the owner's session (whose sockets hear of it)
-/// and the order. `None` when there is no such order.
+/// What a status change did.
+#[derive(Debug)]
+pub enum StatusChanged {
+    /// No such order.
+    NotFound,
+    /// The order's lifecycle does not allow the move; nothing changed.
+    Refused {
+        /// The order's status, unchanged.
+        current: OrderStatus,
+    },
+    /// The order moved.
+    Changed {
+        /// The owner's session, whose sockets hear of it.
+        session_id: String,
+        /// The order as it is now.
+        order: OrderSummary,
+        /// Inventory rows a cancellation put units back into.
+        returned: Vec<Moved>,
+    },
+}
+
+/// Moves an order to `next` if its lifecycle allows ([`OrderStatus::can_become`]), in
+/// one transaction. A cancellation puts the order's units back to `available` in that
+/// same transaction, so stock and status never disagree.
+///
+/// The order row is locked first, then the inventory rows in SKU order like every other
+/// writer; no writer locks an existing order row while it holds inventory, so this
+/// cannot deadlock with the Journal or the reaper.
 pub async fn set_status(
     pool: &Pool,
     id: Uuid,
-    status: OrderStatus,
-) -> Result<Option<(String, OrderSummary)>, DbError> {
-    let client = pool.get().await?;
-    let Some(row) = client
+    next: OrderStatus,
+) -> Result<StatusChanged, DbError> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let Some(row) = tx
         .query_opt(
-            "UPDATE orders SET status = $2 WHERE id = $1 RETURNING session_id",
-            &[&id, &status.as_str()],
+            "SELECT status, session_id FROM orders WHERE id = $1 FOR UPDATE",
+            &[&id],
         )
         .await?
     else {
-        return Ok(None);
+        return Ok(StatusChanged::NotFound);
     };
-    let session: String = row.get(0);
-    Ok(find(&**client, id, &session)
+    let current: &str = row.get(0);
+    let current = OrderStatus::parse(current)
+        .map_err(|_| DbError::Corrupt(format!("order {id} has status {current:?}")))?;
+    if !current.can_become(next) {
+        return Ok(StatusChanged::Refused { current });
+    }
+    let session_id: String = row.get(1);
+    tx.execute(
+        "UPDATE orders SET status = $2 WHERE id = $1",
+        &[&id, &next.as_str()],
+    )
+    .await?;
+    let returned = if next == OrderStatus::Cancelled {
+        return_units(&tx, id).await?
+    } else {
+        Vec::new()
+    };
+    let order = find(&*tx, id, &session_id)
         .await?
-        .map(|order| (session, order)))
+        .ok_or_else(|| DbError::Corrupt(format!("order {id} vanished under lock")))?;
+    tx.commit().await?;
+    Ok(StatusChanged::Changed {
+        session_id,
+        order,
+        returned,
+    })
+}
+
+/// Puts a cancelled order's units back on sale: sold -> available, per SKU.
+async fn return_units(tx: &Transaction<'_>, id: Uuid) -> Result<Vec<Moved>, DbError> {
+    let moves: BTreeMap<String, Delta> = tx
+        .query(
+            "SELECT sku, sum(quantity)::bigint FROM order_lines WHERE order_id = $1 GROUP BY sku",
+            &[&id],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), Delta::cancel(r.get(1))))
+        .collect();
+    let skus: Vec<&str> = moves.keys().map(String::as_str).collect();
+    tx.execute(
+        "SELECT 1 FROM inventory WHERE sku = ANY($1) ORDER BY sku FOR UPDATE",
+        &[&skus],
+    )
+    .await?;
+    Ok(inventory::apply(tx, &moves).await?)
 }

@@ -11,6 +11,7 @@ mod liveness;
 mod migrations;
 mod nodes;
 mod ops;
+mod orders;
 mod outcomes;
 mod proxy;
 mod routes;

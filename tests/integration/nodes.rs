@@ -163,6 +163,143 @@ async fn a_killed_nodes_lease_returns_and_sells_elsewhere() {
     b.stop().await;
 }
 
+/// Guards against stock lost after a restart under the same node id: the restarted
+/// process heartbeats under the id that owns the shopper's cart, so a reaper that
+/// spared the carts of live owners, and a startup that recovered leases only, left the
+/// last unit reserved forever. Within the reservation TTL plus a reaper period (and a
+/// margin) another shopper, on either node, must get it.
+#[actix_web::test]
+async fn a_reservation_of_a_restarted_node_goes_back_on_sale() {
+    const TTL: Duration = Duration::from_secs(3);
+    const PERIOD: Duration = Duration::from_secs(1);
+    const MARGIN: Duration = Duration::from_secs(3);
+    let mut commerce = test_commerce();
+    commerce.reaper_period = PERIOD;
+    let b = TestApp::spawn(Options {
+        seed_demo: false,
+        commerce,
+        ..Options::default()
+    })
+    .await;
+    make_sku(&b, "RST-1", 1).await;
+    let env = [
+        ("SURGE_RESERVATION_TTL_SECS", "3"),
+        ("SURGE_REAPER_PERIOD_SECS", "1"),
+        ("SURGE_LEASE_TTL_SECS", "2"),
+    ];
+    let mut a = Node::start(&b.db.url, "node-r", &env).await;
+    let mut first = Buyer::new(&a.base, shared_client());
+    let reserved_at = Instant::now();
+    let (status, cart) = first.set("RST-1", 1).await;
+    assert_eq!(status, 200, "{cart}");
+
+    a.kill9();
+    let a = Node::start(&b.db.url, "node-r", &env).await;
+    let bound = TTL + PERIOD + MARGIN;
+    let mut on_a = Buyer::new(&a.base, shared_client());
+    let mut on_b = Buyer::new(&b.base, shared_client());
+    let mut attempt = 0;
+    loop {
+        let buyer = if attempt % 2 == 0 {
+            &mut on_a
+        } else {
+            &mut on_b
+        };
+        attempt += 1;
+        let (status, body) = buyer.set("RST-1", 1).await;
+        if status == 200 {
+            break;
+        }
+        assert!(
+            status == 409 && reserved_at.elapsed() < bound,
+            "the unit is not back on sale {:?} after it was reserved (bound {bound:?}): {status} {body}",
+            reserved_at.elapsed()
+        );
+        actix_web::rt::time::sleep(PERIOD).await;
+    }
+    eprintln!(
+        "the restarted node's reservation was back on sale {:?} after it was made",
+        reserved_at.elapsed()
+    );
+    assert_eq!(buckets(&b.db, "RST-1").await, (1, 0, 0, 1, 0));
+    // The first shopper's cart resumes on the restarted node, empty.
+    first.base = a.base.clone();
+    let (status, cart) = first.cart().await;
+    assert_eq!(status, 200, "{cart}");
+    assert_eq!(cart["lines"], serde_json::json!([]), "{cart}");
+    assert_stock_sound(&b.db).await;
+    drop(a);
+    b.stop().await;
+}
+
+/// Guards against the reaper and a live cart actor both returning the same units: the
+/// reaper takes a lapsed reservation back while the actor still holds the line (its
+/// own timer has not fired), tells the shopper's socket, and the actor's next write is
+/// stale, so it reloads without putting units into its shard. The shopper's next
+/// request succeeds, and every unit sells exactly once afterwards.
+#[actix_web::test]
+async fn the_reaper_beats_a_live_cart_without_returning_units_twice() {
+    let app = TestApp::spawn(Options {
+        seed_demo: false,
+        ..Options::default()
+    })
+    .await;
+    make_sku(&app, "LIVE-1", 4).await;
+    let mut shopper = Buyer::new(&app.base, shared_client());
+    let (status, cart) = shopper.set("LIVE-1", 1).await;
+    assert_eq!(status, 200, "{cart}");
+    let cookie = shopper.cookie.clone().expect("session");
+    let mut tab = crate::common::ws_connect(&app.base, Some(&cookie)).await;
+    actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+
+    // The row lapsed long ago; the actor's timer is still 15 minutes away.
+    app.db
+        .client()
+        .await
+        .execute(
+            "UPDATE reservations SET expires_at = now() - interval '1 minute' WHERE sku = 'LIVE-1'",
+            &[],
+        )
+        .await
+        .expect("lapse the reservation");
+    let msg = crate::common::ws_wait(&mut tab, Duration::from_secs(5), |v| {
+        v["type"] == "reservation_expired"
+    })
+    .await
+    .expect("the reaper tells the shopper's socket");
+    assert_eq!(
+        (msg["sku"].as_str(), msg["quantity"].as_i64()),
+        (Some("LIVE-1"), Some(1))
+    );
+    assert_eq!(
+        buckets(&app.db, "LIVE-1").await.3,
+        0,
+        "nothing reserved now"
+    );
+
+    let (status, cart) = shopper.set("LIVE-1", 2).await;
+    assert_eq!(
+        status, 200,
+        "the next request succeeds on a reloaded cart: {cart}"
+    );
+    assert_eq!(cart["lines"][0]["quantity"], 2, "{cart}");
+    let (status, cart) = Buyer::new(&app.base, shared_client())
+        .set("LIVE-1", 2)
+        .await;
+    assert_eq!(status, 200, "the other two sell: {cart}");
+    let (status, body) = Buyer::new(&app.base, shared_client())
+        .set("LIVE-1", 1)
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("insufficient_stock")),
+        "no phantom unit in the shard: {body}"
+    );
+    assert_eq!(buckets(&app.db, "LIVE-1").await.3, 4);
+    assert_stock_sound(&app.db).await;
+    app.stop().await;
+}
+
 #[actix_web::test]
 async fn acknowledged_writes_survive_sigkill() {
     let db = db_with_sku("DUR-1", 10).await;
@@ -260,7 +397,8 @@ async fn racing_reapers_return_orphaned_reservations_once() {
     let client = db.client().await;
     // A dead node holds an expired lease of 2 and owns a cart with an expired
     // reservation of 4 and a fresh one of 1; a live node owns a cart whose
-    // reservation of 2 has expired too (its own expiry will release it).
+    // reservation of 2 has expired too, long past the grace: it goes back as well,
+    // whoever owns it.
     client
         .batch_execute(
             "UPDATE inventory SET available = 1, leased = 2, reserved = 7 WHERE sku = 'ORPH-1';
@@ -287,15 +425,21 @@ async fn racing_reapers_return_orphaned_reservations_once() {
     let passes = race_reapers(&db, 3, scope).await;
     let leases: i64 = passes.iter().map(|r| r.lease_units).sum();
     let reservations: i64 = passes.iter().map(|r| r.reservation_units).sum();
-    assert_eq!((leases, reservations), (2, 4), "each unit once: {passes:?}");
+    assert_eq!((leases, reservations), (2, 6), "each unit once: {passes:?}");
     let levels: Vec<_> = passes.iter().flat_map(|r| r.levels.iter()).collect();
     assert_eq!(
         levels.len(),
         1,
         "one pass changed the sellable count: {levels:?}"
     );
-    assert_eq!((levels[0].sku.as_str(), levels[0].available), ("ORPH-1", 7));
-    assert_eq!(buckets(&db, "ORPH-1").await, (10, 7, 0, 3, 0));
+    assert_eq!((levels[0].sku.as_str(), levels[0].available), ("ORPH-1", 9));
+    assert_eq!(buckets(&db, "ORPH-1").await, (10, 9, 0, 1, 0));
+    let lapsed: Vec<&str> = passes
+        .iter()
+        .flat_map(|r| r.lapsed.iter().map(|l| l.session_id.as_str()))
+        .collect();
+    assert_eq!(lapsed.len(), 2, "each session told once: {lapsed:?}");
+    assert!(lapsed.contains(&"s-dead") && lapsed.contains(&"s-live"));
     let versions: Vec<(String, i64)> = client
         .query(
             "SELECT session_id, version FROM carts ORDER BY session_id",
@@ -311,9 +455,9 @@ async fn racing_reapers_return_orphaned_reservations_once() {
         [
             ("s-dead".to_owned(), 4),
             ("s-fresh".to_owned(), 1),
-            ("s-live".to_owned(), 5)
+            ("s-live".to_owned(), 6)
         ],
-        "only the reaped cart moves on"
+        "only the reaped carts move on"
     );
     assert_stock_sound(&db).await;
 }
@@ -347,4 +491,48 @@ async fn surge_check_reports_violations_and_exits_non_zero() {
     let out = String::from_utf8_lossy(&broken.stdout);
     assert_eq!(broken.status.code(), Some(1), "{out}");
     assert!(out.contains("VIOLATION CHK-1"), "{out}");
+}
+
+/// Guards against a restarted process believing it still holds its predecessor's
+/// carts: startup recovery under an id returns that id's leases and clears the id's
+/// ownership of its carts, and of no one else's.
+#[actix_web::test]
+async fn startup_recovery_lets_go_of_the_ids_carts() {
+    use surge::store::leases::Scope;
+    let db = db_with_sku("OWN-1", 10).await;
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "UPDATE inventory SET available = 7, leased = 3 WHERE sku = 'OWN-1';
+             INSERT INTO stock_leases (node_id, sku, quantity, expires_at)
+                 VALUES ('node-x', 'OWN-1', 3, now() + interval '1 hour');
+             INSERT INTO carts (id, session_id, owner_node, version) VALUES
+                 ('00000000-0000-0000-0000-0000000000a1', 's-x1', 'node-x', 2),
+                 ('00000000-0000-0000-0000-0000000000a2', 's-x2', 'node-x', 2),
+                 ('00000000-0000-0000-0000-0000000000b1', 's-y', 'node-y', 2);",
+        )
+        .await
+        .expect("rows of an earlier process");
+    let passes = race_reapers(&db, 1, Scope::Own("node-x")).await;
+    assert_eq!((passes[0].lease_units, passes[0].disowned_carts), (3, 2));
+    let owners: Vec<(String, Option<String>)> = client
+        .query(
+            "SELECT session_id, owner_node FROM carts ORDER BY session_id",
+            &[],
+        )
+        .await
+        .expect("carts")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        owners,
+        [
+            ("s-x1".to_owned(), None),
+            ("s-x2".to_owned(), None),
+            ("s-y".to_owned(), Some("node-y".to_owned())),
+        ]
+    );
+    assert_eq!(buckets(&db, "OWN-1").await, (10, 10, 0, 0, 0));
+    assert_stock_sound(&db).await;
 }
