@@ -45,7 +45,7 @@ use tokio::{
 use super::message::ServerMessage;
 
 /// Event kinds, in the order of [`BusEvent`]; one Redis channel each.
-const KINDS: [&str; 4] = ["stock", "catalog", "session", "takeover"];
+const KINDS: [&str; 5] = ["stock", "catalog", "session", "takeover", "recall"];
 
 /// How long `start` waits for both connections to come up (or to fail once) before
 /// leaving the rest to the background tasks.
@@ -85,6 +85,14 @@ pub enum BusEvent {
         /// The message, carrying full state (absolute).
         payload: ServerMessage,
     },
+    /// A node is short of `sku` while others hold free units of it: every other node
+    /// returns its free units of that SKU to PostgreSQL now (see docs/LEASES.md).
+    Recall {
+        /// The SKU wanted.
+        sku: String,
+        /// Units the asking node is missing.
+        want: i64,
+    },
     /// `node_id` now owns `session_id`; any other node holding it must let it go.
     Takeover {
         /// The session taken over.
@@ -102,6 +110,7 @@ impl BusEvent {
             BusEvent::Catalog => KINDS[1],
             BusEvent::Session { .. } => KINDS[2],
             BusEvent::Takeover { .. } => KINDS[3],
+            BusEvent::Recall { .. } => KINDS[4],
         }
     }
 }

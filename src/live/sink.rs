@@ -57,6 +57,7 @@ impl BusSink for LiveSink {
                 payload,
             } => self.live.hub().to_session(&session_id, &payload),
             BusEvent::Takeover { session_id, .. } => self.carts.evict(&session_id),
+            BusEvent::Recall { sku, .. } => self.shards.recall(&sku),
             BusEvent::Catalog => {
                 let live = self.live.clone();
                 tokio::spawn(async move {

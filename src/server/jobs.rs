@@ -127,12 +127,15 @@ pub fn spawn(cfg: &ServeConfig, state: &web::Data<AppState>) -> Jobs {
     });
 
     jobs.every("heartbeat", ttl / 3, First::Now, {
-        let (primary, node) = (primary.clone(), cfg.node_id.clone());
+        let (primary, node, shards) = (primary.clone(), cfg.node_id.clone(), state.shards.clone());
         move || {
-            let (primary, node) = (primary.clone(), node.clone());
+            let (primary, node, shards) = (primary.clone(), node.clone(), shards.clone());
             async move {
+                let read_at = std::time::Instant::now();
                 let client = primary.get().await?;
-                leases::heartbeat(&client, &node, ttl).await
+                let rows = leases::heartbeat(&client, &node, ttl).await?;
+                shards.fence(rows, read_at);
+                Ok(())
             }
         }
     });

@@ -78,6 +78,7 @@ impl Node {
             commerce.shards,
             Arc::clone(&journal),
             Arc::clone(&store),
+            Arc::new(live.clone()),
             commerce.shard(),
         );
         let limits = commerce.cart_limits();
@@ -148,5 +149,6 @@ async fn prepare_database(db: &Db, cfg: &ServeConfig) -> anyhow::Result<()> {
             "recovered this node's old leases"
         );
     }
-    leases::heartbeat(&client, &cfg.node_id, ttl).await
+    leases::heartbeat(&client, &cfg.node_id, ttl).await?;
+    Ok(())
 }
