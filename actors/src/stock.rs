@@ -368,9 +368,12 @@ impl SkuStock {
         policy.chunk(demand - self.lease, self.db_hint)
     }
 
-    /// Units come back into the lease (a release, an expiry, or an undo).
+    /// Units come back into the lease (a release, an expiry, or an undo). With no
+    /// lease row known (fenced), a release went back to PostgreSQL: nothing to add.
     pub fn put(&mut self, n: i64, now: u64) {
-        self.lease += n;
+        if self.epoch.is_some() {
+            self.lease += n;
+        }
         self.last_used = now;
     }
 
@@ -575,6 +578,16 @@ impl ShardStock {
         self.skus.get(sku).map_or(0, |s| s.lease)
     }
 
+    /// The epoch of the lease row memory sells from, per SKU.
+    pub fn epoch_of(&self, sku: &str) -> Option<i64> {
+        self.skus.get(sku).and_then(|s| s.epoch)
+    }
+
+    /// The stock of a SKU, if this shard has seen it.
+    pub fn sku_mut(&mut self, sku: &str) -> Option<&mut SkuStock> {
+        self.skus.get_mut(sku)
+    }
+
     /// Fencing against this node's live lease rows `(sku, epoch)` as the heartbeat
     /// read them, starting at logical time `read_at`: drops every memory lease whose
     /// row is gone or was re-created. SKUs granted since `read_at` (or with a grant in
@@ -772,7 +785,7 @@ mod tests {
         s.take(0, 1, &p, 0);
         s.granted(outcome(10, 100), &p, 1);
         assert_eq!(s.lease, 9);
-        let mut rows = HashMap::new();
+        let rows = HashMap::new();
         let mut shard = ShardStock::new(p);
         *shard.sku("A") = s.clone();
         assert!(
@@ -781,9 +794,9 @@ mod tests {
         );
         assert_eq!(shard.fence(&rows, 2), vec![("A".to_owned(), 9)]);
         assert_eq!(shard.lease_of("A"), 0);
-        rows.insert("A".to_owned(), 7);
+        let s = shard.sku("A");
+        assert_eq!(s.take(1, 1, &p, 3), Take::NeedLease { want: 12 });
         // A grant onto a new row replaces whatever memory believed.
-        s.take(1, 1, &p, 3);
         let settled = s.granted(
             GrantOutcome {
                 epoch: Some(7),
