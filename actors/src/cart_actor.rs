@@ -20,8 +20,7 @@ use crate::{
     money::Money,
     ports::{
         Journal, JournalError, OrderLine, OrderSummary, PlaceOrder, Rejection, SetLine, Store,
-        StoreError,
-        WriteOp,
+        StoreError, WriteOp,
     },
     shard::{Shards, TakeError},
 };
@@ -337,7 +336,9 @@ impl Handler<SetQuantity> for CartActor {
                         shard.lease_lost(&sku, lease_epoch);
                     }
                     Err(e) => {
-                        if delta > 0 && !matches!(e, JournalError::Rejected(Rejection::LeaseLost { .. })) {
+                        if delta > 0
+                            && !matches!(e, JournalError::Rejected(Rejection::LeaseLost { .. }))
+                        {
                             shard.put(&sku, delta);
                         }
                         return Err(CartFailure::from(e));

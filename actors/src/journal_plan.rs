@@ -416,7 +416,9 @@ mod tests {
         let p = plan(&[set_line(0, 1, 0)], l);
         assert_eq!(
             p.results[0],
-            Err(JournalError::Rejected(Rejection::LeaseLost { sku: "A".into() }))
+            Err(JournalError::Rejected(Rejection::LeaseLost {
+                sku: "A".into()
+            }))
         );
         let mut l = locked(10);
         l.reservations.insert((cart(), "A".into()), 2);

@@ -310,8 +310,12 @@ impl Handler<Fence> for InventoryShard {
     type Result = ();
 
     fn handle(&mut self, msg: Fence, _: &mut Self::Context) {
-        let read_at = u64::try_from(msg.read_at.saturating_duration_since(self.epoch).as_millis())
-            .unwrap_or(u64::MAX);
+        let read_at = u64::try_from(
+            msg.read_at
+                .saturating_duration_since(self.epoch)
+                .as_millis(),
+        )
+        .unwrap_or(u64::MAX);
         for (sku, units) in self.stock.fence(&msg.rows, read_at) {
             metrics::counter!("lease_units_fenced_total").increment(units.unsigned_abs());
             tracing::warn!(sku = %sku, units, "lease row gone or re-created: dropped the memory lease");

@@ -743,14 +743,7 @@ mod tests {
         assert_eq!(s.take(1, 1, &p, 1), Take::Wait, "a recall parks newcomers");
         assert_eq!(s.recall_over(&p), Next::Grant { want: 3 });
         // Nobody answered the recall: the units are live elsewhere.
-        let settled = s.granted(
-            GrantOutcome {
-                granted: 0,
-                ..g
-            },
-            &p,
-            2,
-        );
+        let settled = s.granted(GrantOutcome { granted: 0, ..g }, &p, 2);
         assert_eq!(
             settled.answers,
             vec![(0, Err(Refusal::Contended)), (1, Ok(Some(1)))]

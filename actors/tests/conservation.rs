@@ -1015,7 +1015,12 @@ fn grant(sku: &str, want: i64) -> (WriteOp, Then) {
         sku: sku.to_owned(),
         want,
     };
-    (op, Then::Grant { sku: sku.to_owned() })
+    (
+        op,
+        Then::Grant {
+            sku: sku.to_owned(),
+        },
+    )
 }
 
 fn line_write(line: SetLine, session: usize, delta: i64) -> (WriteOp, Then) {

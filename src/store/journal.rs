@@ -401,7 +401,8 @@ async fn write(
     }
     // A lease return leaves the sellable count alone, but a node waiting on a recall
     // learns of it from the stock event: publish returned SKUs too.
-    let returned = |m: &inventory::Moved| plan.inventory.get(&m.sku).is_some_and(|d| d.available > 0);
+    let returned =
+        |m: &inventory::Moved| plan.inventory.get(&m.sku).is_some_and(|d| d.available > 0);
     Ok(moved
         .iter()
         .filter(|m| m.sellable_changed || returned(m))
