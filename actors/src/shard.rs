@@ -426,6 +426,22 @@ impl Handler<ReturnAll> for InventoryShard {
     }
 }
 
+/// Units of `sku` this shard holds free in memory (for checks and tests).
+#[derive(Message)]
+#[rtype(result = "i64")]
+pub struct LeaseOf {
+    /// The SKU.
+    pub sku: String,
+}
+
+impl Handler<LeaseOf> for InventoryShard {
+    type Result = i64;
+
+    fn handle(&mut self, msg: LeaseOf, _: &mut Self::Context) -> i64 {
+        self.stock.lease_of(&msg.sku)
+    }
+}
+
 /// A shard's address with a depth counter, so callers can shed load before queueing.
 #[derive(Clone)]
 pub struct ShardHandle {
@@ -468,6 +484,16 @@ impl ShardHandle {
                 quantity,
             });
         }
+    }
+
+    /// Units of `sku` free in this shard's memory (0 if the shard stopped).
+    pub async fn lease(&self, sku: &str) -> i64 {
+        self.addr
+            .send(LeaseOf {
+                sku: sku.to_owned(),
+            })
+            .await
+            .unwrap_or(0)
     }
 
     /// A reserve from the lease of `epoch` was refused as lost: drop that lease.
