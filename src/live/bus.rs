@@ -978,6 +978,10 @@ mod tests {
                 session_id: "s1".into(),
                 node_id: "b".into(),
             },
+            BusEvent::Recall {
+                sku: "TEE-M".into(),
+                want: 3,
+            },
         ]
     }
 
@@ -1043,6 +1047,7 @@ mod tests {
                 "surge:catalog",
                 "surge:session",
                 "surge:takeover",
+                "surge:recall",
             ]
         );
         // The channel's last part is the serde tag, so both always agree.

@@ -211,7 +211,10 @@ async fn units_of_a_killed_node_are_recovering_not_sold_out() {
         );
         actix_web::rt::time::sleep(Duration::from_millis(200)).await;
     }
-    assert!(recovering > 0, "the dead node's units were answered as recovering");
+    assert!(
+        recovering > 0,
+        "the dead node's units were answered as recovering"
+    );
     assert_stock_sound(&b.db).await;
     b.stop().await;
 }
