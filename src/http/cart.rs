@@ -152,9 +152,9 @@ fn priced_sku(state: &AppState, raw: &str) -> Result<(Sku, Money), ApiError> {
         (status = 200, description = "The cart after the change (committed)", body = CartBody),
         (status = 400, description = "Bad quantity, JSON or session", body = ErrorBody),
         (status = 404, description = "Unknown SKU", body = ErrorBody),
-        (status = 409, description = "insufficient_stock, with `available`", body = ErrorBody),
+        (status = 409, description = "insufficient_stock, with `available`: PostgreSQL and every node's lease together", body = ErrorBody),
         (status = 429, description = "Shedding load; see Retry-After", body = ErrorBody),
-        (status = 503, description = "Nothing committed; retry", body = ErrorBody),
+        (status = 503, description = "Nothing committed; retry after `Retry-After` (`unavailable`, `stock_recovering`: a stopped node holds the units, `stock_contended`: live nodes hold them)", body = ErrorBody),
     )
 )]
 #[put("/items/{sku}")]

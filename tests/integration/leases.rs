@@ -79,12 +79,17 @@ async fn waves_on_three_nodes_all_get_an_order_while_units_remain() {
         nodes[1].base.as_str(),
         nodes[2].base.as_str(),
     );
+    let started = std::time::Instant::now();
     let mut all = Vec::new();
     all.extend(wave(&[a; 100], sku, "a").await);
     all.extend(wave(&[b; 40], sku, "b").await);
     all.extend(wave(&[c; 40], sku, "c").await);
     let spread: Vec<&str> = (0..100).map(|i| [a, b, c][i % 3]).collect();
     all.extend(wave(&spread, sku, "all").await);
+    eprintln!(
+        "280 buyers on three nodes served in {:?}",
+        started.elapsed()
+    );
     let refused = refused(&all);
     assert!(
         refused.is_empty(),
@@ -119,6 +124,7 @@ async fn one_nodes_lease_is_bounded_by_its_demand() {
     // What left PostgreSQL is what was sold plus what the lease still holds (or
     // returned already, after the idle return).
     let taken = 300 - available;
+    eprintln!("100 buyers of 300 units: {taken} units left PostgreSQL, {leased} still leased");
     assert!(
         taken <= 100 + 64,
         "the node took {taken} units for a demand of 100 (leased now: {leased})"
