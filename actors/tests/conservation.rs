@@ -466,8 +466,9 @@ struct World {
     ids: u128,
     /// Recalls published and not yet delivered: (asking node, SKU).
     recalls: Vec<(usize, String)>,
-    /// Whether the reaper has taken a live node's lease (its refusals are expected).
-    fenced: bool,
+    /// Nodes whose lease the reaper took while they were alive (only their refusals
+    /// are expected), until they die.
+    fenced: BTreeSet<usize>,
 }
 
 impl World {
@@ -486,7 +487,7 @@ impl World {
             seen: BTreeSet::new(),
             ids: 0,
             recalls: Vec::new(),
-            fenced: false,
+            fenced: BTreeSet::new(),
         }
     }
 
@@ -647,7 +648,7 @@ impl World {
             ))
         );
         assert!(
-            !matches!(result, Err(JournalError::Rejected(_))) || (fenced && self.fenced),
+            !matches!(result, Err(JournalError::Rejected(_))) || (fenced && self.fenced.contains(&n)),
             "node {n}: {then:?} refused with {result:?}: memory handed out units its lease row does not have"
         );
         let clock = self.clock();
@@ -886,7 +887,7 @@ impl World {
             }
             Op::Reap => self.db.reap(dead_scope(), self.now),
             Op::ReapLive { node } if self.nodes[node].alive => {
-                self.fenced = true;
+                self.fenced.insert(node);
                 self.db.reap(Scope::Own(&node_id(node)), self.now);
             }
             Op::Restock { sku, n } => {
@@ -947,11 +948,11 @@ impl World {
                     // reserved from it (the planner refuses its epoch), and the row
                     // memory does not know of holds only units in flight.
                     assert!(
-                        self.fenced || node.stock.lease_of(sku) == 0,
+                        self.fenced.contains(&n) || node.stock.lease_of(sku) == 0,
                         "node {n}, {sku}: a memory lease without its row"
                     );
                     assert!(
-                        row <= in_flight || self.fenced,
+                        row <= in_flight || self.fenced.contains(&n),
                         "node {n}, {sku}: a lease row memory does not know"
                     );
                 }
