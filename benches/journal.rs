@@ -24,7 +24,7 @@ use surge::{
 };
 use surge_actors::{
     money::Currency,
-    ports::{Journal, SetLine, WriteOp},
+    ports::{Journal, SetLine, WriteOp, WriteOutcome},
 };
 use tokio_postgres::NoTls;
 use uuid::Uuid;
@@ -68,13 +68,14 @@ async fn run() -> anyhow::Result<()> {
     result
 }
 
-fn line(cart_id: Uuid, sku: &str) -> WriteOp {
+fn line(cart_id: Uuid, sku: &str, lease_epoch: Option<i64>) -> WriteOp {
     WriteOp::SetLine(SetLine {
         cart_id,
         version: 0,
         sku: sku.to_owned(),
         quantity: 1,
         prev_quantity: 0,
+        lease_epoch,
         expires_at_ms: 4_102_444_800_000,
         unit_price_minor: 1000,
         currency: Currency::parse("EUR").unwrap_or_else(|_| unreachable!()),
@@ -126,7 +127,9 @@ async fn bench(url: &str, writes: usize) -> anyhow::Result<()> {
         &surge::config::defaults::<surge::config::CommerceArgs>().validate(),
     );
 
-    // Leases for both contenders, so that every measured write is a reservation.
+    // Leases for both contenders, so that every measured write is a reservation. One
+    // batch creates every row of a node, all with the same epoch.
+    let mut epochs = Vec::new();
     for node in ["bench-journal", "bench-single"] {
         let grants: Vec<WriteOp> = skus
             .iter()
@@ -135,8 +138,13 @@ async fn bench(url: &str, writes: usize) -> anyhow::Result<()> {
                 want: 1_000_000,
             })
             .collect();
-        journal::commit(&db.primary, node, &cfg, &grants).await?;
+        let (results, _) = journal::commit(&db.primary, node, &cfg, &grants).await?;
+        epochs.push(match results.first() {
+            Some(Ok(WriteOutcome::Granted(g))) => g.epoch,
+            _ => None,
+        });
     }
+    let (journal_epoch, single_epoch) = (epochs[0], epochs[1]);
 
     // One transaction per write, CONCURRENCY at a time over a 16-connection pool.
     let single_carts = carts(&client, "single-", writes).await?;
@@ -144,7 +152,11 @@ async fn bench(url: &str, writes: usize) -> anyhow::Result<()> {
     let started = Instant::now();
     let failures = stream::iter(single_carts.iter().enumerate())
         .map(|(i, cart)| {
-            let (pool, cfg, op) = (pool.clone(), cfg.clone(), line(*cart, &skus[i % SKUS]));
+            let (pool, cfg, op) = (
+                pool.clone(),
+                cfg.clone(),
+                line(*cart, &skus[i % SKUS], single_epoch),
+            );
             async move {
                 journal::commit(&pool, "bench-single", &cfg, &[op])
                     .await
@@ -168,7 +180,7 @@ async fn bench(url: &str, writes: usize) -> anyhow::Result<()> {
     ));
     let started = Instant::now();
     let failures = stream::iter(journal_carts.iter().enumerate())
-        .map(|(i, cart)| journal.write(line(*cart, &skus[i % SKUS])))
+        .map(|(i, cart)| journal.write(line(*cart, &skus[i % SKUS], journal_epoch)))
         .buffer_unordered(CONCURRENCY)
         .filter(|r| std::future::ready(r.is_err()))
         .count()
@@ -236,6 +248,7 @@ async fn http_latency(url: &str) -> anyhow::Result<()> {
             lease_max_chunk: 1000,
             lease_ttl: Duration::from_secs(15),
             lease_idle: Duration::from_secs(30),
+            lease_recall: Duration::from_millis(300),
             reaper_period: Duration::from_secs(5),
             cart_idle: Duration::from_secs(300),
             journal_max_batch: 512,

@@ -417,6 +417,10 @@ pub struct CommerceArgs {
     #[arg(long, env = "SURGE_LEASE_IDLE_SECS", value_name = "SURGE_LEASE_IDLE_SECS", default_value_t = 2,
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub lease_idle_secs: u64,
+    /// Milliseconds a node short of stock waits for other nodes to return theirs.
+    #[arg(long, env = "SURGE_LEASE_RECALL_MS", value_name = "SURGE_LEASE_RECALL_MS", default_value_t = 300,
+          value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub lease_recall_ms: u64,
     /// Seconds between reaper passes.
     #[arg(long, env = "SURGE_REAPER_PERIOD_SECS", value_name = "SURGE_REAPER_PERIOD_SECS", default_value_t = 5,
           value_parser = clap::value_parser!(u64).range(1..=3600))]
@@ -461,6 +465,8 @@ pub struct CommerceConfig {
     pub lease_ttl: Duration,
     /// Idle lease return.
     pub lease_idle: Duration,
+    /// Longest wait for a recall to be answered.
+    pub lease_recall: Duration,
     /// Reaper period.
     pub reaper_period: Duration,
     /// Idle cart lifetime.
@@ -488,6 +494,7 @@ impl CommerceArgs {
             lease_max_chunk: i64::from(self.lease_max_chunk),
             lease_ttl: Duration::from_secs(self.lease_ttl_secs),
             lease_idle: Duration::from_secs(self.lease_idle_secs),
+            lease_recall: Duration::from_millis(self.lease_recall_ms),
             reaper_period: Duration::from_secs(self.reaper_period_secs),
             cart_idle: Duration::from_secs(self.cart_idle_secs),
             journal_max_batch: self.journal_max_batch as usize,
@@ -510,6 +517,7 @@ impl CommerceConfig {
             idle_return: self.lease_idle,
             tick: ShardConfig::TICK,
             max_queue: self.shard_queue,
+            recall_wait: self.lease_recall,
         }
     }
 

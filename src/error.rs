@@ -75,6 +75,16 @@ pub enum ApiError {
     /// A dependency is down; nothing changed, retry later.
     #[error("service unavailable, retry later")]
     Unavailable,
+    /// Enough units exist, but some are held by a node that stopped; the reaper
+    /// returns them soon.
+    #[error("stock is held by a node that stopped; retry in {retry_after_secs}s")]
+    StockRecovering {
+        /// Seconds until the reaper is expected to have returned them.
+        retry_after_secs: u64,
+    },
+    /// Enough units exist, but live nodes holding them did not return them in time.
+    #[error("stock is held by other nodes; retry in 1s")]
+    StockContended,
     /// The server is overloaded; retry later.
     #[error("server is busy, retry in {retry_after_secs}s")]
     Busy {
@@ -167,6 +177,8 @@ impl ApiError {
             Self::ReservationExpired { .. } => "reservation_expired",
             Self::InvalidTransition { .. } => "invalid_transition",
             Self::Unavailable | Self::Database(_) => "unavailable",
+            Self::StockRecovering { .. } => "stock_recovering",
+            Self::StockContended => "stock_contended",
             Self::Internal(_) => "internal",
         }
     }
@@ -223,7 +235,10 @@ impl ResponseError for ApiError {
             Self::InsufficientStock { .. }
             | Self::ReservationExpired { .. }
             | Self::InvalidTransition { .. } => StatusCode::CONFLICT,
-            Self::Unavailable | Self::Database(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable
+            | Self::Database(_)
+            | Self::StockRecovering { .. }
+            | Self::StockContended => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -265,11 +280,11 @@ impl ResponseError for ApiError {
                     header::HeaderValue::from_static("Bearer"),
                 );
             }
-            Self::Busy { retry_after_secs } => {
+            Self::Busy { retry_after_secs } | Self::StockRecovering { retry_after_secs } => {
                 resp.headers_mut()
                     .insert(header::RETRY_AFTER, (*retry_after_secs).into());
             }
-            Self::Unavailable | Self::Database(_) => {
+            Self::Unavailable | Self::Database(_) | Self::StockContended => {
                 resp.headers_mut().insert(header::RETRY_AFTER, 1u64.into());
             }
             _ => {}

@@ -19,8 +19,8 @@ use crate::{
     cart::{Cart, CartError, CartLimits, CartLine},
     money::Money,
     ports::{
-        Journal, JournalError, OrderLine, OrderSummary, PlaceOrder, SetLine, Store, StoreError,
-        WriteOp,
+        Journal, JournalError, OrderLine, OrderSummary, PlaceOrder, Rejection, SetLine, Store,
+        StoreError, WriteOp,
     },
     shard::{Shards, TakeError},
 };
@@ -297,42 +297,56 @@ impl Handler<SetQuantity> for CartActor {
         let create_for_session = (!self.persisted).then(|| self.session_id.clone());
         let work = async move {
             let shard = deps.shards.for_sku(&sku);
-            if delta > 0 {
-                shard.take(&sku, delta).await.map_err(|e| match e {
-                    TakeError::Short { available } => CartFailure::InsufficientStock {
-                        available: prev + available,
-                    },
-                    TakeError::Busy => CartFailure::Busy,
-                    e @ (TakeError::Grant(_) | TakeError::Stopped(_)) => {
-                        CartFailure::Unavailable(Unreachable::Stock(e))
+            // A reserve from a lease the reaper took is refused; the shard drops that
+            // lease and the second try reserves from a fresh grant.
+            for attempt in 0..2 {
+                let lease_epoch = if delta > 0 {
+                    shard.take(&sku, delta).await.map_err(|e| match e {
+                        TakeError::Short { available } => CartFailure::InsufficientStock {
+                            available: prev + available,
+                        },
+                        TakeError::Busy => CartFailure::Busy,
+                        e @ (TakeError::Grant(_)
+                        | TakeError::Stopped(_)
+                        | TakeError::Recovering
+                        | TakeError::Contended) => CartFailure::Unavailable(Unreachable::Stock(e)),
+                    })?
+                } else {
+                    None
+                };
+                let op = WriteOp::SetLine(SetLine {
+                    cart_id,
+                    version,
+                    sku: sku.clone(),
+                    quantity: msg.quantity,
+                    prev_quantity: prev,
+                    lease_epoch,
+                    expires_at_ms,
+                    unit_price_minor: price.minor,
+                    currency: price.currency,
+                    create_for_session: create_for_session.clone(),
+                });
+                match deps.journal.write(op).await {
+                    Ok(_) => {
+                        if delta < 0 {
+                            shard.put(&sku, -delta);
+                        }
+                        return Ok(());
                     }
-                })?;
-            }
-            let op = WriteOp::SetLine(SetLine {
-                cart_id,
-                version,
-                sku: sku.clone(),
-                quantity: msg.quantity,
-                prev_quantity: prev,
-                expires_at_ms,
-                unit_price_minor: price.minor,
-                currency: price.currency,
-                create_for_session,
-            });
-            match deps.journal.write(op).await {
-                Ok(_) => {
-                    if delta < 0 {
-                        shard.put(&sku, -delta);
+                    Err(JournalError::Rejected(Rejection::LeaseLost { .. })) if attempt == 0 => {
+                        shard.lease_lost(&sku, lease_epoch);
                     }
-                    Ok(())
+                    Err(e) => {
+                        if delta > 0
+                            && !matches!(e, JournalError::Rejected(Rejection::LeaseLost { .. }))
+                        {
+                            shard.put(&sku, delta);
+                        }
+                        return Err(CartFailure::from(e));
+                    }
                 }
-                Err(e) => {
-                    if delta > 0 {
-                        shard.put(&sku, delta);
-                    }
-                    Err(CartFailure::from(e))
-                }
             }
+            Err(CartFailure::Stale)
         };
         AtomicResponse::new(Box::pin(work.into_actor(self).map(
             move |result, act, ctx| match result {
@@ -390,6 +404,7 @@ impl Handler<ExpireDue> for CartActor {
                     sku: sku.clone(),
                     quantity: 0,
                     prev_quantity: quantity,
+                    lease_epoch: None,
                     expires_at_ms: now,
                     unit_price_minor: price.minor,
                     currency: price.currency,
@@ -670,6 +685,13 @@ mod tests {
         }
     }
 
+    /// A node alone: nobody to recall units from.
+    struct NoPeers;
+
+    impl crate::ports::Peers for NoPeers {
+        fn recall(&self, _: &str, _: i64) {}
+    }
+
     fn registry(version: i64) -> CartRegistry {
         let journal: Arc<dyn Journal> = Arc::new(NoWrites);
         let store: Arc<dyn Store> = Arc::new(ClaimsAt(AtomicI64::new(version)));
@@ -677,6 +699,7 @@ mod tests {
             1,
             Arc::clone(&journal),
             Arc::clone(&store),
+            Arc::new(NoPeers),
             ShardConfig {
                 policy: LeasePolicy {
                     max_chunk: 4,
@@ -685,6 +708,7 @@ mod tests {
                 idle_return: Duration::from_secs(60),
                 tick: ShardConfig::TICK,
                 max_queue: 16,
+                recall_wait: Duration::from_millis(300),
             },
         );
         CartRegistry::new(CartDeps {

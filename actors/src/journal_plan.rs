@@ -9,7 +9,7 @@ use uuid::Uuid;
 use crate::{
     money::Currency,
     ports::{JournalError, PlaceOrder, Rejection, WriteOp, WriteOutcome},
-    stock::Delta,
+    stock::{Delta, GrantOutcome},
 };
 
 /// Rows a batch read under lock before planning.
@@ -19,6 +19,14 @@ pub struct Locked {
     pub available: HashMap<String, i64>,
     /// This node's `stock_leases.quantity` per SKU.
     pub lease: HashMap<String, i64>,
+    /// This node's `stock_leases.epoch` per SKU (fencing).
+    pub lease_epoch: HashMap<String, i64>,
+    /// Epoch for lease rows this batch creates (read from the sequence only for
+    /// batches with grants).
+    pub new_epoch: i64,
+    /// Other nodes' free leased units per SKU, `(fresh heartbeat, lapsed heartbeat)`;
+    /// read only for batches with grants.
+    pub others: HashMap<String, (i64, i64)>,
     /// `carts.version` per cart.
     pub carts: HashMap<Uuid, i64>,
     /// `reservations.quantity` per (cart, SKU).
@@ -49,6 +57,8 @@ pub struct Plan {
     pub lease: BTreeMap<String, i64>,
     /// SKUs for which this node already had a lease row when the batch began.
     pub lease_rows: HashSet<String>,
+    /// Epoch written on the lease rows this batch creates.
+    pub new_epoch: i64,
     /// Final reservation state per (cart, SKU): `None` deletes the row.
     pub reservations: BTreeMap<(Uuid, String), Option<ReservationRow>>,
     /// New version per cart.
@@ -101,6 +111,7 @@ fn unknown(sku: &str) -> Rejection {
 pub fn plan(ops: &[WriteOp], mut locked: Locked) -> Plan {
     let mut p = Plan {
         lease_rows: locked.lease.keys().cloned().collect(),
+        new_epoch: locked.new_epoch,
         ..Plan::default()
     };
     for (i, op) in ops.iter().enumerate() {
@@ -118,7 +129,8 @@ pub fn plan(ops: &[WriteOp], mut locked: Locked) -> Plan {
                     let key = (l.cart_id, l.sku.clone());
                     let current = locked.reservations.get(&key).copied().unwrap_or(0);
                     let d = l.quantity - l.prev_quantity;
-                    let lease = locked.lease.get(&l.sku).copied().unwrap_or(0);
+                    let lease = locked.lease.get(&l.sku).copied();
+                    let epoch = locked.lease_epoch.get(&l.sku).copied();
                     if current != l.prev_quantity {
                         Err(JournalError::Stale)
                     } else if l.quantity < 0 {
@@ -126,24 +138,25 @@ pub fn plan(ops: &[WriteOp], mut locked: Locked) -> Plan {
                             sku: l.sku.clone(),
                             quantity: l.quantity,
                         })
-                    } else if d > lease {
+                    } else if d > 0 && (lease.is_none() || epoch != l.lease_epoch) {
+                        rejected(Rejection::LeaseLost { sku: l.sku.clone() })
+                    } else if d > lease.unwrap_or(0) {
                         rejected(Rejection::LeaseShort {
                             sku: l.sku.clone(),
                             units: d,
-                            lease,
+                            lease: lease.unwrap_or(0),
                         })
                     } else {
-                        move_units(
-                            &mut p,
-                            &mut locked,
-                            &l.sku,
-                            if d >= 0 {
-                                Delta::reserve(d)
-                            } else {
-                                Delta::unreserve(-d)
-                            },
-                            -d,
-                        );
+                        let (delta, lease_change) = if d >= 0 {
+                            (Delta::reserve(d), -d)
+                        } else if lease.is_some() {
+                            (Delta::unreserve(-d), -d)
+                        } else {
+                            // The lease row was reaped: released units go back to
+                            // PostgreSQL rather than into a row memory does not know.
+                            (Delta::reap_reservation(-d), 0)
+                        };
+                        move_units(&mut p, &mut locked, &l.sku, delta, lease_change);
                         let row = (l.quantity > 0).then_some(ReservationRow {
                             quantity: l.quantity,
                             expires_at_ms: l.expires_at_ms,
@@ -206,11 +219,18 @@ fn grant(
         });
     }
     let granted = want.min(available);
+    if granted > 0 && !locked.lease.contains_key(sku) {
+        locked.lease_epoch.insert(sku.to_owned(), locked.new_epoch);
+    }
     move_units(p, locked, sku, Delta::grant(granted), granted);
-    Ok(WriteOutcome::Granted {
+    let (held_live, recovering) = locked.others.get(sku).copied().unwrap_or((0, 0));
+    Ok(WriteOutcome::Granted(GrantOutcome {
         granted,
         remaining: available - granted,
-    })
+        held_live,
+        recovering,
+        epoch: locked.lease_epoch.get(sku).copied(),
+    }))
 }
 
 fn return_lease(
@@ -278,6 +298,7 @@ mod tests {
             sku: "A".into(),
             quantity,
             prev_quantity: prev,
+            lease_epoch: Some(0),
             expires_at_ms: 1,
             unit_price_minor: 100,
             currency: Currency::parse("EUR").expect("valid"),
@@ -311,17 +332,21 @@ mod tests {
         let p = plan(&ops, locked(4));
         assert_eq!(
             p.results[0],
-            Ok(WriteOutcome::Granted {
+            Ok(WriteOutcome::Granted(GrantOutcome {
                 granted: 3,
-                remaining: 1
-            })
+                remaining: 1,
+                epoch: Some(0),
+                ..GrantOutcome::default()
+            }))
         );
         assert_eq!(
             p.results[1],
-            Ok(WriteOutcome::Granted {
+            Ok(WriteOutcome::Granted(GrantOutcome {
                 granted: 1,
-                remaining: 0
-            })
+                remaining: 0,
+                epoch: Some(0),
+                ..GrantOutcome::default()
+            }))
         );
         assert_eq!(
             p.results[2],
@@ -368,6 +393,7 @@ mod tests {
     fn a_line_cannot_exceed_the_lease() {
         let mut l = locked(10);
         l.lease.insert("A".into(), 1);
+        l.lease_epoch.insert("A".into(), 0);
         let p = plan(&[set_line(0, 2, 0)], l);
         assert_eq!(
             p.results[0],
@@ -375,6 +401,51 @@ mod tests {
                 sku: "A".into(),
                 units: 2,
                 lease: 1
+            }))
+        );
+    }
+
+    /// Guards against a frozen node selling from a lease the reaper took: its
+    /// reserve names the old row's epoch and is refused, and a release goes back to
+    /// PostgreSQL instead of into a row nobody knows.
+    #[test]
+    fn reserves_from_a_reaped_lease_are_refused() {
+        let mut l = locked(10);
+        l.lease.insert("A".into(), 5);
+        l.lease_epoch.insert("A".into(), 9);
+        let p = plan(&[set_line(0, 1, 0)], l);
+        assert_eq!(
+            p.results[0],
+            Err(JournalError::Rejected(Rejection::LeaseLost {
+                sku: "A".into()
+            }))
+        );
+        let mut l = locked(10);
+        l.reservations.insert((cart(), "A".into()), 2);
+        let p = plan(&[set_line(0, 0, 2)], l);
+        assert_eq!(p.results[0], Ok(WriteOutcome::Done));
+        assert_eq!(p.inventory["A"], Delta::reap_reservation(2));
+        assert!(p.lease.is_empty(), "no lease row is created by a release");
+    }
+
+    #[test]
+    fn grants_report_what_others_hold_and_the_row_epoch() {
+        let mut l = locked(2);
+        l.new_epoch = 42;
+        l.others.insert("A".into(), (5, 3));
+        let grant = WriteOp::Grant {
+            sku: "A".into(),
+            want: 4,
+        };
+        let p = plan(&[grant], l);
+        assert_eq!(
+            p.results[0],
+            Ok(WriteOutcome::Granted(GrantOutcome {
+                granted: 2,
+                remaining: 0,
+                held_live: 5,
+                recovering: 3,
+                epoch: Some(42),
             }))
         );
     }

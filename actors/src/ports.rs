@@ -8,7 +8,7 @@ use thiserror::Error;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::{cart::Cart, money::Currency};
+use crate::{cart::Cart, money::Currency, stock::GrantOutcome};
 
 /// A boxed future, so that the traits stay object-safe.
 pub type BoxFut<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -26,6 +26,9 @@ pub struct SetLine {
     pub quantity: i64,
     /// Quantity the cart believed it had; the write is refused if PostgreSQL disagrees.
     pub prev_quantity: i64,
+    /// Epoch of the lease row the added units were taken from (fencing): a reserve
+    /// against a row that was reaped and re-created is refused with `LeaseLost`.
+    pub lease_epoch: Option<i64>,
     /// New expiry, Unix milliseconds.
     pub expires_at_ms: i64,
     /// Unit price.
@@ -98,13 +101,8 @@ pub enum WriteOp {
 /// What a committed write produced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WriteOutcome {
-    /// A grant: units given, and what PostgreSQL has left.
-    Granted {
-        /// Units moved into the lease.
-        granted: i64,
-        /// PostgreSQL's available count afterwards.
-        remaining: i64,
-    },
+    /// A grant: units given, what PostgreSQL has left and what other nodes hold.
+    Granted(GrantOutcome),
     /// The write is committed.
     Done,
 }
@@ -145,6 +143,13 @@ pub enum Rejection {
         units: i64,
         /// Units the lease row holds.
         lease: i64,
+    },
+    /// The units were taken from a lease row that is gone or was re-created since
+    /// (the reaper took this node's lease while it was frozen or cut off).
+    #[error("the lease of {sku} this write was planned against is gone")]
+    LeaseLost {
+        /// The SKU.
+        sku: String,
     },
     /// A return gives back more than the lease row holds, or a negative amount.
     #[error("cannot return {quantity} units of {sku}: the lease holds {lease}")]
@@ -221,6 +226,13 @@ pub enum JournalError {
 pub trait Journal: Send + Sync + 'static {
     /// Queues a write and resolves when its batch has committed (or failed).
     fn write(&self, op: WriteOp) -> BoxFut<Result<WriteOutcome, JournalError>>;
+}
+
+/// The other nodes, as a shard short of units sees them: it can ask them to return
+/// what they hold (over the bus; nothing is guaranteed to arrive).
+pub trait Peers: Send + Sync + 'static {
+    /// Asks every other node to return its free leased units of `sku` now.
+    fn recall(&self, sku: &str, want: i64);
 }
 
 /// An order as its owner sees it: the body of the order answers and of the `order`

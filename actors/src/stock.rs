@@ -222,21 +222,104 @@ impl LeasePolicy {
     }
 }
 
+/// Identifies a parked taker, so that the shell can answer it when its turn comes.
+pub type WaiterId = u64;
+
 /// The answer of a shard asked for units.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Take {
-    /// The units came out of the lease.
-    Taken,
-    /// The lease is short: ask PostgreSQL for `want` units, then try again.
+    /// The units came out of the lease, which belongs to lease row `epoch`.
+    Taken {
+        /// Epoch of the lease row the units came from (`None`: no row is known).
+        epoch: Option<i64>,
+    },
+    /// The caller is parked; send a grant of `want` units, then call
+    /// [`SkuStock::granted`]. Only one grant per SKU is in flight at a time.
     NeedLease {
         /// Units to request.
         want: i64,
     },
-    /// Not enough stock exists: `available` units could be had.
+    /// The caller is parked behind the grant (or recall) in flight.
+    Wait,
+    /// Not enough stock exists anywhere (as of the last grant): `available` units
+    /// could be had.
     Short {
-        /// Units this node can still hand out.
+        /// Units the cluster could still hand out.
         available: i64,
     },
+}
+
+/// Why a parked taker cannot have its units, decided after the last try.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// PostgreSQL and every node's free lease together hold fewer units than asked.
+    Short {
+        /// `lease + remaining + held_live + recovering`.
+        available: i64,
+    },
+    /// Enough units exist, but some sit in leases of nodes whose heartbeat lapsed;
+    /// the reaper will return them.
+    Recovering,
+    /// Enough units exist in live nodes' leases, but they did not answer the recall in
+    /// time (Redis down, or a holder frozen).
+    Contended,
+}
+
+/// What a grant found, besides the units it moved.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GrantOutcome {
+    /// Units moved into this node's lease.
+    pub granted: i64,
+    /// PostgreSQL's available count afterwards.
+    pub remaining: i64,
+    /// Free leased units of other nodes whose heartbeat is fresh.
+    pub held_live: i64,
+    /// Units in lease rows of nodes whose heartbeat lapsed.
+    pub recovering: i64,
+    /// Epoch of this node's lease row afterwards (`None`: there is no row).
+    pub epoch: Option<i64>,
+}
+
+/// What the shell does next for a SKU after a grant settled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// Nothing is waiting.
+    Idle,
+    /// Send one more grant of `want` units.
+    Grant {
+        /// Units to request.
+        want: i64,
+    },
+    /// Ask the other nodes to return `want` units, then call [`SkuStock::recall_over`]
+    /// when a stock event arrives or the recall wait ends.
+    Recall {
+        /// Units missing.
+        want: i64,
+    },
+}
+
+/// The answers a settled grant gives its parked takers, in arrival order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settled {
+    /// One answer per taker served or refused.
+    pub answers: Vec<(WaiterId, Result<Option<i64>, Refusal>)>,
+    /// What to do for the takers still parked.
+    pub next: Next,
+}
+
+/// Where a SKU's lease stands between takes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Phase {
+    /// Nothing in flight: a short take starts a grant.
+    #[default]
+    Idle,
+    /// A grant is in flight; `after_recall` marks the last try before answering.
+    Granting {
+        /// This grant follows a recall: its outcome is final.
+        after_recall: bool,
+    },
+    /// Waiting for other nodes to return units.
+    Recalling,
 }
 
 /// One node's stock of one SKU.
@@ -244,46 +327,168 @@ pub enum Take {
 pub struct SkuStock {
     /// Free units this node holds (its `stock_leases` row).
     pub lease: i64,
+    /// Epoch of the lease row the units in memory belong to.
+    pub epoch: Option<i64>,
     /// PostgreSQL's available count when last seen.
     pub db_hint: Option<i64>,
-    /// PostgreSQL had nothing left at the last grant: refuse from memory.
+    /// Nothing was left anywhere at the last grant: refuse from memory.
     pub db_empty: bool,
     /// Logical time of the last take or put, for idle returns.
     pub last_used: u64,
+    /// The grant or recall in flight, if any.
+    pub phase: Phase,
+    /// Takers parked behind it, in arrival order.
+    pub waiters: std::collections::VecDeque<(WaiterId, i64)>,
+    /// Logical time of the last grant, so that a heartbeat read before it cannot fence
+    /// the row it created.
+    pub granted_at: u64,
 }
 
 impl SkuStock {
-    /// Tries to take `n` units from the lease; never goes to PostgreSQL itself.
-    pub fn take(&mut self, n: i64, policy: &LeasePolicy, now: u64) -> Take {
+    /// Tries to take `n` units for taker `id`; never goes to PostgreSQL itself. A taker
+    /// that cannot be served from the lease is parked (`NeedLease` or `Wait`).
+    pub fn take(&mut self, id: WaiterId, n: i64, policy: &LeasePolicy, now: u64) -> Take {
         self.last_used = now;
-        if n <= self.lease {
+        if self.waiters.is_empty() && n <= self.lease {
             self.lease -= n;
-            Take::Taken
-        } else if self.db_empty {
-            Take::Short {
+            return Take::Taken { epoch: self.epoch };
+        }
+        if self.phase != Phase::Idle {
+            self.waiters.push_back((id, n));
+            return Take::Wait;
+        }
+        if self.db_empty {
+            return Take::Short {
                 available: self.lease,
-            }
-        } else {
-            Take::NeedLease {
-                want: policy.chunk(n - self.lease, self.db_hint),
-            }
+            };
+        }
+        self.waiters.push_back((id, n));
+        self.phase = Phase::Granting {
+            after_recall: false,
+        };
+        Take::NeedLease {
+            want: self.want(policy),
         }
     }
 
-    /// Units come back into the lease (a release, an expiry, or an undo).
+    /// Units the parked takers need beyond the lease, sized by the policy.
+    fn want(&self, policy: &LeasePolicy) -> i64 {
+        let demand: i64 = self.waiters.iter().map(|(_, n)| n).sum();
+        policy.chunk(demand - self.lease, self.db_hint)
+    }
+
+    /// Units come back into the lease (a release, an expiry, or an undo). With no
+    /// lease row known (fenced), a release went back to PostgreSQL: nothing to add.
     pub fn put(&mut self, n: i64, now: u64) {
-        self.lease += n;
+        if self.epoch.is_some() {
+            self.lease += n;
+        }
         self.last_used = now;
     }
 
-    /// PostgreSQL granted `granted` units and has `remaining` left.
-    pub fn granted(&mut self, granted: i64, remaining: i64) {
-        self.lease += granted;
-        self.db_hint = Some(remaining);
-        self.db_empty = remaining == 0;
+    /// The grant in flight committed: the lease grows (or is replaced, when the row
+    /// it belonged to is gone), parked takers are served in order, and the core says
+    /// whether to grant again, recall, or answer the rest with the truth.
+    pub fn granted(&mut self, g: GrantOutcome, policy: &LeasePolicy, now: u64) -> Settled {
+        self.granted_at = now;
+        let final_try = matches!(self.phase, Phase::Granting { after_recall: true });
+        if g.epoch == self.epoch {
+            self.lease += g.granted;
+        } else {
+            // The row memory knew was reaped: its units are not ours any more.
+            self.lease = g.granted;
+            self.epoch = g.epoch;
+        }
+        self.db_hint = Some(g.remaining);
+        self.db_empty = g.remaining == 0 && g.held_live == 0 && g.recovering == 0;
+        let mut answers = self.serve();
+        self.phase = Phase::Idle;
+        let next = match self.waiters.front() {
+            None => Next::Idle,
+            Some(_) if g.remaining > 0 => {
+                self.phase = Phase::Granting {
+                    after_recall: final_try,
+                };
+                Next::Grant {
+                    want: self.want(policy),
+                }
+            }
+            Some(_) if g.held_live > 0 && !final_try => {
+                self.phase = Phase::Recalling;
+                let demand: i64 = self.waiters.iter().map(|(_, n)| n).sum();
+                Next::Recall {
+                    want: demand - self.lease,
+                }
+            }
+            Some(_) => {
+                answers.extend(self.refuse_all(g));
+                Next::Idle
+            }
+        };
+        Settled { answers, next }
     }
 
-    /// Takes every leased unit out for return to PostgreSQL.
+    /// Serves parked takers from the lease, strictly in arrival order.
+    fn serve(&mut self) -> Vec<(WaiterId, Result<Option<i64>, Refusal>)> {
+        let mut out = Vec::new();
+        while let Some(&(id, n)) = self.waiters.front() {
+            if n > self.lease {
+                break;
+            }
+            self.lease -= n;
+            self.waiters.pop_front();
+            out.push((id, Ok(self.epoch)));
+        }
+        out
+    }
+
+    /// After the last try: serves whoever the lease covers and refuses the others with
+    /// what the cluster holds.
+    fn refuse_all(&mut self, g: GrantOutcome) -> Vec<(WaiterId, Result<Option<i64>, Refusal>)> {
+        let mut out = Vec::new();
+        while let Some((id, n)) = self.waiters.pop_front() {
+            if n <= self.lease {
+                self.lease -= n;
+                out.push((id, Ok(self.epoch)));
+                continue;
+            }
+            let available = self.lease + g.remaining + g.held_live + g.recovering;
+            let why = if available < n {
+                Refusal::Short { available }
+            } else if g.recovering > 0 {
+                Refusal::Recovering
+            } else {
+                Refusal::Contended
+            };
+            out.push((id, Err(why)));
+        }
+        out
+    }
+
+    /// The recall wait ended (a stock event came, or time ran out): grant once more,
+    /// for the last time before answering.
+    pub fn recall_over(&mut self, policy: &LeasePolicy) -> Next {
+        if self.phase != Phase::Recalling {
+            return Next::Idle;
+        }
+        if self.waiters.is_empty() {
+            self.phase = Phase::Idle;
+            return Next::Idle;
+        }
+        self.phase = Phase::Granting { after_recall: true };
+        Next::Grant {
+            want: self.want(policy),
+        }
+    }
+
+    /// The grant in flight failed (nothing committed): every parked taker is answered
+    /// with that failure.
+    pub fn grant_failed(&mut self) -> Vec<WaiterId> {
+        self.phase = Phase::Idle;
+        self.waiters.drain(..).map(|(id, _)| id).collect()
+    }
+
+    /// Takes every free leased unit out for return to PostgreSQL.
     pub fn drain(&mut self) -> i64 {
         std::mem::take(&mut self.lease)
     }
@@ -292,6 +497,17 @@ impl SkuStock {
     pub fn refreshed(&mut self, available: i64) {
         self.db_hint = Some(available);
         self.db_empty = available == 0;
+    }
+
+    /// Fencing: this node's lease row for the SKU now has epoch `row` (`None`: it is
+    /// gone). Units memory holds under another epoch are not backed by any row, so
+    /// they are dropped before anything is sold from them; returns how many.
+    pub fn fence(&mut self, row: Option<i64>) -> i64 {
+        if row == self.epoch {
+            return 0;
+        }
+        self.epoch = row;
+        std::mem::take(&mut self.lease)
     }
 }
 
@@ -321,16 +537,29 @@ impl ShardStock {
     }
 
     /// See [`SkuStock::take`].
-    pub fn take(&mut self, sku: &str, n: i64, now: u64) -> Take {
+    pub fn take(&mut self, sku: &str, id: WaiterId, n: i64, now: u64) -> Take {
         let policy = self.policy;
-        self.sku(sku).take(n, &policy, now)
+        self.sku(sku).take(id, n, &policy, now)
+    }
+
+    /// See [`SkuStock::granted`].
+    pub fn granted(&mut self, sku: &str, g: GrantOutcome, now: u64) -> Settled {
+        let policy = self.policy;
+        self.sku(sku).granted(g, &policy, now)
+    }
+
+    /// See [`SkuStock::recall_over`].
+    pub fn recall_over(&mut self, sku: &str) -> Next {
+        let policy = self.policy;
+        self.sku(sku).recall_over(&policy)
     }
 
     /// SKUs whose lease has sat unused since `idle_before`, with their units taken out.
+    /// A SKU with a grant in flight is busy, never idle.
     pub fn drain_idle(&mut self, idle_before: u64) -> Vec<(String, i64)> {
         self.skus
             .iter_mut()
-            .filter(|(_, s)| s.lease > 0 && s.last_used < idle_before)
+            .filter(|(_, s)| s.lease > 0 && s.last_used < idle_before && s.phase == Phase::Idle)
             .map(|(k, s)| (k.clone(), s.drain()))
             .collect()
     }
@@ -356,6 +585,31 @@ impl ShardStock {
     /// Units this node can hand out now, per SKU.
     pub fn lease_of(&self, sku: &str) -> i64 {
         self.skus.get(sku).map_or(0, |s| s.lease)
+    }
+
+    /// The epoch of the lease row memory sells from, per SKU.
+    pub fn epoch_of(&self, sku: &str) -> Option<i64> {
+        self.skus.get(sku).and_then(|s| s.epoch)
+    }
+
+    /// The stock of a SKU, if this shard has seen it.
+    pub fn sku_mut(&mut self, sku: &str) -> Option<&mut SkuStock> {
+        self.skus.get_mut(sku)
+    }
+
+    /// Fencing against this node's live lease rows `(sku, epoch)` as the heartbeat
+    /// read them, starting at logical time `read_at`: drops every memory lease whose
+    /// row is gone or was re-created. SKUs granted since `read_at` (or with a grant in
+    /// flight) are skipped: the read may predate their row. Returns what was dropped.
+    pub fn fence(&mut self, rows: &HashMap<String, i64>, read_at: u64) -> Vec<(String, i64)> {
+        self.skus
+            .iter_mut()
+            .filter(|(_, s)| s.phase == Phase::Idle && s.granted_at < read_at)
+            .filter_map(|(k, s)| {
+                let dropped = s.fence(rows.get(k).copied());
+                (dropped > 0).then(|| (k.clone(), dropped))
+            })
+            .collect()
     }
 }
 
@@ -425,21 +679,137 @@ mod tests {
         assert_eq!(p.chunk(5, Some(7)), 5, "never less than the need");
     }
 
-    #[test]
-    fn sold_out_is_answered_from_memory() {
-        let p = LeasePolicy {
+    fn policy() -> LeasePolicy {
+        LeasePolicy {
             max_chunk: 64,
             spread: LeasePolicy::SPREAD,
-        };
+        }
+    }
+
+    fn outcome(granted: i64, remaining: i64) -> GrantOutcome {
+        GrantOutcome {
+            granted,
+            remaining,
+            epoch: Some(1),
+            ..GrantOutcome::default()
+        }
+    }
+
+    #[test]
+    fn sold_out_is_answered_from_memory() {
+        let p = policy();
         let mut s = SkuStock::default();
-        assert_eq!(s.take(1, &p, 1), Take::NeedLease { want: 64 });
-        s.granted(2, 0);
-        assert_eq!(s.take(1, &p, 2), Take::Taken);
-        assert_eq!(s.take(2, &p, 3), Take::Short { available: 1 });
-        assert_eq!(s.take(1, &p, 4), Take::Taken);
-        assert_eq!(s.take(1, &p, 5), Take::Short { available: 0 });
+        assert_eq!(s.take(1, 1, &p, 1), Take::NeedLease { want: 64 });
+        let settled = s.granted(outcome(2, 0), &p, 1);
+        assert_eq!(settled.answers, vec![(1, Ok(Some(1)))]);
+        assert_eq!(settled.next, Next::Idle);
+        assert_eq!(s.take(2, 2, &p, 3), Take::Short { available: 1 });
+        assert_eq!(s.take(3, 1, &p, 4), Take::Taken { epoch: Some(1) });
+        assert_eq!(s.take(4, 1, &p, 5), Take::Short { available: 0 });
         s.refreshed(5);
-        assert!(matches!(s.take(1, &p, 6), Take::NeedLease { .. }));
+        assert!(matches!(s.take(5, 1, &p, 6), Take::NeedLease { .. }));
+    }
+
+    /// Guards against parallel grants: 100 concurrent takers used to send 100 grants
+    /// and one node took everything.
+    #[test]
+    fn concurrent_takers_share_one_grant_in_arrival_order() {
+        let p = policy();
+        let mut s = SkuStock::default();
+        assert_eq!(s.take(0, 1, &p, 0), Take::NeedLease { want: 64 });
+        for id in 1..100 {
+            assert_eq!(s.take(id, 1, &p, 0), Take::Wait, "one grant in flight");
+        }
+        let settled = s.granted(outcome(64, 236), &p, 1);
+        let served: Vec<u64> = settled.answers.iter().map(|(id, _)| *id).collect();
+        assert_eq!(served, (0..64).collect::<Vec<_>>(), "FIFO");
+        assert_eq!(
+            settled.next,
+            Next::Grant { want: 36 },
+            "the next grant is sized to the waiting demand"
+        );
+        let settled = s.granted(outcome(36, 200), &p, 2);
+        assert_eq!(settled.answers.len(), 36);
+        assert_eq!(settled.next, Next::Idle);
+        assert_eq!(s.lease, 0, "the node holds no more than its demand");
+    }
+
+    /// Guards against a false sold-out while other nodes hold free units.
+    #[test]
+    fn a_short_grant_recalls_once_then_answers_the_truth() {
+        let p = policy();
+        let mut s = SkuStock::default();
+        assert!(matches!(s.take(0, 3, &p, 0), Take::NeedLease { .. }));
+        let g = GrantOutcome {
+            granted: 1,
+            remaining: 0,
+            held_live: 5,
+            recovering: 0,
+            epoch: Some(1),
+        };
+        let settled = s.granted(g, &p, 1);
+        assert!(settled.answers.is_empty());
+        assert_eq!(settled.next, Next::Recall { want: 2 });
+        assert_eq!(s.take(1, 1, &p, 1), Take::Wait, "a recall parks newcomers");
+        assert_eq!(s.recall_over(&p), Next::Grant { want: 3 });
+        // Nobody answered the recall: the units are live elsewhere.
+        let settled = s.granted(GrantOutcome { granted: 0, ..g }, &p, 2);
+        assert_eq!(
+            settled.answers,
+            vec![(0, Err(Refusal::Contended)), (1, Ok(Some(1)))]
+        );
+        assert!(!s.db_empty, "units exist elsewhere: not sold out");
+
+        let mut s = SkuStock::default();
+        s.take(0, 3, &p, 0);
+        let dead = GrantOutcome {
+            granted: 0,
+            remaining: 0,
+            held_live: 0,
+            recovering: 4,
+            epoch: None,
+        };
+        let settled = s.granted(dead, &p, 1);
+        assert_eq!(settled.answers, vec![(0, Err(Refusal::Recovering))]);
+        s.take(1, 9, &p, 2);
+        let settled = s.granted(dead, &p, 3);
+        assert_eq!(
+            settled.answers,
+            vec![(1, Err(Refusal::Short { available: 4 }))],
+            "a 409 carries what the cluster holds"
+        );
+    }
+
+    /// Guards against selling from a lease the reaper took while this node was frozen.
+    #[test]
+    fn a_reaped_lease_is_dropped_before_it_sells() {
+        let p = policy();
+        let mut s = SkuStock::default();
+        s.take(0, 1, &p, 0);
+        s.granted(outcome(10, 100), &p, 1);
+        assert_eq!(s.lease, 9);
+        let rows = HashMap::new();
+        let mut shard = ShardStock::new(p);
+        *shard.sku("A") = s.clone();
+        assert!(
+            shard.fence(&rows, 1).is_empty(),
+            "a read older than the grant fences nothing"
+        );
+        assert_eq!(shard.fence(&rows, 2), vec![("A".to_owned(), 9)]);
+        assert_eq!(shard.lease_of("A"), 0);
+        let s = shard.sku("A");
+        assert_eq!(s.take(1, 1, &p, 3), Take::NeedLease { want: 12 });
+        // A grant onto a new row replaces whatever memory believed.
+        let settled = s.granted(
+            GrantOutcome {
+                epoch: Some(7),
+                ..outcome(4, 90)
+            },
+            &p,
+            4,
+        );
+        assert_eq!(settled.answers, vec![(1, Ok(Some(7)))]);
+        assert_eq!(s.lease, 3);
     }
 
     #[test]
@@ -448,9 +818,9 @@ mod tests {
             max_chunk: 64,
             spread: LeasePolicy::SPREAD,
         });
-        shard.sku("A").granted(5, 10);
+        shard.sku("A").lease = 5;
         shard.sku("A").last_used = 10;
-        shard.sku("B").granted(3, 10);
+        shard.sku("B").lease = 3;
         shard.sku("B").last_used = 100;
         assert_eq!(shard.drain_idle(50), vec![("A".to_owned(), 5)]);
         assert_eq!(shard.lease_of("A"), 0);

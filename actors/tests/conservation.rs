@@ -8,6 +8,11 @@
 //! the real [`reaper::plan`] on the rows. After every step, every row must be sound
 //! and every bucket must equal what the rows hold, and no node's memory may hand out
 //! units its lease row does not have.
+//!
+//! The lease protocol runs as the shard runs it: concurrent takers park behind the one
+//! grant in flight per SKU, a short node recalls other nodes' free units, and the
+//! reaper may take a live node's lease (a node frozen past its TTL): the node's
+//! reserves from that lease are refused and its heartbeat fences the memory lease.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -20,9 +25,9 @@ use surge_actors::{
     cart_actor::order_lines,
     journal_plan::{self, Locked},
     money::{Currency, Money},
-    ports::{JournalError, PlaceOrder, SetLine, WriteOp, WriteOutcome},
+    ports::{JournalError, PlaceOrder, Rejection, SetLine, WriteOp, WriteOutcome},
     reaper::{self, HeldReservation, LeaseRow, Scope},
-    stock::{Buckets, Delta, LeasePolicy, ShardStock, Take},
+    stock::{Buckets, Delta, LeasePolicy, Next, ShardStock, Take, WaiterId},
 };
 use uuid::Uuid;
 
@@ -103,6 +108,8 @@ enum Op {
     Reap,
     /// An admin restock.
     Restock { sku: usize, n: i64 },
+    /// The reaper takes a live node's leases (it was frozen past its TTL).
+    ReapLive { node: usize },
 }
 
 fn intent() -> impl Strategy<Value = Intent> {
@@ -128,6 +135,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => node.clone().prop_map(|node| Op::Restart { node }),
         2 => Just(Op::Reap),
         1 => (0..SKUS.len(), 1i64..10).prop_map(|(sku, n)| Op::Restock { sku, n }),
+        1 => node.clone().prop_map(|node| Op::ReapLive { node }),
     ]
 }
 
@@ -145,6 +153,10 @@ struct Db {
     inventory: BTreeMap<String, Buckets>,
     /// `stock_leases`: (node, SKU) → (quantity, expires_at).
     leases: BTreeMap<(String, String), (i64, i64)>,
+    /// `stock_leases.epoch`: (node, SKU) → epoch.
+    epochs: BTreeMap<(String, String), i64>,
+    /// `stock_lease_epoch`, the sequence.
+    next_epoch: i64,
     /// `reservations`: (cart, SKU) → (quantity, expires_at).
     reservations: BTreeMap<(Uuid, String), (i64, i64)>,
     carts: BTreeMap<Uuid, CartRow>,
@@ -203,9 +215,40 @@ impl Db {
             }
         }
         let mut locked = Locked::default();
+        let grants: BTreeSet<&String> = ops
+            .iter()
+            .filter_map(|op| match op {
+                WriteOp::Grant { sku, .. } => Some(sku),
+                _ => None,
+            })
+            .collect();
+        if !grants.is_empty() {
+            self.next_epoch += 1;
+            locked.new_epoch = self.next_epoch;
+        }
         for sku in journal_plan::skus(ops) {
-            if let Some(&(q, _)) = self.leases.get(&(node.to_owned(), sku.clone())) {
+            let key = (node.to_owned(), sku.clone());
+            if let Some(&(q, _)) = self.leases.get(&key) {
                 locked.lease.insert(sku.clone(), q);
+                locked.lease_epoch.insert(sku.clone(), self.epochs[&key]);
+            }
+            if grants.contains(&sku) {
+                // `read_others`: other nodes' free units, by heartbeat freshness.
+                let mut others = (0, 0);
+                for ((holder, s), &(q, _)) in &self.leases {
+                    if holder != node && *s == sku && q > 0 {
+                        let fresh = self
+                            .heartbeats
+                            .get(holder)
+                            .is_some_and(|h| *h >= now - TTL * 2 / 3);
+                        if fresh {
+                            others.0 += q;
+                        } else {
+                            others.1 += q;
+                        }
+                    }
+                }
+                locked.others.insert(sku.clone(), others);
             }
             if let Some(b) = self.inventory.get(&sku) {
                 locked.available.insert(sku, b.available);
@@ -224,6 +267,7 @@ impl Db {
             }
         }
         let plan = journal_plan::plan(ops, locked);
+        let new_epoch = plan.new_epoch;
         self.apply(&plan.inventory);
         for (sku, &q) in plan.lease.iter().filter(|(_, q)| **q != 0) {
             let key = (node.to_owned(), sku.clone());
@@ -237,6 +281,7 @@ impl Db {
                 assert!(row.0 >= 0, "CHECK (quantity >= 0) on {key:?}");
             } else {
                 assert!(q >= 0, "a new lease row of {q} units for {key:?}");
+                self.epochs.insert(key.clone(), new_epoch);
                 let old = self.leases.insert(key, (q, now + TTL));
                 assert!(old.is_none(), "the lease row existed");
             }
@@ -333,6 +378,7 @@ impl Db {
         let reaping = reaper::plan(scope, now, &leases, &reservations);
         for key in &reaping.leases {
             assert!(self.leases.remove(key).is_some(), "{key:?} was read");
+            self.epochs.remove(key);
         }
         for key in &reaping.reservations {
             assert!(self.reservations.remove(key).is_some(), "{key:?} was read");
@@ -347,12 +393,8 @@ impl Db {
 /// What a node does with the answer to one write.
 #[derive(Debug, Clone)]
 enum Then {
-    /// A grant for a line; if the units can then be taken, `line` is written next.
-    Grant {
-        line: SetLine,
-        session: usize,
-        delta: i64,
-    },
+    /// The one grant in flight for `sku`; the core then answers the parked takers.
+    Grant { sku: String },
     /// A line change; memory already took `delta` units when it is positive.
     Line {
         session: usize,
@@ -389,6 +431,8 @@ struct Node {
     carts: BTreeMap<usize, CartCopy>,
     /// Writes whose units memory already took, queued for the next batch.
     pending: Vec<(WriteOp, Then)>,
+    /// Takers parked behind a grant: the line each will write once served.
+    parked: BTreeMap<WaiterId, (SetLine, usize, i64)>,
 }
 
 impl Node {
@@ -401,6 +445,7 @@ impl Node {
             }),
             carts: BTreeMap::new(),
             pending: Vec::new(),
+            parked: BTreeMap::new(),
         }
     }
 
@@ -408,6 +453,7 @@ impl Node {
         self.pending
             .iter()
             .any(|(_, then)| matches!(then, Then::Line { session: s, .. } if *s == session))
+            || self.parked.values().any(|(_, s, _)| *s == session)
     }
 }
 
@@ -418,6 +464,11 @@ struct World {
     /// Sessions that have made a request (the first one creates the cookie).
     seen: BTreeSet<usize>,
     ids: u128,
+    /// Recalls published and not yet delivered: (asking node, SKU).
+    recalls: Vec<(usize, String)>,
+    /// Nodes whose lease the reaper took while they were alive (only their refusals
+    /// are expected), until they die.
+    fenced: BTreeSet<usize>,
 }
 
 impl World {
@@ -435,6 +486,8 @@ impl World {
             now: 0,
             seen: BTreeSet::new(),
             ids: 0,
+            recalls: Vec::new(),
+            fenced: BTreeSet::new(),
         }
     }
 
@@ -504,28 +557,26 @@ impl World {
             sku: sku.to_owned(),
             quantity,
             prev_quantity: prev,
+            lease_epoch: None,
             expires_at_ms,
             unit_price_minor: PRICE,
             currency: eur(),
             create_for_session: (!copy.persisted).then(|| session_id(session)),
         };
+        let mut line = line;
         if delta > 0 {
             let clock = self.clock();
-            match self.nodes[n].stock.take(sku, delta, clock) {
-                Take::Taken => {}
+            let id = u64::try_from(self.new_id().as_u128()).unwrap_or(0);
+            let node = &mut self.nodes[n];
+            match node.stock.take(sku, id, delta, clock) {
+                Take::Taken { epoch } => line.lease_epoch = epoch,
                 Take::NeedLease { want } => {
-                    let op = WriteOp::Grant {
-                        sku: sku.to_owned(),
-                        want,
-                    };
-                    return Some((
-                        op,
-                        Then::Grant {
-                            line,
-                            session,
-                            delta,
-                        },
-                    ));
+                    node.parked.insert(id, (line, session, delta));
+                    return Some(grant(sku, want));
+                }
+                Take::Wait => {
+                    node.parked.insert(id, (line, session, delta));
+                    return None;
                 }
                 Take::Short { .. } => return None,
             }
@@ -563,29 +614,69 @@ impl World {
         for ((_, then), result) in work.into_iter().zip(results) {
             self.answer(n, then, result);
         }
+        // The bus delivers recalls to every live node; each returns its free units.
+        for (asker, sku) in std::mem::take(&mut self.recalls) {
+            let holders: Vec<usize> = (0..NODES)
+                .filter(|m| *m != asker && self.nodes[*m].alive)
+                .collect();
+            for m in holders {
+                let units = self.nodes[m].stock.sku(&sku).drain();
+                if units > 0 {
+                    self.give_back(m, vec![(sku.clone(), units)]);
+                }
+            }
+            // The stock event (or the timer) ends the asker's recall: grant once more.
+            if self.nodes[asker].alive {
+                let next = self.nodes[asker].stock.recall_over(&sku);
+                self.follow(asker, &sku, next);
+            }
+        }
+    }
+
+    /// What the shard does after a grant settled.
+    fn follow(&mut self, n: usize, sku: &str, next: Next) {
+        match next {
+            Next::Idle => {}
+            Next::Grant { want } => self.nodes[n].pending.push(grant(sku, want)),
+            Next::Recall { .. } => self.recalls.push((n, sku.to_owned())),
+        }
     }
 
     /// What the actors do with an answer.
     fn answer(&mut self, n: usize, then: Then, result: Result<WriteOutcome, JournalError>) {
+        // Only a node whose lease the reaper took may be refused: its reserves name
+        // the old row's epoch, its returns exceed the (gone) row.
+        let fenced = matches!(
+            result,
+            Err(JournalError::Rejected(
+                Rejection::LeaseLost { .. } | Rejection::ReturnExceedsLease { .. }
+            ))
+        );
         assert!(
-            !matches!(result, Err(JournalError::Rejected(_))),
+            !matches!(result, Err(JournalError::Rejected(_))) || (fenced && self.fenced.contains(&n)),
             "node {n}: {then:?} refused with {result:?}: memory handed out units its lease row does not have"
         );
         let clock = self.clock();
         let node = &mut self.nodes[n];
         match then {
-            Then::Grant {
-                line,
-                session,
-                delta,
-            } => {
-                if let Ok(WriteOutcome::Granted { granted, remaining }) = result {
-                    node.stock.sku(&line.sku).granted(granted, remaining);
-                    if node.stock.take(&line.sku, delta, clock) == Take::Taken {
-                        node.pending.push(line_write(line, session, delta));
+            Then::Grant { sku } => match result {
+                Ok(WriteOutcome::Granted(g)) => {
+                    let settled = node.stock.granted(&sku, g, clock);
+                    for (id, answer) in settled.answers {
+                        let parked = node.parked.remove(&id);
+                        if let (Some((mut line, session, delta)), Ok(epoch)) = (parked, answer) {
+                            line.lease_epoch = epoch;
+                            node.pending.push(line_write(line, session, delta));
+                        }
+                    }
+                    self.follow(n, &sku, settled.next);
+                }
+                _ => {
+                    for id in node.stock.sku(&sku).grant_failed() {
+                        node.parked.remove(&id);
                     }
                 }
-            }
+            },
             Then::Line {
                 session,
                 sku,
@@ -603,8 +694,14 @@ impl World {
                     }
                 }
                 Err(e) => {
-                    if delta > 0 {
+                    if delta > 0 && !fenced {
                         node.stock.sku(&sku).put(delta, clock);
+                    }
+                    if fenced {
+                        // `LeaseLost`: the shard drops the lease the reserve named.
+                        if let Some(stock) = node.stock.sku_mut(&sku) {
+                            stock.fence(None);
+                        }
                     }
                     if e == JournalError::Stale {
                         node.carts.remove(&session);
@@ -629,7 +726,7 @@ impl World {
                 }
             },
             Then::Return { sku, quantity } => {
-                if result.is_err() {
+                if result.is_err() && !fenced {
                     node.stock.sku(&sku).put(quantity, clock);
                 }
             }
@@ -725,6 +822,7 @@ impl World {
                     sku: sku.clone(),
                     quantity: 0,
                     prev_quantity: quantity,
+                    lease_epoch: None,
                     expires_at_ms: self.now,
                     unit_price_minor: PRICE,
                     currency: eur(),
@@ -745,14 +843,20 @@ impl World {
 
     fn advance(&mut self, by: i64) {
         self.now += by;
-        for n in (0..NODES).filter(|n| self.nodes[*n].alive) {
+        let clock = self.clock();
+        let alive: Vec<usize> = (0..NODES).filter(|n| self.nodes[*n].alive).collect();
+        for n in alive {
             let id = node_id(n);
             self.db.heartbeats.insert(id.clone(), self.now);
-            for ((node, _), row) in self.db.leases.iter_mut() {
+            let mut rows = std::collections::HashMap::new();
+            for ((node, sku), row) in self.db.leases.iter_mut() {
                 if *node == id {
                     row.1 = self.now + TTL;
+                    rows.insert(sku.clone(), self.db.epochs[&(node.clone(), sku.clone())]);
                 }
             }
+            // The heartbeat's answer fences the shard.
+            self.nodes[n].stock.fence(&rows, clock);
         }
     }
 
@@ -802,6 +906,10 @@ impl World {
                     );
                 }
             }
+            Op::ReapLive { node } if self.nodes[node].alive => {
+                self.fenced.insert(node);
+                self.db.reap(Scope::Own(&node_id(node)), self.now);
+            }
             Op::Restock { sku, n } => {
                 let sku = SKUS[sku].to_owned();
                 self.db
@@ -833,24 +941,41 @@ impl World {
         }
         for (n, node) in self.nodes.iter().enumerate().filter(|(_, n)| n.alive) {
             for sku in SKUS {
+                let key = (node_id(n), sku.to_owned());
+                let row_epoch = self.db.epochs.get(&key).copied();
+                let memory_epoch = node.stock.epoch_of(sku);
                 let in_flight: i64 = node
                     .pending
                     .iter()
-                    .filter_map(|(_, then)| match then {
-                        Then::Line { sku: s, delta, .. } if s == sku && *delta > 0 => Some(*delta),
+                    .filter_map(|(op, then)| match (op, then) {
+                        (WriteOp::SetLine(l), Then::Line { sku: s, delta, .. })
+                            if s == sku && *delta > 0 && l.lease_epoch == row_epoch =>
+                        {
+                            Some(*delta)
+                        }
                         _ => None,
                     })
                     .sum();
-                let row = self
-                    .db
-                    .leases
-                    .get(&(node_id(n), sku.to_owned()))
-                    .map_or(0, |r| r.0);
-                assert_eq!(
-                    node.stock.lease_of(sku) + in_flight,
-                    row,
-                    "node {n}, {sku}: memory holds what its lease row holds"
-                );
+                let row = self.db.leases.get(&key).map_or(0, |r| r.0);
+                if memory_epoch == row_epoch && row_epoch.is_some() {
+                    assert_eq!(
+                        node.stock.lease_of(sku) + in_flight,
+                        row,
+                        "node {n}, {sku}: memory holds what its lease row holds"
+                    );
+                } else {
+                    // Memory's lease belongs to a row that is gone: nothing can be
+                    // reserved from it (the planner refuses its epoch), and the row
+                    // memory does not know of holds only units in flight.
+                    assert!(
+                        self.fenced.contains(&n) || node.stock.lease_of(sku) == 0,
+                        "node {n}, {sku}: a memory lease without its row"
+                    );
+                    assert!(
+                        row <= in_flight || self.fenced.contains(&n),
+                        "node {n}, {sku}: a lease row memory does not know"
+                    );
+                }
             }
             for copy in node.carts.values() {
                 let current = self
@@ -906,6 +1031,19 @@ fn units<K>(rows: &BTreeMap<(K, String), (i64, i64)>, sku: &str) -> i64 {
         .sum()
 }
 
+fn grant(sku: &str, want: i64) -> (WriteOp, Then) {
+    let op = WriteOp::Grant {
+        sku: sku.to_owned(),
+        want,
+    };
+    (
+        op,
+        Then::Grant {
+            sku: sku.to_owned(),
+        },
+    )
+}
+
 fn line_write(line: SetLine, session: usize, delta: i64) -> (WriteOp, Then) {
     let then = Then::Line {
         session,
@@ -944,7 +1082,10 @@ proptest! {
         let mut buy = |world: &mut World, node: usize| {
             session += 1;
             world.batch(node, &[Intent::Set { session, sku: 0, quantity: 1, evict: true }]);
-            world.batch(node, &[]); // the line, after its grant
+            // The grant (a recall may add one more), then the line.
+            for _ in 0..3 {
+                world.batch(node, &[]);
+            }
             world.batch(node, &[Intent::Checkout { session, evict: true }]);
         };
         for round in 0..(stock * 4 + 20) {

@@ -7,8 +7,9 @@ use actix_web::{delete, get, post, put, web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use surge_actors::{
     cart::CartError,
-    cart_actor::{CartActor, CartFailure, Checkout, GetCart, SetQuantity},
+    cart_actor::{CartActor, CartFailure, Checkout, GetCart, SetQuantity, Unreachable},
     money::{Currency, Money},
+    shard::TakeError,
     validated::{Email, Sku},
 };
 use utoipa::ToSchema;
@@ -43,6 +44,11 @@ pub fn routes(cfg: &mut ServiceConfig) {
     );
 }
 
+/// Retry-After of `stock_recovering`: the reaper takes a stopped node's leases within a
+/// lease TTL plus a reaper period of its last heartbeat, and most of that has passed by
+/// the time its heartbeat counts as lapsed.
+const RECOVERING_RETRY_SECS: u64 = 2;
+
 fn failure(f: CartFailure) -> ApiError {
     match f {
         CartFailure::Invalid(CartError::QuantityOutOfRange { max }) => ApiError::bad_request(
@@ -66,6 +72,14 @@ fn failure(f: CartFailure) -> ApiError {
         CartFailure::Busy => ApiError::Busy {
             retry_after_secs: 1,
         },
+        CartFailure::Unavailable(Unreachable::Stock(TakeError::Recovering)) => {
+            ApiError::StockRecovering {
+                retry_after_secs: RECOVERING_RETRY_SECS,
+            }
+        }
+        CartFailure::Unavailable(Unreachable::Stock(TakeError::Contended)) => {
+            ApiError::StockContended
+        }
         CartFailure::Stale | CartFailure::Unavailable(_) => {
             tracing::warn!(error = %f, "cart operation not committed");
             ApiError::Unavailable
@@ -138,9 +152,9 @@ fn priced_sku(state: &AppState, raw: &str) -> Result<(Sku, Money), ApiError> {
         (status = 200, description = "The cart after the change (committed)", body = CartBody),
         (status = 400, description = "Bad quantity, JSON or session", body = ErrorBody),
         (status = 404, description = "Unknown SKU", body = ErrorBody),
-        (status = 409, description = "insufficient_stock, with `available`", body = ErrorBody),
+        (status = 409, description = "insufficient_stock, with `available`: PostgreSQL and every node's lease together", body = ErrorBody),
         (status = 429, description = "Shedding load; see Retry-After", body = ErrorBody),
-        (status = 503, description = "Nothing committed; retry", body = ErrorBody),
+        (status = 503, description = "Nothing committed; retry after `Retry-After` (`unavailable`, `stock_recovering`: a stopped node holds the units, `stock_contended`: live nodes hold them)", body = ErrorBody),
     )
 )]
 #[put("/items/{sku}")]

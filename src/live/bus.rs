@@ -45,7 +45,7 @@ use tokio::{
 use super::message::ServerMessage;
 
 /// Event kinds, in the order of [`BusEvent`]; one Redis channel each.
-const KINDS: [&str; 4] = ["stock", "catalog", "session", "takeover"];
+const KINDS: [&str; 5] = ["stock", "catalog", "session", "takeover", "recall"];
 
 /// How long `start` waits for both connections to come up (or to fail once) before
 /// leaving the rest to the background tasks.
@@ -85,6 +85,14 @@ pub enum BusEvent {
         /// The message, carrying full state (absolute).
         payload: ServerMessage,
     },
+    /// A node is short of `sku` while others hold free units of it: every other node
+    /// returns its free units of that SKU to PostgreSQL now (see docs/LEASES.md).
+    Recall {
+        /// The SKU wanted.
+        sku: String,
+        /// Units the asking node is missing.
+        want: i64,
+    },
     /// `node_id` now owns `session_id` at cart `version`; another node holding an older
     /// copy must let it go. The version orders takeovers, so a late one cannot evict a
     /// newer owner.
@@ -106,6 +114,7 @@ impl BusEvent {
             BusEvent::Catalog => KINDS[1],
             BusEvent::Session { .. } => KINDS[2],
             BusEvent::Takeover { .. } => KINDS[3],
+            BusEvent::Recall { .. } => KINDS[4],
         }
     }
 }
@@ -986,6 +995,10 @@ mod tests {
                 node_id: "b".into(),
                 version: 3,
             },
+            BusEvent::Recall {
+                sku: "TEE-M".into(),
+                want: 3,
+            },
         ]
     }
 
@@ -1051,6 +1064,7 @@ mod tests {
                 "surge:catalog",
                 "surge:session",
                 "surge:takeover",
+                "surge:recall",
             ]
         );
         // The channel's last part is the serde tag, so both always agree.

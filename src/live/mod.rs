@@ -18,7 +18,7 @@ use std::sync::Arc;
 use deadpool_postgres::Pool;
 use surge_actors::{
     cart_actor::{CartEvents, CartView},
-    ports::{OrderSummary, StockLevel},
+    ports::{OrderSummary, Peers, StockLevel},
 };
 
 use self::{
@@ -133,6 +133,16 @@ impl Live {
         let client = self.0.reads.get().await?;
         let levels = inventory::stock_levels(&**client).await?;
         Ok(self.apply(levels).len())
+    }
+}
+
+/// A shard short of units asks the other nodes over the bus.
+impl Peers for Live {
+    fn recall(&self, sku: &str, want: i64) {
+        self.0.bus.publish(BusEvent::Recall {
+            sku: sku.to_owned(),
+            want,
+        });
     }
 }
 

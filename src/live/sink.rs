@@ -61,6 +61,7 @@ impl BusSink for LiveSink {
                 version,
                 ..
             } => self.carts.evict(&session_id, version),
+            BusEvent::Recall { sku, .. } => self.shards.recall(&sku),
             BusEvent::Catalog => {
                 let live = self.live.clone();
                 tokio::spawn(async move {

@@ -130,12 +130,19 @@ pub fn spawn(cfg: &ServeConfig, state: &web::Data<AppState>) -> Jobs {
 
     // On its own connection: a busy request pool must never delay it past the TTL.
     jobs.every("heartbeat", ttl / 3, First::Now, {
-        let (pool, node) = (state.db.heartbeat.clone(), cfg.node_id.clone());
+        let (pool, node, shards) = (
+            state.db.heartbeat.clone(),
+            cfg.node_id.clone(),
+            state.shards.clone(),
+        );
         move || {
-            let (pool, node) = (pool.clone(), node.clone());
+            let (pool, node, shards) = (pool.clone(), node.clone(), shards.clone());
             async move {
+                let read_at = std::time::Instant::now();
                 let client = pool.get().await?;
-                leases::heartbeat(&client, &node, ttl).await
+                let rows = leases::heartbeat(&client, &node, ttl).await?;
+                shards.fence(rows, read_at);
+                Ok(())
             }
         }
     });

@@ -78,6 +78,7 @@ impl Node {
             commerce.shards,
             Arc::clone(&journal),
             Arc::clone(&store),
+            Arc::new(live.clone()),
             commerce.shard(),
         );
         let limits = commerce.cart_limits();
@@ -150,5 +151,6 @@ async fn prepare_database(db: &Db, cfg: &ServeConfig) -> anyhow::Result<()> {
             "recovered this node id's old leases and let go of its carts"
         );
     }
-    leases::heartbeat(&client, &cfg.node_id, ttl).await
+    leases::heartbeat(&client, &cfg.node_id, ttl).await?;
+    Ok(())
 }

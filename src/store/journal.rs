@@ -352,7 +352,7 @@ async fn attempt(
 ) -> anyhow::Result<()> {
     let tx = client.transaction().await.context("begin")?;
     // Pipelined with the lock step: the xid costs no round trip of its own.
-    let (xid, locked) = tokio::try_join!(current_xid(&tx), lock(&tx, node_id, ops))?;
+    let (xid, locked) = tokio::try_join!(current_xid(&tx), lock(&tx, node_id, cfg, ops))?;
     let _ = progress.xid.set(xid);
     let plan = journal_plan::plan(ops, locked);
     let levels = write(&tx, node_id, cfg, ops, &plan).await?;
@@ -372,9 +372,18 @@ async fn current_xid(tx: &Transaction<'_>) -> anyhow::Result<String> {
     Ok(row.get(0))
 }
 
+/// A node whose heartbeat is older than this share of the lease TTL has missed two
+/// heartbeats (they run every third of it): its units count as recovering, not live.
+const LIVE_SHARE_OF_TTL: f64 = 2.0 / 3.0;
+
 /// Locks the batch's inventory rows (sorted, so batches and the reaper never deadlock)
 /// and its carts, and reads the state the plan needs.
-async fn lock(tx: &Transaction<'_>, node_id: &str, ops: &[WriteOp]) -> anyhow::Result<Locked> {
+async fn lock(
+    tx: &Transaction<'_>,
+    node_id: &str,
+    cfg: &JournalConfig,
+    ops: &[WriteOp],
+) -> anyhow::Result<Locked> {
     let skus = journal_plan::skus(ops);
     let carts = journal_plan::carts(ops);
     let mut locked = Locked::default();
@@ -393,7 +402,7 @@ async fn lock(tx: &Transaction<'_>, node_id: &str, ops: &[WriteOp]) -> anyhow::R
         }
         let stmt = tx
             .prepare_cached(
-                "SELECT sku, quantity FROM stock_leases WHERE node_id = $1 AND sku = ANY($2)",
+                "SELECT sku, quantity, epoch FROM stock_leases WHERE node_id = $1 AND sku = ANY($2)",
             )
             .await?;
         for row in tx
@@ -402,6 +411,17 @@ async fn lock(tx: &Transaction<'_>, node_id: &str, ops: &[WriteOp]) -> anyhow::R
             .context("reading leases")?
         {
             locked.lease.insert(row.get(0), row.get(1));
+            locked.lease_epoch.insert(row.get(0), row.get(2));
+        }
+        let granted: Vec<&str> = ops
+            .iter()
+            .filter_map(|op| match op {
+                WriteOp::Grant { sku, .. } => Some(sku.as_str()),
+                _ => None,
+            })
+            .collect();
+        if !granted.is_empty() {
+            read_others(tx, node_id, cfg, &granted, &mut locked).await?;
         }
     }
     let new_carts: Vec<(Uuid, &str)> = ops
@@ -454,6 +474,46 @@ async fn lock(tx: &Transaction<'_>, node_id: &str, ops: &[WriteOp]) -> anyhow::R
     Ok(locked)
 }
 
+/// For a batch with grants: what other nodes hold of the granted SKUs, split by
+/// whether their heartbeat is fresh, and the epoch for lease rows the batch creates.
+/// The lease rows are read under the inventory locks, so the numbers are exact.
+async fn read_others(
+    tx: &Transaction<'_>,
+    node_id: &str,
+    cfg: &JournalConfig,
+    skus: &[&str],
+    locked: &mut Locked,
+) -> anyhow::Result<()> {
+    let fresh_ms = (cfg.lease_ttl.as_secs_f64() * LIVE_SHARE_OF_TTL * 1000.0) as i64;
+    let stmt = tx
+        .prepare_cached(
+            "SELECT l.sku,
+                    COALESCE(SUM(l.quantity) FILTER (WHERE n.heartbeat_at >= now() - $3::bigint * interval '1 millisecond'), 0)::bigint,
+                    COALESCE(SUM(l.quantity) FILTER (WHERE n.heartbeat_at IS NULL
+                                                        OR n.heartbeat_at < now() - $3::bigint * interval '1 millisecond'), 0)::bigint
+               FROM stock_leases l LEFT JOIN nodes n ON n.node_id = l.node_id
+              WHERE l.sku = ANY($2) AND l.node_id <> $1 AND l.quantity > 0
+              GROUP BY l.sku",
+        )
+        .await?;
+    for row in tx
+        .query(&stmt, &[&node_id, &skus, &fresh_ms])
+        .await
+        .context("reading other nodes' leases")?
+    {
+        locked.others.insert(row.get(0), (row.get(1), row.get(2)));
+    }
+    let stmt = tx
+        .prepare_cached("SELECT nextval('stock_lease_epoch')")
+        .await?;
+    locked.new_epoch = tx
+        .query_one(&stmt, &[])
+        .await
+        .context("drawing a lease epoch")?
+        .get(0);
+    Ok(())
+}
+
 async fn write(
     tx: &Transaction<'_>,
     node_id: &str,
@@ -494,12 +554,12 @@ async fn write(
         let qty: Vec<i64> = new.iter().map(|(_, q)| **q).collect();
         let stmt = tx
             .prepare_cached(
-                "INSERT INTO stock_leases (node_id, sku, quantity, expires_at)
-                 SELECT $1, sku, q, now() + $4::bigint * interval '1 millisecond'
+                "INSERT INTO stock_leases (node_id, sku, quantity, expires_at, epoch)
+                 SELECT $1, sku, q, now() + $4::bigint * interval '1 millisecond', $5
                    FROM UNNEST($2::text[], $3::bigint[]) AS t(sku, q)",
             )
             .await?;
-        tx.execute(&stmt, &[&node_id, &skus, &qty, &ttl_ms])
+        tx.execute(&stmt, &[&node_id, &skus, &qty, &ttl_ms, &plan.new_epoch])
             .await
             .context("creating leases")?;
     }
@@ -560,7 +620,15 @@ async fn write(
     if !plan.orders.is_empty() {
         write_orders(tx, node_id, ops, &plan.orders).await?;
     }
-    Ok(inventory::changed_levels(&moved))
+    // A lease return leaves the sellable count alone, but a node waiting on a recall
+    // learns of it from the stock event: publish returned SKUs too.
+    let returned =
+        |m: &inventory::Moved| plan.inventory.get(&m.sku).is_some_and(|d| d.available > 0);
+    Ok(moved
+        .iter()
+        .filter(|m| m.sellable_changed || returned(m))
+        .map(inventory::Moved::level)
+        .collect())
 }
 
 async fn write_orders(

@@ -8,7 +8,7 @@
 //! reaper and a batch) serialise instead of double-counting or deadlocking. What goes
 //! back is decided by the domain core ([`surge_actors::reaper`]).
 
-use std::time::Duration;
+use std::{collections::HashMap, time::Duration};
 
 use anyhow::Context as _;
 pub use surge_actors::reaper::Scope;
@@ -25,8 +25,14 @@ fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
-/// Records that this node is alive and extends its leases by `ttl`.
-pub async fn heartbeat(client: &Client, node_id: &str, ttl: Duration) -> anyhow::Result<()> {
+/// Records that this node is alive and extends its leases by `ttl`; returns the epoch
+/// of every lease row the node has, so that its shards drop any memory lease whose row
+/// the reaper took (fencing).
+pub async fn heartbeat(
+    client: &Client,
+    node_id: &str,
+    ttl: Duration,
+) -> anyhow::Result<HashMap<String, i64>> {
     client
         .execute(
             "INSERT INTO nodes (node_id, heartbeat_at) VALUES ($1, now())
@@ -35,16 +41,17 @@ pub async fn heartbeat(client: &Client, node_id: &str, ttl: Duration) -> anyhow:
         )
         .await
         .context("node heartbeat")?;
-    client
-        .execute(
+    let rows = client
+        .query(
             "UPDATE stock_leases SET expires_at = now() + $2::bigint * interval '1 millisecond'
               WHERE node_id = $1
-                AND sku IN (SELECT sku FROM stock_leases WHERE node_id = $1 ORDER BY sku FOR UPDATE)",
+                AND sku IN (SELECT sku FROM stock_leases WHERE node_id = $1 ORDER BY sku FOR UPDATE)
+          RETURNING sku, epoch",
             &[&node_id, &millis(ttl)],
         )
         .await
         .context("renewing leases")?;
-    Ok(())
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
 /// Waits while another live process heartbeats under `node_id` (at most `2 * ttl`):

@@ -165,6 +165,7 @@ pub fn test_commerce() -> CommerceConfig {
         lease_max_chunk: 64,
         lease_ttl: Duration::from_secs(3),
         lease_idle: Duration::from_secs(1),
+        lease_recall: Duration::from_millis(300),
         reaper_period: Duration::from_secs(1),
         cart_idle: Duration::from_secs(60),
         journal_max_batch: 512,

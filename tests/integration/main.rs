@@ -6,6 +6,7 @@ mod bus;
 mod catalog;
 mod commerce;
 mod common;
+mod leases;
 mod live;
 mod liveness;
 mod migrations;

@@ -300,6 +300,72 @@ async fn the_reaper_beats_a_live_cart_without_returning_units_twice() {
     app.stop().await;
 }
 
+/// Guards against "sold out" while a dead node's lease still holds the units: until
+/// the reaper returns them the answer is 503 `stock_recovering` with Retry-After,
+/// never 409, and afterwards the buyer is served.
+#[actix_web::test]
+async fn units_of_a_killed_node_are_recovering_not_sold_out() {
+    let mut commerce = test_commerce();
+    commerce.lease_ttl = Duration::from_secs(6);
+    commerce.reaper_period = Duration::from_secs(1);
+    let b = TestApp::spawn(Options {
+        seed_demo: false,
+        commerce,
+        ..Options::default()
+    })
+    .await;
+    make_sku(&b, "RECOVER-1", 20).await;
+    let mut a = Node::start(
+        &b.db.url,
+        "node-recovering",
+        &[
+            ("SURGE_LEASE_TTL_SECS", "6"),
+            ("SURGE_LEASE_IDLE_SECS", "3600"),
+        ],
+    )
+    .await;
+    let mut buyer = Buyer::new(&a.base, shared_client());
+    assert_eq!(buyer.set("RECOVER-1", 1).await.0, 200);
+    a.kill9();
+    let killed = Instant::now();
+
+    let http = shared_client();
+    let mut recovering = 0;
+    loop {
+        let mut resp = http
+            .put(format!("{}/api/cart/items/RECOVER-1", b.base))
+            .insert_header(("content-type", "application/json"))
+            .send_body("{\"quantity\":5}")
+            .await
+            .expect("node b answers");
+        let status = resp.status().as_u16();
+        let retry_after = resp.headers().contains_key("retry-after");
+        let body: serde_json::Value = resp.json().await.unwrap_or_default();
+        let code = body["error"]["code"].as_str().unwrap_or("").to_owned();
+        match (status, code.as_str()) {
+            (200, _) => break,
+            (503, "stock_recovering") => {
+                assert!(retry_after, "stock_recovering carries Retry-After");
+                recovering += 1;
+            }
+            // Until A's heartbeat counts as lapsed, A looks alive and silent.
+            (503, "stock_contended") => assert_eq!(recovering, 0, "{body}"),
+            _ => panic!("{status} {body}: the units exist, they are not sold out"),
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(6 + 1 + 3),
+            "the buyer was not served after the reaper"
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        recovering > 0,
+        "the dead node's units were answered as recovering"
+    );
+    assert_stock_sound(&b.db).await;
+    b.stop().await;
+}
+
 #[actix_web::test]
 async fn acknowledged_writes_survive_sigkill() {
     let db = db_with_sku("DUR-1", 10).await;
