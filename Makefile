@@ -33,6 +33,7 @@ test: services ## provision PostgreSQL + Redis and run the whole test suite (car
 	@source $(ENV_FILE) && \
 	  export SURGE_TEST_PG_URL="$$SURGE_PG_URL" SURGE_TEST_REDIS_URL="$$REDIS_URL" && \
 	  unset DATABASE_URL REDIS_URL && \
+	  bash scripts/test-tools.sh && \
 	  echo "==> architecture (docs/ARCHITECTURE.md)" && \
 	  bash scripts/check-architecture.sh && \
 	  echo "==> cargo test (PostgreSQL $$SURGE_TEST_PG_URL, Redis $$SURGE_TEST_REDIS_URL)" && \

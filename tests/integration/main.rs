@@ -4,6 +4,7 @@
 mod admin;
 mod bus;
 mod catalog;
+mod cluster;
 mod commerce;
 mod common;
 mod leases;

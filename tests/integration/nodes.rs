@@ -19,12 +19,26 @@ pub(crate) struct Node {
     pub(crate) base: String,
 }
 
+/// A loopback port that was free a moment ago.
+pub(crate) fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
 impl Node {
     pub(crate) async fn start(db_url: &str, node_id: &str, extra: &[(&str, &str)]) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("free port");
+        Self::start_on(free_port(), db_url, node_id, extra).await
+    }
+
+    /// Starts a node on `port` and waits until it is ready.
+    pub(crate) async fn start_on(
+        port: u16,
+        db_url: &str,
+        node_id: &str,
+        extra: &[(&str, &str)],
+    ) -> Self {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_surge"));
         cmd.arg("serve")
             .env("DATABASE_URL", db_url)
@@ -71,9 +85,23 @@ impl Node {
         assert!(status.success(), "kill -{signal} failed");
     }
 
-    fn kill9(&mut self) {
+    pub(crate) fn kill9(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// SIGTERM, as an autoscaler or a rolling deploy stops a pod; waits for the exit.
+    pub(crate) async fn terminate(&mut self) {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("node did not stop within 30 s of SIGTERM");
     }
 }
 
