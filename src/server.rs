@@ -127,7 +127,21 @@ impl Application {
         self.bus.stop().await;
         self.state.live.hub().stop();
         if graceful {
-            if let Ok(client) = self.state.db.primary.get().await {
+            if let Ok(mut client) = self.state.db.primary.get().await {
+                // Whatever the lease rows still hold after the shards returned theirs
+                // was never in memory (a drift the books must not keep): return it
+                // before leaving, so no unit stays stranded on a node that is gone.
+                match leases::reap(&mut client, leases::Scope::Own(&self.state.node_id)).await {
+                    Ok(r) if r.lease_units > 0 => tracing::warn!(
+                        units = r.lease_units,
+                        "units left in this node's lease rows after the shards returned theirs; returned"
+                    ),
+                    Ok(_) => {}
+                    Err(err) => tracing::warn!(
+                        error = format!("{err:#}"),
+                        "could not return this node's last lease rows; the reaper will"
+                    ),
+                }
                 if let Err(err) = leases::leave(&client, &self.state.node_id).await {
                     tracing::warn!(error = format!("{err:#}"), "could not deregister the node");
                 }
