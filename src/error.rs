@@ -55,6 +55,17 @@ pub enum ApiError {
         /// The largest quantity the line could have now.
         available: i64,
     },
+    /// The price the node offered is not the committed one (its catalog was behind);
+    /// nothing changed, and the shopper may ask again at `price_minor`.
+    #[error("the price of {sku} is now {price_minor} {currency}")]
+    PriceChanged {
+        /// The SKU.
+        sku: String,
+        /// The committed unit price, in minor units.
+        price_minor: i64,
+        /// The committed currency.
+        currency: String,
+    },
     /// Some reservations of the cart have expired.
     #[error("reservations expired for: {}", .lines.join(", "))]
     ReservationExpired {
@@ -154,6 +165,7 @@ impl ApiError {
             Self::Busy { .. } => "busy",
             Self::InsufficientStock { .. } => "insufficient_stock",
             Self::ReservationExpired { .. } => "reservation_expired",
+            Self::PriceChanged { .. } => "price_changed",
             Self::Unavailable | Self::Database(_) => "unavailable",
             Self::Internal(_) => "internal",
         }
@@ -180,6 +192,15 @@ pub struct ErrorDetail {
     /// With `reservation_expired`: the SKUs whose reservation lapsed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lines: Option<Vec<String>>,
+    /// With `price_changed`: the SKU whose price moved.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sku: Option<String>,
+    /// With `price_changed`: the committed unit price, in minor units.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub price_minor: Option<i64>,
+    /// With `price_changed`: the committed currency.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub currency: Option<String>,
 }
 
 /// Builds an error response with the standard body.
@@ -190,6 +211,9 @@ pub fn error_response(status: StatusCode, code: &str, message: &str) -> HttpResp
             message: message.to_owned(),
             available: None,
             lines: None,
+            sku: None,
+            price_minor: None,
+            currency: None,
         },
     })
 }
@@ -204,9 +228,9 @@ impl ResponseError for ApiError {
             Self::Conflict { .. } => StatusCode::CONFLICT,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Busy { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::InsufficientStock { .. } | Self::ReservationExpired { .. } => {
-                StatusCode::CONFLICT
-            }
+            Self::InsufficientStock { .. }
+            | Self::ReservationExpired { .. }
+            | Self::PriceChanged { .. } => StatusCode::CONFLICT,
             Self::Unavailable | Self::Database(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -234,6 +258,18 @@ impl ResponseError for ApiError {
                 },
                 lines: match self {
                     Self::ReservationExpired { lines } => Some(lines.clone()),
+                    _ => None,
+                },
+                sku: match self {
+                    Self::PriceChanged { sku, .. } => Some(sku.clone()),
+                    _ => None,
+                },
+                price_minor: match self {
+                    Self::PriceChanged { price_minor, .. } => Some(*price_minor),
+                    _ => None,
+                },
+                currency: match self {
+                    Self::PriceChanged { currency, .. } => Some(currency.clone()),
                     _ => None,
                 },
             },
@@ -317,6 +353,22 @@ mod tests {
             assert_eq!(body["error"]["code"], "unavailable");
             assert_eq!(body["error"]["message"], "service unavailable, retry later");
         }
+    }
+
+    /// Guards against a refused stale price reaching the shopper without the price to
+    /// retry at.
+    #[test]
+    fn a_changed_price_is_409_with_the_new_price() {
+        let (status, retry, body) = answer(ApiError::PriceChanged {
+            sku: "TEE-M".into(),
+            price_minor: 2_500,
+            currency: "EUR".into(),
+        });
+        assert_eq!((status, retry), (409, None));
+        assert_eq!(body["error"]["code"], "price_changed");
+        assert_eq!(body["error"]["sku"], "TEE-M");
+        assert_eq!(body["error"]["price_minor"], 2_500);
+        assert_eq!(body["error"]["currency"], "EUR");
     }
 
     #[test]

@@ -57,17 +57,7 @@ impl BusSink for LiveSink {
                 payload,
             } => self.live.hub().to_session(&session_id, &payload),
             BusEvent::Takeover { session_id, .. } => self.carts.evict(&session_id),
-            BusEvent::Catalog => {
-                let live = self.live.clone();
-                tokio::spawn(async move {
-                    if let Err(err) = live.reload_catalog(&live.0.reads).await {
-                        tracing::warn!(
-                            error = format!("{err:#}"),
-                            "catalog reload after a bus event failed"
-                        );
-                    }
-                });
-            }
+            BusEvent::Catalog { version } => self.live.catalog_heard(version),
         }
     }
 
@@ -75,8 +65,14 @@ impl BusSink for LiveSink {
         let live = self.live.clone();
         tokio::spawn(async move {
             match live.resync().await {
-                Ok(n) => tracing::info!(changed = n, "stock resynchronised after a bus reconnect"),
-                Err(err) => tracing::warn!(error = format!("{err:#}"), "stock resync failed"),
+                Ok(n) => tracing::info!(
+                    changed = n,
+                    "stock and catalog resynchronised after a bus reconnect"
+                ),
+                Err(err) => tracing::warn!(
+                    error = format!("{err:#}"),
+                    "stock and catalog resync failed"
+                ),
             }
         });
     }
