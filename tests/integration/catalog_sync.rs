@@ -186,3 +186,69 @@ async fn a_product_created_while_a_node_missed_the_event_appears_within_the_resy
     b.stop().await;
     a.stop().await;
 }
+
+/// Guards against a reload that failed being forgotten (the node then serving the old
+/// catalog until it restarts): node B hears of a new product while its PostgreSQL link
+/// is cut, its reload fails, and the next resync after the link returns loads it.
+#[actix_web::test]
+async fn a_reload_that_failed_while_postgresql_was_cut_is_retried_by_the_resync() {
+    let resync = Duration::from_secs(2);
+    let live = surge::config::LiveConfig {
+        resync,
+        ..test_live()
+    };
+    let a = TestApp::spawn(Options {
+        seed_demo: false,
+        live: live.clone(),
+        redis_url: Some(redis_url()),
+        ..Options::default()
+    })
+    .await;
+    let cfg: tokio_postgres::Config = a.db.url.parse().expect("url");
+    let host = match cfg.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        _ => "127.0.0.1".to_owned(),
+    };
+    let port = cfg.get_ports().first().copied().unwrap_or(5432);
+    let pg = Proxy::start(&format!("{host}:{port}")).await;
+    let b = TestApp::spawn(Options {
+        seed_demo: false,
+        database_url: Some(format!(
+            "postgres://{}@127.0.0.1:{}/{}",
+            cfg.get_user().unwrap_or("postgres"),
+            pg.addr().port(),
+            a.db.name
+        )),
+        live,
+        redis_url: Some(redis_url()),
+        ..Options::default()
+    })
+    .await;
+
+    pg.cut();
+    upsert(&a, &product("sync-late", "SYNC-LATE", 900)).await;
+    let version = a.state().catalog.version();
+    // B hears of the change over the bus, and cannot load it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while b.state().catalog.heard() < version {
+        assert!(Instant::now() < deadline, "B never heard of the change");
+        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+    }
+    actix_web::rt::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(b.get_json("/api/products/sync-late").await.0, 404);
+    assert!(b.state().catalog.is_behind());
+
+    pg.restore();
+    let restored = Instant::now();
+    assert!(
+        shows_price_within(&b, "sync-late", 900, resync + Duration::from_secs(3)).await,
+        "B did not retry its failed reload within the resync period"
+    );
+    eprintln!(
+        "B loaded the missed product {:?} after PostgreSQL returned",
+        restored.elapsed()
+    );
+    assert!(!b.state().catalog.is_behind());
+    b.stop().await;
+    a.stop().await;
+}
