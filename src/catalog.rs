@@ -3,10 +3,17 @@
 //!
 //! Stock levels are kept apart from the catalog ([`StockLevels`]): they change on every
 //! sale, while products change rarely, and a sale must not rebuild the catalog.
+//!
+//! Each snapshot carries the `catalog_version` it was loaded at, and the store
+//! remembers the newest version this node has heard of, so that a node knows when it is
+//! behind and catches up (docs/CATALOG.md).
 
 use std::{
     collections::{BTreeMap, HashMap},
-    sync::{Arc, RwLock},
+    sync::{
+        atomic::{AtomicBool, AtomicI64, Ordering},
+        Arc, RwLock,
+    },
 };
 
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine as _};
@@ -112,6 +119,9 @@ impl Product {
 /// An immutable snapshot of the catalog, sorted by slug for stable cursors.
 #[derive(Debug, Default)]
 pub struct Catalog {
+    /// `catalog_version` read before the products were, so the products are at least
+    /// this new.
+    version: i64,
     products: Vec<Product>,
     by_slug: HashMap<String, usize>,
     by_sku: HashMap<String, (usize, usize)>,
@@ -155,10 +165,22 @@ impl Catalog {
             })
             .collect();
         Self {
+            version: 0,
             products,
             by_slug,
             by_sku,
         }
+    }
+
+    /// The same snapshot, labelled with the `catalog_version` it was loaded at.
+    pub fn at_version(mut self, version: i64) -> Self {
+        self.version = version;
+        self
+    }
+
+    /// The `catalog_version` this snapshot is at least as new as.
+    pub fn version(&self) -> i64 {
+        self.version
     }
 
     /// Number of products.
@@ -222,9 +244,16 @@ fn decode_cursor(cursor: &str) -> Result<Slug, PageError> {
 }
 
 /// Holds the current catalog snapshot; readers clone an `Arc` and never block a reload.
+///
+/// It also keeps what the reload path needs to know without IO: the newest version
+/// heard of (from the bus or this node's own writes), whether a reload is owed
+/// (a refused price, a failed reload), and a gate so that concurrent reloads coalesce.
 #[derive(Debug, Default)]
 pub struct CatalogStore {
     current: RwLock<Arc<Catalog>>,
+    heard: AtomicI64,
+    owed: AtomicBool,
+    reloading: tokio::sync::Mutex<()>,
 }
 
 impl CatalogStore {
@@ -236,13 +265,73 @@ impl CatalogStore {
         }
     }
 
-    /// Replaces the snapshot.
-    pub fn replace(&self, catalog: Catalog) {
-        let next = Arc::new(catalog);
-        match self.current.write() {
-            Ok(mut guard) => *guard = next,
-            Err(poisoned) => *poisoned.into_inner() = next,
+    /// Replaces the snapshot, unless it is older than the one held (a slow load from
+    /// a lagging replica must not undo a newer one); returns whether it did.
+    pub fn replace(&self, catalog: Catalog) -> bool {
+        let apply = |current: &mut Arc<Catalog>| {
+            if catalog.version < current.version {
+                return false;
+            }
+            *current = Arc::new(catalog);
+            true
+        };
+        let replaced = match self.current.write() {
+            Ok(mut guard) => apply(&mut guard),
+            Err(poisoned) => apply(&mut poisoned.into_inner()),
+        };
+        if replaced {
+            metrics::gauge!("catalog_version").set(self.version() as f64);
         }
+        replaced
+    }
+
+    /// The version of the current snapshot.
+    pub fn version(&self) -> i64 {
+        self.snapshot().version
+    }
+
+    /// Records that `version` exists (a bus event, this node's own write); returns
+    /// whether the snapshot is older, i.e. a reload is due.
+    pub fn hear(&self, version: i64) -> bool {
+        self.heard.fetch_max(version, Ordering::SeqCst);
+        version > self.version()
+    }
+
+    /// The newest version heard of (0 when none).
+    pub fn heard(&self) -> i64 {
+        self.heard.load(Ordering::SeqCst)
+    }
+
+    /// Marks a reload as owed whatever the versions say: a reload failed, or a write
+    /// met a price this snapshot does not have. The next resync pays it.
+    pub fn owe_reload(&self) {
+        self.owed.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether the node knows its snapshot is behind: a newer version was heard of, or
+    /// a reload is owed.
+    pub fn is_behind(&self) -> bool {
+        self.owed.load(Ordering::SeqCst) || self.heard() > self.version()
+    }
+
+    /// Clears the owed reload once one succeeded.
+    pub fn paid(&self) {
+        self.owed.store(false, Ordering::SeqCst);
+    }
+
+    /// Whether the snapshot sells `sku` at `price` (`None`: does not sell it): a
+    /// refused write whose answer this snapshot already shows needs no reload.
+    pub fn shows(&self, sku: &str, price: Option<(i64, &str)>) -> bool {
+        let snapshot = self.snapshot();
+        let held = snapshot
+            .variant(sku)
+            .map(|(_, v)| (v.price_minor, v.currency.as_str()));
+        held == price
+    }
+
+    /// Held while a reload runs, so that a burst of triggers costs one load.
+    pub async fn reload_gate(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.reloading.lock().await
     }
 }
 
@@ -403,6 +492,35 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    /// Guards against a slow reload from a lagging replica replacing a newer snapshot,
+    /// and against a node that heard of a newer version believing it is current.
+    #[test]
+    fn the_store_keeps_the_newest_snapshot_and_knows_when_it_is_behind() {
+        let store = CatalogStore::default();
+        assert!(store.replace(catalog(2).at_version(3)));
+        assert!(!store.replace(catalog(1).at_version(2)), "older is refused");
+        assert_eq!((store.version(), store.snapshot().len()), (3, 2));
+        assert!(
+            store.replace(catalog(1).at_version(3)),
+            "same version reloads"
+        );
+        assert!(!store.is_behind());
+        assert!(!store.hear(3), "nothing newer");
+        assert!(store.hear(5));
+        assert!(store.is_behind());
+        assert!(store.hear(4), "still newer than the snapshot");
+        assert_eq!(store.heard(), 5, "the newest heard stays");
+        store.replace(catalog(1).at_version(5));
+        assert!(!store.is_behind());
+        store.owe_reload();
+        assert!(store.is_behind(), "a failed reload is owed");
+        store.paid();
+        assert!(!store.is_behind());
+        assert!(store.shows("p000-1", Some((100, "EUR"))));
+        assert!(!store.shows("p000-1", Some((120, "EUR"))));
+        assert!(store.shows("gone", None));
     }
 
     #[test]

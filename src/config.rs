@@ -300,7 +300,8 @@ pub struct LiveArgs {
     #[arg(long, env = "SURGE_HUB_SHARDS", value_name = "SURGE_HUB_SHARDS",
           value_parser = clap::value_parser!(u16).range(1..=256))]
     pub hub_shards: Option<u16>,
-    /// Seconds between full stock resyncs from PostgreSQL (a safety net for lost bus messages).
+    /// Seconds between stock and catalog resyncs from PostgreSQL (a safety net for lost bus
+    /// messages): stock is reread, the catalog reloaded only if its version moved.
     #[arg(long, env = "SURGE_STOCK_RESYNC_SECS", value_name = "SURGE_STOCK_RESYNC_SECS", default_value_t = 5,
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub stock_resync_secs: u64,

@@ -66,6 +66,17 @@ pub enum ApiError {
         /// The status asked for.
         to: OrderStatus,
     },
+    /// The price the node offered is not the committed one (its catalog was behind);
+    /// nothing changed, and the shopper may ask again at `price_minor`.
+    #[error("the price of {sku} is now {price_minor} {currency}")]
+    PriceChanged {
+        /// The SKU.
+        sku: String,
+        /// The committed unit price, in minor units.
+        price_minor: i64,
+        /// The committed currency.
+        currency: String,
+    },
     /// Some reservations of the cart have expired.
     #[error("reservations expired for: {}", .lines.join(", "))]
     ReservationExpired {
@@ -176,6 +187,7 @@ impl ApiError {
             Self::InsufficientStock { .. } => "insufficient_stock",
             Self::ReservationExpired { .. } => "reservation_expired",
             Self::InvalidTransition { .. } => "invalid_transition",
+            Self::PriceChanged { .. } => "price_changed",
             Self::Unavailable | Self::Database(_) => "unavailable",
             Self::StockRecovering { .. } => "stock_recovering",
             Self::StockContended => "stock_contended",
@@ -207,6 +219,15 @@ pub struct ErrorDetail {
     /// With `invalid_transition`: the order's current status, unchanged.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<OrderStatus>,
+    /// With `price_changed`: the SKU whose price moved.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sku: Option<String>,
+    /// With `price_changed`: the committed unit price, in minor units.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub price_minor: Option<i64>,
+    /// With `price_changed`: the committed currency.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub currency: Option<String>,
 }
 
 /// Builds an error response with the standard body.
@@ -218,6 +239,9 @@ pub fn error_response(status: StatusCode, code: &str, message: &str) -> HttpResp
             available: None,
             lines: None,
             status: None,
+            sku: None,
+            price_minor: None,
+            currency: None,
         },
     })
 }
@@ -234,7 +258,8 @@ impl ResponseError for ApiError {
             Self::Busy { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::InsufficientStock { .. }
             | Self::ReservationExpired { .. }
-            | Self::InvalidTransition { .. } => StatusCode::CONFLICT,
+            | Self::InvalidTransition { .. }
+            | Self::PriceChanged { .. } => StatusCode::CONFLICT,
             Self::Unavailable
             | Self::Database(_)
             | Self::StockRecovering { .. }
@@ -269,6 +294,18 @@ impl ResponseError for ApiError {
                 },
                 status: match self {
                     Self::InvalidTransition { from, .. } => Some(*from),
+                    _ => None,
+                },
+                sku: match self {
+                    Self::PriceChanged { sku, .. } => Some(sku.clone()),
+                    _ => None,
+                },
+                price_minor: match self {
+                    Self::PriceChanged { price_minor, .. } => Some(*price_minor),
+                    _ => None,
+                },
+                currency: match self {
+                    Self::PriceChanged { currency, .. } => Some(currency.clone()),
                     _ => None,
                 },
             },
@@ -352,6 +389,22 @@ mod tests {
             assert_eq!(body["error"]["code"], "unavailable");
             assert_eq!(body["error"]["message"], "service unavailable, retry later");
         }
+    }
+
+    /// Guards against a refused stale price reaching the shopper without the price to
+    /// retry at.
+    #[test]
+    fn a_changed_price_is_409_with_the_new_price() {
+        let (status, retry, body) = answer(ApiError::PriceChanged {
+            sku: "TEE-M".into(),
+            price_minor: 2_500,
+            currency: "EUR".into(),
+        });
+        assert_eq!((status, retry), (409, None));
+        assert_eq!(body["error"]["code"], "price_changed");
+        assert_eq!(body["error"]["sku"], "TEE-M");
+        assert_eq!(body["error"]["price_minor"], 2_500);
+        assert_eq!(body["error"]["currency"], "EUR");
     }
 
     #[test]

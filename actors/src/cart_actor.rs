@@ -44,6 +44,23 @@ pub enum CartFailure {
         /// Largest quantity the line could have now.
         available: i64,
     },
+    /// The line's price is not the committed one (this node's catalog is behind);
+    /// nothing changed, and the shopper may ask again at `price`.
+    #[error("the price of {sku} is now {price_minor} {currency}")]
+    PriceChanged {
+        /// The SKU.
+        sku: String,
+        /// The committed unit price, in minor units.
+        price_minor: i64,
+        /// The committed currency.
+        currency: crate::money::Currency,
+    },
+    /// The SKU is no longer sold; nothing changed.
+    #[error("{sku} is not for sale")]
+    NotForSale {
+        /// The SKU.
+        sku: String,
+    },
     /// The node is shedding load.
     #[error("busy")]
     Busy,
@@ -76,6 +93,16 @@ impl From<JournalError> for CartFailure {
     fn from(e: JournalError) -> Self {
         match e {
             JournalError::Stale => Self::Stale,
+            JournalError::Rejected(Rejection::PriceChanged {
+                sku,
+                price_minor,
+                currency,
+            }) => Self::PriceChanged {
+                sku,
+                price_minor,
+                currency,
+            },
+            JournalError::Rejected(Rejection::NotForSale { sku }) => Self::NotForSale { sku },
             other => Self::Unavailable(Unreachable::Journal(other)),
         }
     }

@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use uuid::Uuid;
 
 use crate::{
-    money::Currency,
-    ports::{JournalError, PlaceOrder, Rejection, WriteOp, WriteOutcome},
+    money::{Currency, Money},
+    ports::{JournalError, PlaceOrder, Rejection, SetLine, WriteOp, WriteOutcome},
     stock::{Delta, GrantOutcome},
 };
 
@@ -31,6 +31,11 @@ pub struct Locked {
     pub carts: HashMap<Uuid, i64>,
     /// `reservations.quantity` per (cart, SKU).
     pub reservations: HashMap<(Uuid, String), i64>,
+    /// The committed unit price of each SKU the batch sells ([`priced_skus`]), read
+    /// under lock so that no catalog write commits between the check and the batch.
+    /// Missing: the variant is retired or unknown. A campaign's sale price, when there
+    /// is one, is what the lock step puts here instead of the variant's.
+    pub prices: HashMap<String, Money>,
 }
 
 /// A reservation row to write.
@@ -80,6 +85,47 @@ pub fn skus(ops: &[WriteOp]) -> Vec<String> {
     out.sort();
     out.dedup();
     out
+}
+
+/// The SKUs whose committed price the batch checks, sorted: lines that keep or take
+/// units, and every line of an order. A release (quantity 0) is never priced, so a
+/// shopper can always let go of a line, whatever its price has become.
+pub fn priced_skus(ops: &[WriteOp]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for op in ops {
+        match op {
+            WriteOp::SetLine(l) if l.quantity > 0 => out.push(l.sku.clone()),
+            WriteOp::PlaceOrder(o) => out.extend(o.lines.iter().map(|l| l.sku.clone())),
+            _ => {}
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Refuses a unit price other than the committed one: no node charges a price its
+/// catalog has not caught up with.
+fn check_price(locked: &Locked, sku: &str, price: Money) -> Result<(), Rejection> {
+    match locked.prices.get(sku) {
+        None => Err(Rejection::NotForSale {
+            sku: sku.to_owned(),
+        }),
+        Some(committed) if *committed != price => Err(Rejection::PriceChanged {
+            sku: sku.to_owned(),
+            price_minor: committed.minor,
+            currency: committed.currency,
+        }),
+        Some(_) => Ok(()),
+    }
+}
+
+/// A line that keeps units is priced; a release is not.
+fn check_line_price(locked: &Locked, l: &SetLine) -> Result<(), Rejection> {
+    if l.quantity == 0 {
+        return Ok(());
+    }
+    check_price(locked, &l.sku, Money::new(l.unit_price_minor, l.currency))
 }
 
 /// Every cart a batch touches, sorted.
@@ -140,6 +186,8 @@ pub fn plan(ops: &[WriteOp], mut locked: Locked) -> Plan {
                         })
                     } else if d > 0 && (lease.is_none() || epoch != l.lease_epoch) {
                         rejected(Rejection::LeaseLost { sku: l.sku.clone() })
+                    } else if let Err(why) = check_line_price(&locked, l) {
+                        rejected(why)
                     } else if d > lease.unwrap_or(0) {
                         rejected(Rejection::LeaseShort {
                             sku: l.sku.clone(),
@@ -272,6 +320,11 @@ fn place_order(p: &mut Plan, locked: &mut Locked, o: &PlaceOrder) -> Result<(), 
     {
         return Err(JournalError::Stale);
     }
+    // Each line is charged the committed price, or the order is refused as a whole.
+    for l in &o.lines {
+        check_price(locked, &l.sku, Money::new(l.unit_price_minor, o.currency))
+            .map_err(JournalError::Rejected)?;
+    }
     for l in &o.lines {
         move_units(p, locked, &l.sku, Delta::sell(l.quantity), 0);
         let key = (o.cart_id, l.sku.clone());
@@ -285,7 +338,7 @@ fn place_order(p: &mut Plan, locked: &mut Locked, o: &PlaceOrder) -> Result<(), 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ports::{OrderLine, SetLine};
+    use crate::ports::OrderLine;
 
     fn cart() -> Uuid {
         Uuid::from_u128(7)
@@ -306,10 +359,15 @@ mod tests {
         })
     }
 
+    fn eur(minor: i64) -> Money {
+        Money::new(minor, Currency::parse("EUR").expect("valid"))
+    }
+
     fn locked(available: i64) -> Locked {
         let mut l = Locked::default();
         l.available.insert("A".into(), available);
         l.carts.insert(cart(), 0);
+        l.prices.insert("A".into(), eur(100));
         l
     }
 
@@ -482,5 +540,110 @@ mod tests {
         );
         assert_eq!(p.inventory["A"], Delta::sell(2));
         assert_eq!(p.orders, vec![0]);
+    }
+
+    fn order(price: i64) -> WriteOp {
+        WriteOp::PlaceOrder(PlaceOrder {
+            order_id: Uuid::from_u128(1),
+            cart_id: cart(),
+            version: 0,
+            session_id: "s".into(),
+            email: "a@b.c".into(),
+            idempotency_key: "k".into(),
+            lines: vec![OrderLine {
+                sku: "A".into(),
+                quantity: 1,
+                unit_price_minor: price,
+            }],
+            total_minor: price,
+            currency: Currency::parse("EUR").expect("valid"),
+        })
+    }
+
+    /// Guards against a node whose catalog missed a price change reserving at the old
+    /// price: the line is refused with the committed price and changes nothing.
+    #[test]
+    fn a_line_at_a_stale_price_is_refused_with_the_committed_one() {
+        let mut l = locked(10);
+        l.lease.insert("A".into(), 5);
+        l.prices.insert("A".into(), eur(150));
+        let p = plan(&[set_line(0, 2, 0)], l.clone());
+        assert_eq!(
+            p.results[0],
+            Err(JournalError::Rejected(Rejection::PriceChanged {
+                sku: "A".into(),
+                price_minor: 150,
+                currency: Currency::parse("EUR").expect("valid"),
+            }))
+        );
+        assert!(p.inventory.is_empty() && p.reservations.is_empty() && p.cart_versions.is_empty());
+
+        // Another currency at the same number is another price.
+        l.prices.insert(
+            "A".into(),
+            Money::new(100, Currency::parse("USD").expect("valid")),
+        );
+        assert!(matches!(
+            plan(&[set_line(0, 2, 0)], l.clone()).results[0],
+            Err(JournalError::Rejected(Rejection::PriceChanged { .. }))
+        ));
+
+        // A retired variant sells at no price.
+        l.prices.clear();
+        assert_eq!(
+            plan(&[set_line(0, 2, 0)], l).results[0],
+            Err(JournalError::Rejected(Rejection::NotForSale {
+                sku: "A".into()
+            }))
+        );
+    }
+
+    /// Guards against a shopper being unable to let go of a line whose price moved:
+    /// a release is never priced.
+    #[test]
+    fn a_release_goes_through_whatever_the_price() {
+        let mut l = locked(10);
+        l.reservations.insert((cart(), "A".into()), 2);
+        l.prices.clear();
+        let p = plan(&[set_line(0, 0, 2)], l);
+        assert_eq!(p.results[0], Ok(WriteOutcome::Done));
+        assert_eq!(p.inventory["A"], Delta::unreserve(2));
+    }
+
+    /// Guards against an order charging the price a line was reserved at when the
+    /// committed price has moved since: the order is refused, nothing is sold, and the
+    /// same order at the committed price goes through.
+    #[test]
+    fn an_order_at_a_stale_price_is_refused_and_sells_nothing() {
+        let mut l = locked(10);
+        l.reservations.insert((cart(), "A".into()), 1);
+        l.prices.insert("A".into(), eur(120));
+        let p = plan(&[order(100)], l.clone());
+        assert_eq!(
+            p.results[0],
+            Err(JournalError::Rejected(Rejection::PriceChanged {
+                sku: "A".into(),
+                price_minor: 120,
+                currency: Currency::parse("EUR").expect("valid"),
+            }))
+        );
+        assert!(p.inventory.is_empty() && p.orders.is_empty() && p.cart_versions.is_empty());
+        let p = plan(&[order(120)], l);
+        assert_eq!(p.results[0], Ok(WriteOutcome::Done));
+        assert_eq!(p.orders, vec![0]);
+    }
+
+    #[test]
+    fn only_lines_that_keep_units_and_orders_are_priced() {
+        let ops = vec![
+            set_line(0, 0, 1),
+            WriteOp::Grant {
+                sku: "G".into(),
+                want: 1,
+            },
+            order(100),
+        ];
+        assert_eq!(priced_skus(&ops), vec!["A".to_owned()]);
+        assert!(priced_skus(&ops[..2]).is_empty());
     }
 }

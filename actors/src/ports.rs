@@ -151,6 +151,24 @@ pub enum Rejection {
         /// The SKU.
         sku: String,
     },
+    /// A line or an order carries a unit price other than the committed one (the
+    /// node's catalog is behind): the shopper sees the new price and asks again.
+    #[error("the price of {sku} is now {price_minor} {currency}")]
+    PriceChanged {
+        /// The SKU.
+        sku: String,
+        /// The committed unit price, in minor units.
+        price_minor: i64,
+        /// The committed currency.
+        currency: crate::money::Currency,
+    },
+    /// The SKU's variant is retired (or was never sold): nothing may be reserved or
+    /// ordered at any price.
+    #[error("{sku} is not for sale")]
+    NotForSale {
+        /// The SKU.
+        sku: String,
+    },
     /// A return gives back more than the lease row holds, or a negative amount.
     #[error("cannot return {quantity} units of {sku}: the lease holds {lease}")]
     ReturnExceedsLease {

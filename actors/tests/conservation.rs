@@ -254,6 +254,12 @@ impl Db {
                 locked.available.insert(sku, b.available);
             }
         }
+        // Every SKU of the model sells at one committed price.
+        for sku in journal_plan::priced_skus(ops) {
+            if self.inventory.contains_key(&sku) {
+                locked.prices.insert(sku, price());
+            }
+        }
         for cart in journal_plan::carts(ops) {
             if let Some(c) = self.carts.get(&cart) {
                 locked.carts.insert(cart, c.version);

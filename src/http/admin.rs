@@ -210,16 +210,17 @@ pub async fn upsert_product(
     body: web::Json<ProductUpsert>,
 ) -> Result<HttpResponse, ApiError> {
     let input = body.into_inner().validate()?;
-    let outcome = catalog_repo::save_product(&state.db.primary, &input).await?;
+    let saved = catalog_repo::save_product(&state.db.primary, &input).await?;
+    // Told first: the write is committed even if this node's own reload fails.
+    state.live.catalog_changed(saved.version);
     state.reload_catalog(&state.db.primary).await?;
-    state.live.catalog_changed();
-    tracing::info!(slug = %input.slug, ?outcome, "product upserted");
+    tracing::info!(slug = %input.slug, outcome = ?saved.upserted, version = saved.version, "product upserted");
     let catalog = state.catalog.snapshot();
     let view = catalog
         .get(&input.slug)
         .map(|p| ProductView::new(p, &state.stock))
         .ok_or_else(|| anyhow::anyhow!("product {} missing after upsert", input.slug))?;
-    Ok(match outcome {
+    Ok(match saved.upserted {
         Upserted::Created => HttpResponse::Created().json(view),
         Upserted::Updated => HttpResponse::Ok().json(view),
     })

@@ -69,6 +69,16 @@ fn failure(f: CartFailure) -> ApiError {
             message: e.to_string(),
         },
         CartFailure::InsufficientStock { available } => ApiError::InsufficientStock { available },
+        CartFailure::PriceChanged {
+            sku,
+            price_minor,
+            currency,
+        } => ApiError::PriceChanged {
+            sku,
+            price_minor,
+            currency: currency.to_string(),
+        },
+        CartFailure::NotForSale { sku } => ApiError::NotFound(format!("{sku} is no longer sold")),
         CartFailure::Busy => ApiError::Busy {
             retry_after_secs: 1,
         },
@@ -84,6 +94,26 @@ fn failure(f: CartFailure) -> ApiError {
             tracing::warn!(error = %f, "cart operation not committed");
             ApiError::Unavailable
         }
+    }
+}
+
+/// A write refused at a price this node's catalog does not show means the catalog is
+/// behind: it reloads before the answer goes out, so the shopper's retry meets the new
+/// price here.
+async fn catch_up_on_refusal(state: &AppState, f: &CartFailure) {
+    match f {
+        CartFailure::PriceChanged {
+            sku,
+            price_minor,
+            currency,
+        } => {
+            state
+                .live
+                .price_refused(sku, Some((*price_minor, *currency)))
+                .await;
+        }
+        CartFailure::NotForSale { sku } => state.live.price_refused(sku, None).await,
+        _ => {}
     }
 }
 
@@ -104,7 +134,10 @@ where
         match addr.send(make()).await {
             Ok(Ok(r)) => return Ok(r),
             Ok(Err(CartFailure::Stale)) | Err(MailboxError::Closed) if attempt == 0 => continue,
-            Ok(Err(f)) => return Err(failure(f)),
+            Ok(Err(f)) => {
+                catch_up_on_refusal(state, &f).await;
+                return Err(failure(f));
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "cart actor unavailable");
                 return Err(ApiError::Unavailable);
@@ -152,7 +185,7 @@ fn priced_sku(state: &AppState, raw: &str) -> Result<(Sku, Money), ApiError> {
         (status = 200, description = "The cart after the change (committed)", body = CartBody),
         (status = 400, description = "Bad quantity, JSON or session", body = ErrorBody),
         (status = 404, description = "Unknown SKU", body = ErrorBody),
-        (status = 409, description = "insufficient_stock, with `available`: PostgreSQL and every node's lease together", body = ErrorBody),
+        (status = 409, description = "insufficient_stock, with `available`: PostgreSQL and every node's lease together; price_changed, with the committed `price_minor` and `currency` of `sku`", body = ErrorBody),
         (status = 429, description = "Shedding load; see Retry-After", body = ErrorBody),
         (status = 503, description = "Nothing committed; retry after `Retry-After` (`unavailable`, `stock_recovering`: a stopped node holds the units, `stock_contended`: live nodes hold them)", body = ErrorBody),
     )
@@ -242,7 +275,7 @@ fn idempotency_key(req: &HttpRequest) -> Result<String, ApiError> {
     responses(
         (status = 201, description = "The order (committed); a replay carries `Idempotent-Replayed: true`", body = OrderBody),
         (status = 400, description = "Missing key, bad email, bad JSON or session", body = ErrorBody),
-        (status = 409, description = "reservation_expired (with `lines`) or cart_empty", body = ErrorBody),
+        (status = 409, description = "reservation_expired (with `lines`), cart_empty, or price_changed (with the committed `price_minor` and `currency` of `sku`: set the line again at that price)", body = ErrorBody),
         (status = 429, description = "Shedding load; see Retry-After", body = ErrorBody),
         (status = 503, description = "Nothing committed; retry with the same key", body = ErrorBody),
     )

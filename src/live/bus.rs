@@ -75,8 +75,14 @@ pub enum BusEvent {
         /// Monotonic sequence number of this stock value.
         seq: i64,
     },
-    /// The catalog changed; receivers reload it (it is too big to ship in an event).
-    Catalog,
+    /// The catalog changed; receivers behind `version` reload it (it is too big to
+    /// ship in an event).
+    Catalog {
+        /// `catalog_version` after the change; 0 from a sender that does not say,
+        /// which receivers answer by reading the version themselves.
+        #[serde(default)]
+        version: i64,
+    },
     /// A message for a shopper session's sockets, so that the node holding them can
     /// push it.
     Session {
@@ -111,7 +117,7 @@ impl BusEvent {
     fn kind(&self) -> &'static str {
         match self {
             BusEvent::Stock { .. } => KINDS[0],
-            BusEvent::Catalog => KINDS[1],
+            BusEvent::Catalog { .. } => KINDS[1],
             BusEvent::Session { .. } => KINDS[2],
             BusEvent::Takeover { .. } => KINDS[3],
             BusEvent::Recall { .. } => KINDS[4],
@@ -982,7 +988,7 @@ mod tests {
                 available: 7,
                 seq: 42,
             },
-            BusEvent::Catalog,
+            BusEvent::Catalog { version: 3 },
             BusEvent::Session {
                 session_id: "s1".into(),
                 payload: ServerMessage::ReservationExpired {
@@ -1033,8 +1039,15 @@ mod tests {
             serde_json::json!({"node_id": "a", "sent_at_ms": 5,
                 "event": {"kind": "stock", "sku": "X", "available": 1, "seq": 2}})
         );
-        let catalog = serde_json::to_value(BusEvent::Catalog).expect("serialises");
-        assert_eq!(catalog, serde_json::json!({"kind": "catalog"}));
+        let catalog = serde_json::to_value(BusEvent::Catalog { version: 3 }).expect("serialises");
+        assert_eq!(
+            catalog,
+            serde_json::json!({"kind": "catalog", "version": 3})
+        );
+        // A node that does not send the version is still heard (and answered by a read).
+        let bare: BusEvent =
+            serde_json::from_value(serde_json::json!({"kind": "catalog"})).expect("parses");
+        assert_eq!(bare, BusEvent::Catalog { version: 0 });
         // A session's message travels as the socket will show it.
         let session = serde_json::to_value(BusEvent::Session {
             session_id: "s1".into(),
@@ -1079,7 +1092,7 @@ mod tests {
         let envelope = Envelope {
             node_id: "a".into(),
             sent_at_ms: 1,
-            event: BusEvent::Catalog,
+            event: BusEvent::Catalog { version: 1 },
         };
         let body = serde_json::to_vec(&envelope).expect("serialises");
         assert_eq!(parse("p:catalog", &body, "p", "b"), Ok(envelope));
@@ -1127,7 +1140,7 @@ mod tests {
         let bus = Bus::start(BusConfig::in_process("solo node"), Arc::new(Nothing))
             .await
             .expect("in-process bus starts");
-        bus.publish(BusEvent::Catalog);
+        bus.publish(BusEvent::Catalog { version: 1 });
         assert!(bus.is_connected());
         assert_eq!(bus.subscriber_name(), "surge-sub-solo_node");
         bus.stop().await;

@@ -9,6 +9,7 @@
 
 pub mod bus;
 pub mod campaigns;
+mod catalog_sync;
 pub mod hub;
 pub mod message;
 pub mod sink;
@@ -28,7 +29,7 @@ use self::{
 };
 use crate::{
     catalog::{CatalogStore, StockLevels},
-    store::{catalog_repo, inventory},
+    store::inventory,
     views::cart_body,
 };
 
@@ -44,6 +45,8 @@ pub struct LiveDeps {
     pub catalog: Arc<CatalogStore>,
     /// Where resyncs and catalog reloads read from (the replica when there is one).
     pub reads: Pool,
+    /// The primary, for a catalog reload that must not meet a lagging replica.
+    pub primary: Pool,
     /// This node's id, stamped on the takeovers it announces.
     pub node_id: String,
     /// Coalescing interval of stock messages, in milliseconds (told to clients).
@@ -111,28 +114,20 @@ impl Live {
         );
     }
 
-    /// The catalog changed: other nodes reload theirs.
-    pub fn catalog_changed(&self) {
-        self.0.bus.publish(BusEvent::Catalog);
-    }
-
-    /// Reloads catalog and stock from `pool` into this node's memory; returns the
-    /// number of products.
-    pub async fn reload_catalog(&self, pool: &Pool) -> anyhow::Result<usize> {
-        let client = pool.get().await?;
-        let (catalog, stock) = catalog_repo::load(&**client).await?;
-        let n = catalog.len();
-        self.0.catalog.replace(catalog);
-        self.0.stock.merge(stock);
-        Ok(n)
-    }
-
-    /// Reads every SKU's stock from PostgreSQL and pushes what changed: after a bus
-    /// reconnect, and periodically as a safety net for lost messages.
+    /// Reads every SKU's stock from PostgreSQL and pushes what changed, then catches
+    /// the catalog up to its committed version: after a bus reconnect, and
+    /// periodically as a safety net for lost messages. Returns the stock values changed.
     pub async fn resync(&self) -> anyhow::Result<usize> {
-        let client = self.0.reads.get().await?;
-        let levels = inventory::stock_levels(&**client).await?;
-        Ok(self.apply(levels).len())
+        let stock = async {
+            let client = self.0.reads.get().await?;
+            let levels = inventory::stock_levels(&**client).await?;
+            anyhow::Ok(self.apply(levels).len())
+        }
+        .await;
+        let catalog = self.catch_up().await;
+        let changed = stock?;
+        catalog?;
+        Ok(changed)
     }
 }
 

@@ -62,17 +62,7 @@ impl BusSink for LiveSink {
                 ..
             } => self.carts.evict(&session_id, version),
             BusEvent::Recall { sku, .. } => self.shards.recall(&sku),
-            BusEvent::Catalog => {
-                let live = self.live.clone();
-                tokio::spawn(async move {
-                    if let Err(err) = live.reload_catalog(&live.0.reads).await {
-                        tracing::warn!(
-                            error = format!("{err:#}"),
-                            "catalog reload after a bus event failed"
-                        );
-                    }
-                });
-            }
+            BusEvent::Catalog { version } => self.live.catalog_heard(version),
         }
     }
 
@@ -80,8 +70,14 @@ impl BusSink for LiveSink {
         let live = self.live.clone();
         tokio::spawn(async move {
             match live.resync().await {
-                Ok(n) => tracing::info!(changed = n, "stock resynchronised after a bus reconnect"),
-                Err(err) => tracing::warn!(error = format!("{err:#}"), "stock resync failed"),
+                Ok(n) => tracing::info!(
+                    changed = n,
+                    "stock and catalog resynchronised after a bus reconnect"
+                ),
+                Err(err) => tracing::warn!(
+                    error = format!("{err:#}"),
+                    "stock and catalog resync failed"
+                ),
             }
         });
     }

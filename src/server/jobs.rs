@@ -111,7 +111,9 @@ impl Jobs {
 }
 
 /// Starts the node's jobs: order partitions, the lease heartbeat, the reaper of dead
-/// nodes' leases and lapsed reservations, campaign announcements and the stock resync.
+/// nodes' leases and lapsed reservations, campaign announcements and the stock and
+/// catalog resync (which reloads the catalog only when its version moved, or a reload
+/// is owed).
 pub fn spawn(cfg: &ServeConfig, state: &web::Data<AppState>) -> Jobs {
     let mut jobs = Jobs::new();
     let primary = state.db.primary.clone();
@@ -183,7 +185,7 @@ pub fn spawn(cfg: &ServeConfig, state: &web::Data<AppState>) -> Jobs {
         }
     });
 
-    jobs.every("stock resync", cfg.live.resync, First::Now, {
+    jobs.every("stock and catalog resync", cfg.live.resync, First::Now, {
         let live = state.live.clone();
         move || {
             let live = live.clone();

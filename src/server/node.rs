@@ -60,6 +60,7 @@ impl Node {
             stock: Arc::clone(&stock),
             catalog: Arc::clone(&catalog),
             reads: db.read.clone(),
+            primary: db.primary.clone(),
             node_id: cfg.node_id.clone(),
             coalesce_ms: u64::try_from(cfg.live.coalesce.as_millis()).unwrap_or(100),
         });

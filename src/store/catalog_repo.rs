@@ -1,5 +1,8 @@
-//! Catalog queries: the full catalog load and the admin upsert. Stock changes live in
-//! [`super::inventory`].
+//! Catalog queries: the full catalog load, the admin upsert and the catalog's version.
+//! Stock changes live in [`super::inventory`].
+//!
+//! Every catalog write raises `catalog_version` in its own transaction, so that a node
+//! can tell from one cheap read whether its snapshot is behind.
 
 use std::collections::BTreeMap;
 
@@ -57,8 +60,29 @@ pub enum UpsertError {
     Db(#[from] anyhow::Error),
 }
 
-/// Loads every product with active variants, and every SKU's sellable stock.
+/// What a catalog write did, and the catalog version it made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Saved {
+    /// Whether the product was new.
+    pub upserted: Upserted,
+    /// `catalog_version` after the write (visible once it commits).
+    pub version: i64,
+}
+
+/// The committed catalog version: one row read, cheap enough for every resync.
+pub async fn version(client: &impl GenericClient) -> anyhow::Result<i64> {
+    let row = client
+        .query_one("SELECT version FROM catalog_version", &[])
+        .await
+        .context("reading the catalog version")?;
+    Ok(row.get(0))
+}
+
+/// Loads every product with active variants, and every SKU's sellable stock. The
+/// version is read first, so the snapshot is at least as new as the version it carries
+/// (a write committing in between only causes one more reload later).
 pub async fn load(client: &impl GenericClient) -> anyhow::Result<(Catalog, Vec<StockLevel>)> {
+    let version = version(client).await?;
     let rows = client
         .query(
             "SELECT p.slug, p.name, p.description, v.sku, v.attributes, v.price_minor, v.currency,
@@ -99,7 +123,7 @@ pub async fn load(client: &impl GenericClient) -> anyhow::Result<(Catalog, Vec<S
     if let Some((s, n, d, v)) = current.take() {
         products.push(Product::new(s, n, d, v));
     }
-    Ok((Catalog::new(products), stock))
+    Ok((Catalog::new(products).at_version(version), stock))
 }
 
 fn attributes_from_json(value: &serde_json::Value) -> BTreeMap<String, String> {
@@ -120,7 +144,7 @@ fn attributes_from_json(value: &serde_json::Value) -> BTreeMap<String, String> {
 pub async fn save_product(
     pool: &deadpool_postgres::Pool,
     input: &ProductInput,
-) -> Result<Upserted, UpsertError> {
+) -> Result<Saved, UpsertError> {
     let mut client = pool.get().await.context("connecting")?;
     let tx = client.transaction().await.context("beginning")?;
     let outcome = upsert_product(&tx, input).await?;
@@ -128,13 +152,24 @@ pub async fn save_product(
     Ok(outcome)
 }
 
-/// Creates or updates a product with its variants, in the caller's transaction.
+/// Creates or updates a product with its variants, in the caller's transaction, and
+/// raises the catalog version.
 ///
 /// Variants left out of `input` are retired (hidden), not deleted: orders refer to them.
 pub async fn upsert_product(
     tx: &Transaction<'_>,
     input: &ProductInput,
-) -> Result<Upserted, UpsertError> {
+) -> Result<Saved, UpsertError> {
+    // First, so that concurrent catalog writes queue here before touching any variant,
+    // and a Journal batch holding a variant's price never waits on a half-done write.
+    let version: i64 = tx
+        .query_one(
+            "UPDATE catalog_version SET version = version + 1 RETURNING version",
+            &[],
+        )
+        .await
+        .context("raising the catalog version")?
+        .get(0);
     let row = tx
         .query_one(
             "INSERT INTO products (slug, name, description) VALUES ($1, $2, $3)
@@ -198,9 +233,10 @@ pub async fn upsert_product(
     )
     .await
     .context("creating inventory rows")?;
-    Ok(if inserted {
+    let upserted = if inserted {
         Upserted::Created
     } else {
         Upserted::Updated
-    })
+    };
+    Ok(Saved { upserted, version })
 }

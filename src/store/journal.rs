@@ -23,6 +23,7 @@ use anyhow::Context as _;
 use deadpool_postgres::{Object, Pool, Transaction};
 use surge_actors::{
     journal_plan::{self, Locked, Plan},
+    money::{Currency, Money},
     ports::{BoxFut, Cause, Journal, JournalError, StockLevel, WriteOp, WriteOutcome},
 };
 use tokio::sync::{mpsc, oneshot};
@@ -422,6 +423,30 @@ async fn lock(
             .collect();
         if !granted.is_empty() {
             read_others(tx, node_id, cfg, &granted, &mut locked).await?;
+        }
+    }
+    let priced = journal_plan::priced_skus(ops);
+    if !priced.is_empty() {
+        // FOR SHARE: a price change waits for this batch, and this batch for a price
+        // change in flight, so the price checked is the price as of the commit.
+        // (Catalog writes never wait on inventory locks, so the order cannot deadlock.)
+        let stmt = tx
+            .prepare_cached(
+                "SELECT sku, price_minor, currency FROM variants
+                  WHERE sku = ANY($1) AND active ORDER BY sku FOR SHARE",
+            )
+            .await?;
+        for row in tx
+            .query(&stmt, &[&priced])
+            .await
+            .context("reading prices")?
+        {
+            let currency: String = row.get(2);
+            let currency = Currency::parse(&currency)
+                .with_context(|| format!("variant currency {currency:?}"))?;
+            locked
+                .prices
+                .insert(row.get(0), Money::new(row.get(1), currency));
         }
     }
     let new_carts: Vec<(Uuid, &str)> = ops

@@ -132,14 +132,17 @@ async fn bus_delivers_to_other_nodes_only() {
     assert_eq!(got[0].node_id, a_id);
     assert!(got[0].sent_at_ms > 0);
 
-    b.publish(BusEvent::Catalog);
+    b.publish(BusEvent::Catalog { version: 1 });
     assert!(
         eventually(Duration::from_secs(1), || !a_sink.delivered().is_empty()).await,
         "a receives b's event within 1 s"
     );
     // Give a stray self-delivery time to show up.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(stocks(&a_sink.delivered()), vec![BusEvent::Catalog]);
+    assert_eq!(
+        stocks(&a_sink.delivered()),
+        vec![BusEvent::Catalog { version: 1 }]
+    );
     assert_eq!(stocks(&b_sink.delivered()), vec![stock(1)]);
     assert_eq!(a_sink.resyncs.load(Ordering::SeqCst), 0);
     assert_eq!(b_sink.resyncs.load(Ordering::SeqCst), 0);

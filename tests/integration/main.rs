@@ -4,6 +4,7 @@
 mod admin;
 mod bus;
 mod catalog;
+mod catalog_sync;
 mod cluster;
 mod commerce;
 mod common;
