@@ -566,6 +566,7 @@ mod tests {
     fn a_line_at_a_stale_price_is_refused_with_the_committed_one() {
         let mut l = locked(10);
         l.lease.insert("A".into(), 5);
+        l.lease_epoch.insert("A".into(), 0);
         l.prices.insert("A".into(), eur(150));
         let p = plan(&[set_line(0, 2, 0)], l.clone());
         assert_eq!(
@@ -604,6 +605,8 @@ mod tests {
     fn a_release_goes_through_whatever_the_price() {
         let mut l = locked(10);
         l.reservations.insert((cart(), "A".into()), 2);
+        l.lease.insert("A".into(), 0);
+        l.lease_epoch.insert("A".into(), 0);
         l.prices.clear();
         let p = plan(&[set_line(0, 0, 2)], l);
         assert_eq!(p.results[0], Ok(WriteOutcome::Done));
