@@ -364,10 +364,15 @@ impl Handler<SetQuantity> for CartActor {
                         shard.lease_lost(&sku, lease_epoch);
                     }
                     Err(e) => {
-                        if delta > 0
-                            && !matches!(e, JournalError::Rejected(Rejection::LeaseLost { .. }))
-                        {
-                            shard.put(&sku, delta);
+                        match &e {
+                            JournalError::Rejected(Rejection::LeaseLost { .. }) => {}
+                            JournalError::Rejected(Rejection::LeaseShort { lease, .. })
+                                if delta > 0 =>
+                            {
+                                shard.lease_short(&sku, lease_epoch, delta, *lease);
+                            }
+                            _ if delta > 0 => shard.put(&sku, delta),
+                            _ => {}
                         }
                         return Err(CartFailure::from(e));
                     }

@@ -364,6 +364,33 @@ impl Handler<PutUnits> for InventoryShard {
     }
 }
 
+/// A reserve was refused because the lease row held fewer units than memory thought.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct LeaseShort {
+    /// The SKU.
+    pub sku: String,
+    /// Epoch of the lease the units were taken from.
+    pub epoch: Option<i64>,
+    /// Units the refused reserve had taken.
+    pub taken: i64,
+    /// Units the row held when the batch locked it.
+    pub row: i64,
+}
+
+impl Handler<LeaseShort> for InventoryShard {
+    type Result = ();
+
+    fn handle(&mut self, msg: LeaseShort, _: &mut Self::Context) {
+        let now = self.now();
+        tracing::warn!(sku = %msg.sku, row = msg.row, "memory held more than the lease row; clamped");
+        metrics::counter!("lease_clamps_total").increment(1);
+        self.stock
+            .sku(&msg.sku)
+            .clamp(msg.epoch, msg.taken, msg.row, now);
+    }
+}
+
 /// PostgreSQL has units of `sku` again (a restock on this node).
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -494,6 +521,17 @@ impl ShardHandle {
             })
             .await
             .unwrap_or(0)
+    }
+
+    /// A reserve of `taken` units from the lease of `epoch` was refused because the row
+    /// held only `row`: give them back, but never beyond what the row holds.
+    pub fn lease_short(&self, sku: &str, epoch: Option<i64>, taken: i64, row: i64) {
+        self.addr.do_send(LeaseShort {
+            sku: sku.to_owned(),
+            epoch,
+            taken,
+            row,
+        });
     }
 
     /// A reserve from the lease of `epoch` was refused as lost: drop that lease.

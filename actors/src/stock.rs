@@ -499,6 +499,19 @@ impl SkuStock {
         self.db_empty = available == 0;
     }
 
+    /// A reserve of `taken` units from the lease of `epoch` was refused because the
+    /// row held only `row` units when the batch locked it: memory counted units the row
+    /// does not have. The taken units come back, but memory never holds more than the
+    /// row did: the row's free units are what memory may hand out, less what is still
+    /// in flight, so the clamp can only remove units no row backs. Repeated refusals
+    /// converge instead of repeating.
+    pub fn clamp(&mut self, epoch: Option<i64>, taken: i64, row: i64, now: u64) {
+        self.last_used = now;
+        if epoch.is_some() && epoch == self.epoch {
+            self.lease = (self.lease + taken).min(row.max(0));
+        }
+    }
+
     /// Fencing: this node's lease row for the SKU now has epoch `row` (`None`: it is
     /// gone). Units memory holds under another epoch are not backed by any row, so
     /// they are dropped before anything is sold from them; returns how many.
@@ -825,5 +838,27 @@ mod tests {
         assert_eq!(shard.drain_idle(50), vec![("A".to_owned(), 5)]);
         assert_eq!(shard.lease_of("A"), 0);
         assert_eq!(shard.lease_of("B"), 3);
+    }
+
+    /// Guards against phantom units answered 503 on every try: memory counted more
+    /// than its lease row, a reserve was refused `LeaseShort`, and putting the taken
+    /// units back would make the next reserve fail the same way.
+    #[test]
+    fn a_short_lease_is_clamped_to_its_row() {
+        let mut s = SkuStock {
+            lease: 4,
+            epoch: Some(3),
+            ..SkuStock::default()
+        };
+        // Took 2 of 6 believed; the row held 3 when the batch locked it.
+        s.clamp(Some(3), 2, 3, 1);
+        assert_eq!(s.lease, 3, "never more than the row held");
+        // A refusal about another epoch's lease changes nothing.
+        s.clamp(Some(2), 2, 0, 2);
+        assert_eq!(s.lease, 3);
+        // With memory already below the row, the taken units simply come back.
+        s.lease = 1;
+        s.clamp(Some(3), 1, 10, 3);
+        assert_eq!(s.lease, 2);
     }
 }
