@@ -3,7 +3,7 @@
 //! belongs to a shopper's session.
 
 use actix::{Addr, MailboxError};
-use actix_web::{delete, get, post, put, web, HttpRequest, HttpResponse};
+use actix_web::{delete, get, middleware::from_fn, post, put, web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use surge_actors::{
     cart::CartError,
@@ -15,6 +15,7 @@ use surge_actors::{
 use utoipa::ToSchema;
 use utoipa_actix_web::{scope, service_config::ServiceConfig};
 
+use super::rate_limit;
 use crate::{
     error::{ApiError, ErrorBody},
     session::{Session, Sessions},
@@ -23,10 +24,12 @@ use crate::{
     views::{cart_body, CartBody, OrderBody},
 };
 
-/// The cart, checkout and orders, each scope behind [`Sessions`].
+/// The cart, checkout and orders, each scope behind [`Sessions`]; cart and checkout
+/// writes within the rate limits.
 pub fn routes(cfg: &mut ServiceConfig) {
     cfg.service(
         scope("/api/cart")
+            .wrap(from_fn(rate_limit::writes))
             .wrap(Sessions::api())
             .service(get_cart)
             .service(put_item)
@@ -34,6 +37,7 @@ pub fn routes(cfg: &mut ServiceConfig) {
     )
     .service(
         scope("/api/checkout")
+            .wrap(from_fn(rate_limit::writes))
             .wrap(Sessions::api())
             .service(checkout),
     )
