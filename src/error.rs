@@ -424,6 +424,19 @@ mod tests {
         assert_eq!(body["error"]["currency"], "EUR");
     }
 
+    /// Guards against a rate-limit refusal that a client cannot tell from load shedding
+    /// or that does not say when to come back.
+    #[test]
+    fn a_rate_limit_refusal_is_429_rate_limited_with_retry_after() {
+        let refusal = crate::rate_limit::Refusal {
+            limit: crate::rate_limit::Limit::IpWrites,
+            retry_after_secs: 3,
+        };
+        let (status, retry, body) = answer(ApiError::from(refusal));
+        assert_eq!((status, retry.as_deref()), (429, Some("3")));
+        assert_eq!(body["error"]["code"], "rate_limited");
+    }
+
     #[test]
     fn other_failures_stay_500() {
         let corrupt = DbError::Corrupt("order x has status \"lost\"".into());

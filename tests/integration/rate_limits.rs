@@ -210,6 +210,14 @@ async fn new_sessions_per_ip_per_minute_are_limited() {
         refused.retry_after.is_some_and(|s| s <= 20),
         "one token every 20 s"
     );
+    // A socket without a cookie would make a session: its upgrade is refused.
+    match awc::Client::new().ws(app.url("/ws")).connect().await {
+        Err(awc::error::WsClientError::InvalidResponseStatus(status)) => {
+            assert_eq!(status.as_u16(), 429, "a cookieless socket");
+        }
+        Err(e) => panic!("a cookieless socket: {e}"),
+        Ok(_) => panic!("a cookieless socket got a session past the limit"),
+    }
     // A write without a cookie would make a session: refused the same way.
     assert_limited(&put(&app, None, "RL-1", 1).await, "a cookieless write");
     let a = put(&app, Some(&cookies[0]), "RL-1", 1).await;
