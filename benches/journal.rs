@@ -257,6 +257,11 @@ async fn http_latency(url: &str) -> anyhow::Result<()> {
             journal_commit_timeout: Duration::from_secs(5),
         },
         live: surge::config::defaults::<LiveArgs>().validate()?,
+        // 256 sessions from one IP measure the write path, not the limits.
+        rate_limits: surge::rate_limit::RateLimitConfig {
+            enabled: false,
+            ..surge::config::defaults::<surge::config::RateLimitArgs>().validate()?
+        },
     };
     let node = Application::build(cfg).await?;
     let base = format!("http://{}", node.addr());

@@ -255,6 +255,79 @@ pub struct ServeArgs {
     pub commerce: CommerceArgs,
     #[command(flatten)]
     pub live: LiveArgs,
+    #[command(flatten)]
+    pub rate_limits: RateLimitArgs,
+}
+
+/// On or off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Switch {
+    /// Enabled.
+    On,
+    /// Disabled.
+    Off,
+}
+
+/// Rate limits on cart and checkout writes and on new sessions. The defaults are far
+/// above what a shopper does by hand (a few writes a second at most) and leave room for
+/// many shoppers behind one carrier-grade NAT or office proxy, while a script hammering
+/// checkout or minting sessions is stopped within a second.
+#[derive(Debug, Clone, Args)]
+pub struct RateLimitArgs {
+    /// Rate limits on or off (tests and load tests driving many buyers from one IP turn them off).
+    #[arg(long, env = "SURGE_RATE_LIMITS", value_name = "SURGE_RATE_LIMITS",
+          value_enum, default_value_t = Switch::On)]
+    pub rate_limits: Switch,
+    /// Cart and checkout writes per second of one session.
+    #[arg(long, env = "SURGE_RATE_SESSION_WRITES", value_name = "SURGE_RATE_SESSION_WRITES", default_value_t = 20,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub rate_session_writes: u32,
+    /// Writes one session may make at once above its rate.
+    #[arg(long, env = "SURGE_RATE_SESSION_BURST", value_name = "SURGE_RATE_SESSION_BURST", default_value_t = 40,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub rate_session_burst: u32,
+    /// Cart and checkout writes per second of one client IP, over all its sessions.
+    #[arg(long, env = "SURGE_RATE_IP_WRITES", value_name = "SURGE_RATE_IP_WRITES", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub rate_ip_writes: u32,
+    /// Writes one client IP may make at once above its rate.
+    #[arg(long, env = "SURGE_RATE_IP_BURST", value_name = "SURGE_RATE_IP_BURST", default_value_t = 200,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub rate_ip_burst: u32,
+    /// Sessions created per minute for one client IP (all of them may come at once).
+    #[arg(long, env = "SURGE_RATE_NEW_SESSIONS_PER_MIN", value_name = "SURGE_RATE_NEW_SESSIONS_PER_MIN", default_value_t = 600,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub rate_new_sessions_per_min: u32,
+    /// Comma-separated IPs or CIDR blocks of proxies whose X-Forwarded-For names the client; empty trusts none.
+    #[arg(
+        long,
+        env = "SURGE_TRUSTED_PROXIES",
+        value_name = "SURGE_TRUSTED_PROXIES",
+        default_value = ""
+    )]
+    pub trusted_proxies: String,
+}
+
+impl RateLimitArgs {
+    /// Parses the proxy list.
+    pub fn validate(&self) -> Result<crate::rate_limit::RateLimitConfig, ConfigError> {
+        use crate::rate_limit::{Rate, RateLimitConfig};
+        let trusted_proxies = crate::client_ip::TrustedProxies::parse(&self.trusted_proxies)
+            .map_err(|e| ConfigError::new("SURGE_TRUSTED_PROXIES", e.to_string()))?;
+        Ok(RateLimitConfig {
+            enabled: self.rate_limits == Switch::On,
+            session_writes: Rate {
+                per_second: f64::from(self.rate_session_writes),
+                burst: self.rate_session_burst,
+            },
+            ip_writes: Rate {
+                per_second: f64::from(self.rate_ip_writes),
+                burst: self.rate_ip_burst,
+            },
+            new_sessions: Rate::per_minute(self.rate_new_sessions_per_min),
+            trusted_proxies,
+        })
+    }
 }
 
 /// WebSocket, hub and bus settings.
@@ -567,6 +640,8 @@ pub struct ServeConfig {
     pub commerce: CommerceConfig,
     /// WebSocket, hub and bus settings.
     pub live: LiveConfig,
+    /// Rate limits and the proxies trusted to name the client.
+    pub rate_limits: crate::rate_limit::RateLimitConfig,
 }
 
 impl ServeArgs {
@@ -641,6 +716,7 @@ impl ServeArgs {
             static_dir: self.static_dir.clone(),
             commerce: self.commerce.validate(),
             live: self.live.validate()?,
+            rate_limits: self.rate_limits.validate()?,
         })
     }
 }
@@ -718,5 +794,27 @@ mod tests {
         assert!(cfg.admin_token.is_none());
         assert!(!cfg.node_id.is_empty());
         assert_eq!(cfg.body_limit, 16 * 1024);
+        assert!(cfg.rate_limits.enabled, "rate limits are on by default");
+        assert_eq!(
+            cfg.rate_limits.trusted_proxies,
+            crate::client_ip::TrustedProxies::default()
+        );
+    }
+
+    #[test]
+    fn bad_trusted_proxies_are_refused_at_startup() {
+        let db = "postgres://u@h:5432/d";
+        for bad in ["10.0.0.0/40", "localhost", "10.0.0.1,,fd00::/200"] {
+            let err = parse(&["--database-url", db, "--trusted-proxies", bad]).expect_err(bad);
+            assert_eq!(err.var, "SURGE_TRUSTED_PROXIES");
+        }
+        let cfg = parse(&["--database-url", db, "--trusted-proxies", "10.0.0.0/8, ::1"])
+            .expect("valid list");
+        assert!(cfg
+            .rate_limits
+            .trusted_proxies
+            .contains("10.1.2.3".parse().expect("ip")));
+        let cfg = parse(&["--database-url", db, "--rate-limits", "off"]).expect("off");
+        assert!(!cfg.rate_limits.enabled);
     }
 }

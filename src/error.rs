@@ -102,6 +102,12 @@ pub enum ApiError {
         /// Seconds the client should wait.
         retry_after_secs: u64,
     },
+    /// The caller is over a rate limit; nothing was done.
+    #[error("too many requests, retry in {retry_after_secs}s")]
+    RateLimited {
+        /// Seconds until the limit lets the caller through again.
+        retry_after_secs: u64,
+    },
     /// PostgreSQL failed in a way worth a retry (no connection in time, a lost
     /// connection, a conflict or a shutdown); details are logged, not shown.
     #[error("service unavailable, retry later")]
@@ -109,6 +115,14 @@ pub enum ApiError {
     /// A dependency failed; details are logged, not shown.
     #[error("internal error")]
     Internal(anyhow::Error),
+}
+
+impl From<crate::rate_limit::Refusal> for ApiError {
+    fn from(r: crate::rate_limit::Refusal) -> Self {
+        Self::RateLimited {
+            retry_after_secs: r.retry_after_secs,
+        }
+    }
 }
 
 /// Whether the first database error in `err`'s chain is worth a retry; `None` when the
@@ -184,6 +198,7 @@ impl ApiError {
             Self::Conflict { code, .. } => code,
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::Busy { .. } => "busy",
+            Self::RateLimited { .. } => "rate_limited",
             Self::InsufficientStock { .. } => "insufficient_stock",
             Self::ReservationExpired { .. } => "reservation_expired",
             Self::InvalidTransition { .. } => "invalid_transition",
@@ -255,7 +270,7 @@ impl ResponseError for ApiError {
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Conflict { .. } => StatusCode::CONFLICT,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::Busy { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::Busy { .. } | Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::InsufficientStock { .. }
             | Self::ReservationExpired { .. }
             | Self::InvalidTransition { .. }
@@ -317,7 +332,9 @@ impl ResponseError for ApiError {
                     header::HeaderValue::from_static("Bearer"),
                 );
             }
-            Self::Busy { retry_after_secs } | Self::StockRecovering { retry_after_secs } => {
+            Self::Busy { retry_after_secs }
+            | Self::RateLimited { retry_after_secs }
+            | Self::StockRecovering { retry_after_secs } => {
                 resp.headers_mut()
                     .insert(header::RETRY_AFTER, (*retry_after_secs).into());
             }
@@ -405,6 +422,19 @@ mod tests {
         assert_eq!(body["error"]["sku"], "TEE-M");
         assert_eq!(body["error"]["price_minor"], 2_500);
         assert_eq!(body["error"]["currency"], "EUR");
+    }
+
+    /// Guards against a rate-limit refusal that a client cannot tell from load shedding
+    /// or that does not say when to come back.
+    #[test]
+    fn a_rate_limit_refusal_is_429_rate_limited_with_retry_after() {
+        let refusal = crate::rate_limit::Refusal {
+            limit: crate::rate_limit::Limit::IpWrites,
+            retry_after_secs: 3,
+        };
+        let (status, retry, body) = answer(ApiError::from(refusal));
+        assert_eq!((status, retry.as_deref()), (429, Some("3")));
+        assert_eq!(body["error"]["code"], "rate_limited");
     }
 
     #[test]

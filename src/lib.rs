@@ -7,12 +7,14 @@
 pub mod assets;
 pub mod catalog;
 pub mod cli;
+pub mod client_ip;
 pub mod commerce;
 pub mod config;
 pub mod error;
 pub mod http;
 pub mod live;
 pub mod openapi;
+pub mod rate_limit;
 pub mod secret;
 pub mod server;
 pub mod session;

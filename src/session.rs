@@ -1,6 +1,7 @@
 //! Shopper sessions on the routes that need one. Each such route (or scope) wraps itself
 //! in [`Sessions`], which verifies the signed cookie, creates a session when there is
-//! none, and hands the handler a [`Session`]; every other route never sees a cookie.
+//! none (within the new-sessions-per-IP limit), and hands the handler a [`Session`];
+//! every other route never sees a cookie.
 
 use std::{
     future::{ready, Ready},
@@ -11,7 +12,7 @@ use actix_web::{
     body::{BoxBody, MessageBody},
     dev::{forward_ready, Payload, Service, ServiceRequest, ServiceResponse, Transform},
     http::{header, StatusCode},
-    web, FromRequest, HttpMessage as _, HttpRequest,
+    web, FromRequest, HttpMessage as _, HttpRequest, ResponseError as _,
 };
 use futures_util::future::LocalBoxFuture;
 use surge_actors::validated::SessionId;
@@ -127,6 +128,13 @@ where
                     }
                 },
             };
+            if fresh {
+                let ip = state.rate_limits.proxies().client_of(req.request());
+                if let Err(refusal) = state.rate_limits.new_session(ip) {
+                    let resp = ApiError::from(refusal).error_response();
+                    return Ok(req.into_response(resp));
+                }
+            }
             let cookie = fresh.then(|| signer.cookie(signer.sign(&id)));
             req.extensions_mut().insert(Session { id, fresh });
             let mut res = service.call(req).await?.map_into_boxed_body();

@@ -3,7 +3,7 @@
 //! belongs to a shopper's session.
 
 use actix::{Addr, MailboxError};
-use actix_web::{delete, get, post, put, web, HttpRequest, HttpResponse};
+use actix_web::{delete, get, middleware::from_fn, post, put, web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use surge_actors::{
     cart::CartError,
@@ -15,6 +15,7 @@ use surge_actors::{
 use utoipa::ToSchema;
 use utoipa_actix_web::{scope, service_config::ServiceConfig};
 
+use super::rate_limit;
 use crate::{
     error::{ApiError, ErrorBody},
     session::{Session, Sessions},
@@ -23,10 +24,12 @@ use crate::{
     views::{cart_body, CartBody, OrderBody},
 };
 
-/// The cart, checkout and orders, each scope behind [`Sessions`].
+/// The cart, checkout and orders, each scope behind [`Sessions`]; cart and checkout
+/// writes within the rate limits.
 pub fn routes(cfg: &mut ServiceConfig) {
     cfg.service(
         scope("/api/cart")
+            .wrap(from_fn(rate_limit::writes))
             .wrap(Sessions::api())
             .service(get_cart)
             .service(put_item)
@@ -34,6 +37,7 @@ pub fn routes(cfg: &mut ServiceConfig) {
     )
     .service(
         scope("/api/checkout")
+            .wrap(from_fn(rate_limit::writes))
             .wrap(Sessions::api())
             .service(checkout),
     )
@@ -148,7 +152,7 @@ where
 }
 
 /// The caller's cart.
-#[utoipa::path(tag = "cart", responses((status = 200, description = "The cart", body = CartBody), (status = 400, description = "Invalid session cookie", body = ErrorBody)))]
+#[utoipa::path(tag = "cart", responses((status = 200, description = "The cart", body = CartBody), (status = 400, description = "Invalid session cookie", body = ErrorBody), (status = 429, description = "`rate_limited`: a new session over the client IP's limit; see Retry-After", body = ErrorBody)))]
 #[get("")]
 pub async fn get_cart(
     state: web::Data<AppState>,
@@ -186,7 +190,7 @@ fn priced_sku(state: &AppState, raw: &str) -> Result<(Sku, Money), ApiError> {
         (status = 400, description = "Bad quantity, JSON or session", body = ErrorBody),
         (status = 404, description = "Unknown SKU", body = ErrorBody),
         (status = 409, description = "insufficient_stock, with `available`: PostgreSQL and every node's lease together; price_changed, with the committed `price_minor` and `currency` of `sku`", body = ErrorBody),
-        (status = 429, description = "Shedding load; see Retry-After", body = ErrorBody),
+        (status = 429, description = "`busy`: shedding load; `rate_limited`: over the session's or client IP's write limit, or a new session over the IP's; see Retry-After", body = ErrorBody),
         (status = 503, description = "Nothing committed; retry after `Retry-After` (`unavailable`, `stock_recovering`: a stopped node holds the units, `stock_contended`: live nodes hold them)", body = ErrorBody),
     )
 )]
@@ -218,7 +222,7 @@ pub async fn put_item(
 #[utoipa::path(
     tag = "cart",
     params(("sku" = String, Path, description = "The SKU")),
-    responses((status = 200, description = "The cart after the change", body = CartBody), (status = 404, description = "Unknown SKU", body = ErrorBody))
+    responses((status = 200, description = "The cart after the change", body = CartBody), (status = 404, description = "Unknown SKU", body = ErrorBody), (status = 429, description = "`rate_limited`: over the session's or client IP's write limit; see Retry-After", body = ErrorBody))
 )]
 #[delete("/items/{sku}")]
 pub async fn delete_item(
@@ -276,7 +280,7 @@ fn idempotency_key(req: &HttpRequest) -> Result<String, ApiError> {
         (status = 201, description = "The order (committed); a replay carries `Idempotent-Replayed: true`", body = OrderBody),
         (status = 400, description = "Missing key, bad email, bad JSON or session", body = ErrorBody),
         (status = 409, description = "reservation_expired (with `lines`), cart_empty, or price_changed (with the committed `price_minor` and `currency` of `sku`: set the line again at that price)", body = ErrorBody),
-        (status = 429, description = "Shedding load; see Retry-After", body = ErrorBody),
+        (status = 429, description = "`busy`: shedding load; `rate_limited`: over the session's or client IP's write limit, or a new session over the IP's; see Retry-After", body = ErrorBody),
         (status = 503, description = "Nothing committed; retry with the same key", body = ErrorBody),
     )
 )]

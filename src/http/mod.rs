@@ -10,6 +10,7 @@ pub mod cart;
 pub mod middleware;
 pub mod ops;
 pub mod products;
+pub mod rate_limit;
 pub mod request_span;
 pub mod storefront;
 

@@ -22,6 +22,7 @@ use crate::{
         sink::LiveSink,
         Live, LiveDeps,
     },
+    rate_limit::RateLimits,
     session_cookie::SessionSigner,
     state::{AppState, Health},
     store::{
@@ -121,6 +122,7 @@ impl Node {
             limits,
             live,
             ws_limits: cfg.live.limits.clone(),
+            rate_limits: RateLimits::new(&cfg.rate_limits),
         }));
         state.health.set_migrated();
         let products = state.reload_catalog(&state.db.read).await?;

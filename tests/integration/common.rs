@@ -7,6 +7,7 @@ use std::{str::FromStr, time::Duration};
 
 use surge::{
     config::{CommerceConfig, DatabaseConfig, LiveConfig, ServeConfig},
+    rate_limit::RateLimitConfig,
     server::{Application, Drain},
 };
 
@@ -135,6 +136,8 @@ pub struct Options {
     pub connect_via: Option<String>,
     /// Where the node's Journal alone connects (the same database through a proxy).
     pub journal_via: Option<String>,
+    /// Rate limits: off, since tests drive many buyers from one IP (see `test_rate_limits`).
+    pub rate_limits: RateLimitConfig,
 }
 
 /// Redis of the tests.
@@ -152,6 +155,16 @@ pub fn test_live() -> LiveConfig {
         resync: Duration::from_secs(60),
         bus_prefix: format!("t{}", uuid::Uuid::new_v4().simple()),
         ..defaults
+    }
+}
+
+/// The documented rate-limit defaults, switched off unless `enabled`.
+pub fn test_rate_limits(enabled: bool) -> RateLimitConfig {
+    RateLimitConfig {
+        enabled,
+        ..surge::config::defaults::<surge::config::RateLimitArgs>()
+            .validate()
+            .expect("the documented defaults are valid")
     }
 }
 
@@ -189,6 +202,7 @@ impl Default for Options {
             redis_url: None,
             connect_via: None,
             journal_via: None,
+            rate_limits: test_rate_limits(false),
         }
     }
 }
@@ -248,6 +262,7 @@ impl TestApp {
             static_dir: None,
             commerce: opts.commerce,
             live: opts.live,
+            rate_limits: opts.rate_limits,
         };
         let server = Application::build(cfg).await.expect("server starts");
         let base = format!("http://{}", server.addr());

@@ -17,5 +17,6 @@ mod ops;
 mod orders;
 mod outcomes;
 mod proxy;
+mod rate_limits;
 mod routes;
 mod storefront;
