@@ -342,3 +342,86 @@ async fn bad_campaigns_are_refused_and_nothing_is_stored() {
     assert_eq!(status, 404);
     app.stop().await;
 }
+
+/// Guards against the overlap check racing: campaigns for one SKU scheduled at once, on
+/// two nodes, with overlapping windows, store exactly one.
+#[actix_web::test]
+async fn concurrent_overlapping_campaigns_store_exactly_one() {
+    let (a, b) = two_nodes().await;
+    make_sku(&a, "RACE-1", 5).await;
+    let replies = futures_util::future::join_all((0..8).map(|i| {
+        let node = if i % 2 == 0 { &a } else { &b };
+        let body = json!({"name": format!("Race {i}"), "skus": ["RACE-1"],
+                          "starts_at_ms": 1_000_000 + i, "ends_at_ms": 2_000_000 + i});
+        async move { schedule(node, &body).await }
+    }))
+    .await;
+    let created = replies.iter().filter(|(s, _)| *s == 201).count();
+    let overlaps = replies
+        .iter()
+        .filter(|(s, body)| *s == 409 && error_code(body) == "campaign_overlap")
+        .count();
+    assert_eq!((created, overlaps), (1, 7), "{replies:?}");
+    let stored: i64 =
+        a.db.client()
+            .await
+            .query_one(
+                "SELECT count(*) FROM campaign_skus WHERE sku = 'RACE-1'",
+                &[],
+            )
+            .await
+            .expect("count")
+            .get(0);
+    assert_eq!(stored, 1);
+    b.stop().await;
+    a.stop().await;
+}
+
+/// Guards against the start being announced up to a poll period late: the `campaign`
+/// message leaves at the start instant, on every node.
+#[actix_web::test]
+async fn the_start_is_pushed_to_every_node_at_the_start_instant() {
+    let (a, b) = two_nodes().await;
+    make_sku(&a, "PUSH-1", 5).await;
+    let mut sockets = [
+        ws_connect(&a.base, None).await,
+        ws_connect(&b.base, None).await,
+    ];
+    let starts = now_ms() + 1_700;
+    let (status, created) = schedule(
+        &a,
+        &json!({"name": "Push", "skus": ["PUSH-1"], "starts_at_ms": starts, "ends_at_ms": starts + 60_000}),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    let arrivals = futures_util::future::join_all(sockets.iter_mut().map(|ws| async move {
+        let msg = ws_wait(ws, Duration::from_secs(4), |v| v["type"] == "campaign")
+            .await
+            .expect("campaign message");
+        (now_ms(), msg)
+    }))
+    .await;
+    for (at, msg) in &arrivals {
+        assert_eq!(msg["campaign"]["id"], created["id"]);
+        assert_eq!(msg["campaign"]["state"], "live");
+        assert!(
+            *at >= starts,
+            "announced {}ms before the start",
+            starts - at
+        );
+        assert!(
+            at - starts < 100,
+            "announced {}ms after the start",
+            at - starts
+        );
+    }
+    eprintln!(
+        "campaign push: arrived at +{:?} ms",
+        arrivals
+            .iter()
+            .map(|(at, _)| at - starts)
+            .collect::<Vec<_>>()
+    );
+    b.stop().await;
+    a.stop().await;
+}
