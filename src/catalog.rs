@@ -17,7 +17,7 @@ use std::{
 };
 
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine as _};
-use surge_actors::{ports::StockLevel, validated::Slug};
+use surge_actors::{campaign::Campaigns, ports::StockLevel, validated::Slug};
 use thiserror::Error;
 
 /// One sellable variant of a product.
@@ -125,6 +125,9 @@ pub struct Catalog {
     products: Vec<Product>,
     by_slug: HashMap<String, usize>,
     by_sku: HashMap<String, (usize, usize)>,
+    /// Every campaign: loaded with the products, so a node gates and prices campaign
+    /// SKUs from the same snapshot it sells them from.
+    campaigns: Campaigns,
 }
 
 /// Why a listing request cannot be served.
@@ -169,7 +172,19 @@ impl Catalog {
             products,
             by_slug,
             by_sku,
+            campaigns: Campaigns::default(),
         }
+    }
+
+    /// The same snapshot with its campaigns.
+    pub fn with_campaigns(mut self, campaigns: Campaigns) -> Self {
+        self.campaigns = campaigns;
+        self
+    }
+
+    /// Every campaign of this snapshot.
+    pub fn campaigns(&self) -> &Campaigns {
+        &self.campaigns
     }
 
     /// The same snapshot, labelled with the `catalog_version` it was loaded at.
@@ -319,14 +334,25 @@ impl CatalogStore {
         self.owed.store(false, Ordering::SeqCst);
     }
 
-    /// Whether the snapshot sells `sku` at `price` (`None`: does not sell it): a
-    /// refused write whose answer this snapshot already shows needs no reload.
+    /// Whether the snapshot sells `sku` at `price` (`None`: does not sell it), at its
+    /// own price or at a sale price of one of its campaigns: a refused write whose
+    /// answer this snapshot already shows needs no reload (at the edge of a campaign
+    /// window, a node whose clock differs from the database's meets the other price).
     pub fn shows(&self, sku: &str, price: Option<(i64, &str)>) -> bool {
         let snapshot = self.snapshot();
-        let held = snapshot
-            .variant(sku)
-            .map(|(_, v)| (v.price_minor, v.currency.as_str()));
-        held == price
+        let Some((_, v)) = snapshot.variant(sku) else {
+            return price.is_none();
+        };
+        let Some((minor, currency)) = price else {
+            return false;
+        };
+        currency == v.currency
+            && (minor == v.price_minor
+                || snapshot
+                    .campaigns()
+                    .slots(sku)
+                    .iter()
+                    .any(|s| s.sale_price_minor == Some(minor)))
     }
 
     /// Held while a reload runs, so that a burst of triggers costs one load.

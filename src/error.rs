@@ -11,6 +11,7 @@ use actix_web::{
 use deadpool_postgres::PoolError;
 use serde::Serialize;
 use surge_actors::{
+    campaign::Closed,
     order::{OrderStatus, UnknownStatus},
     validated::EmailError,
 };
@@ -76,6 +77,14 @@ pub enum ApiError {
         price_minor: i64,
         /// The committed currency.
         currency: String,
+    },
+    /// The SKU is in a campaign that has not started or has ended; nothing changed.
+    #[error("{sku}: {closed}")]
+    CampaignClosed {
+        /// The SKU.
+        sku: String,
+        /// Still to start (with when), or over.
+        closed: Closed,
     },
     /// Some reservations of the cart have expired.
     #[error("reservations expired for: {}", .lines.join(", "))]
@@ -203,6 +212,14 @@ impl ApiError {
             Self::ReservationExpired { .. } => "reservation_expired",
             Self::InvalidTransition { .. } => "invalid_transition",
             Self::PriceChanged { .. } => "price_changed",
+            Self::CampaignClosed {
+                closed: Closed::NotStarted { .. },
+                ..
+            } => "campaign_not_started",
+            Self::CampaignClosed {
+                closed: Closed::Ended,
+                ..
+            } => "campaign_ended",
             Self::Unavailable | Self::Database(_) => "unavailable",
             Self::StockRecovering { .. } => "stock_recovering",
             Self::StockContended => "stock_contended",
@@ -243,6 +260,9 @@ pub struct ErrorDetail {
     /// With `price_changed`: the committed currency.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub currency: Option<String>,
+    /// With `campaign_not_started`: when the campaign starts, Unix milliseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub starts_at_ms: Option<i64>,
 }
 
 /// Builds an error response with the standard body.
@@ -257,6 +277,7 @@ pub fn error_response(status: StatusCode, code: &str, message: &str) -> HttpResp
             sku: None,
             price_minor: None,
             currency: None,
+            starts_at_ms: None,
         },
     })
 }
@@ -274,7 +295,8 @@ impl ResponseError for ApiError {
             Self::InsufficientStock { .. }
             | Self::ReservationExpired { .. }
             | Self::InvalidTransition { .. }
-            | Self::PriceChanged { .. } => StatusCode::CONFLICT,
+            | Self::PriceChanged { .. }
+            | Self::CampaignClosed { .. } => StatusCode::CONFLICT,
             Self::Unavailable
             | Self::Database(_)
             | Self::StockRecovering { .. }
@@ -312,7 +334,9 @@ impl ResponseError for ApiError {
                     _ => None,
                 },
                 sku: match self {
-                    Self::PriceChanged { sku, .. } => Some(sku.clone()),
+                    Self::PriceChanged { sku, .. } | Self::CampaignClosed { sku, .. } => {
+                        Some(sku.clone())
+                    }
                     _ => None,
                 },
                 price_minor: match self {
@@ -321,6 +345,13 @@ impl ResponseError for ApiError {
                 },
                 currency: match self {
                     Self::PriceChanged { currency, .. } => Some(currency.clone()),
+                    _ => None,
+                },
+                starts_at_ms: match self {
+                    Self::CampaignClosed {
+                        closed: Closed::NotStarted { starts_at_ms },
+                        ..
+                    } => Some(*starts_at_ms),
                     _ => None,
                 },
             },

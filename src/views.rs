@@ -7,7 +7,9 @@ use serde::{Deserialize, Serialize};
 use surge_actors::cart_actor::CartView;
 use utoipa::ToSchema;
 
-use crate::catalog::Catalog;
+use surge_actors::campaign::Campaign;
+
+use crate::catalog::{Catalog, StockLevels};
 
 pub use surge_actors::ports::{OrderLine as OrderLineBody, OrderSummary as OrderBody};
 
@@ -78,17 +80,83 @@ pub fn cart_body(catalog: &Catalog, view: CartView) -> CartBody {
     }
 }
 
-/// A campaign as its `campaign` socket message announces it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A campaign as `GET /api/campaigns/{id}` answers it and its `campaign` socket
+/// message announces it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct CampaignView {
     /// Campaign id.
     pub id: uuid::Uuid,
     /// Display name.
     pub name: String,
-    /// The featured product, if any.
+    /// The product the campaign was made for, if any.
     pub product_slug: Option<String>,
-    /// Start, Unix milliseconds.
+    /// `scheduled`, `live` or `ended` at `server_time_ms`.
+    pub state: CampaignState,
+    /// Start, Unix milliseconds (the first instant it sells).
     pub starts_at_ms: i64,
-    /// End, Unix milliseconds.
+    /// End, Unix milliseconds (the first instant it no longer sells).
     pub ends_at_ms: i64,
+    /// This node's clock when the answer was made, so a client corrects its countdown.
+    pub server_time_ms: i64,
+    /// Units one customer may buy across the campaign's SKUs, if limited.
+    pub per_customer_limit: Option<i64>,
+    /// The SKUs it sells.
+    pub skus: Vec<CampaignSkuView>,
+    /// The waiting room, if the campaign has one.
+    pub queue: Option<CampaignQueueView>,
+}
+
+/// A campaign's state at a time.
+pub use surge_actors::campaign::State as CampaignState;
+
+/// One SKU of a campaign.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct CampaignSkuView {
+    /// The SKU.
+    pub sku: String,
+    /// The variant's own price, minor units.
+    pub price_minor: i64,
+    /// The price within the window, if the campaign sets one.
+    pub sale_price_minor: Option<i64>,
+    /// Sellable units now.
+    pub available: i64,
+}
+
+/// A campaign's waiting room.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct CampaignQueueView {
+    /// Sessions admitted per second.
+    pub admit_per_second: i64,
+}
+
+/// The view of `campaign` at `now_ms`, its SKUs priced from `catalog` with `stock`.
+pub fn campaign_view(
+    catalog: &Catalog,
+    stock: &StockLevels,
+    campaign: &Campaign,
+    now_ms: i64,
+) -> CampaignView {
+    CampaignView {
+        id: campaign.id,
+        name: campaign.name.clone(),
+        product_slug: campaign.product_slug.clone(),
+        state: campaign.state_at(now_ms),
+        starts_at_ms: campaign.window.starts_at_ms,
+        ends_at_ms: campaign.window.ends_at_ms,
+        server_time_ms: now_ms,
+        per_customer_limit: campaign.per_customer_limit,
+        skus: campaign
+            .skus
+            .iter()
+            .map(|(sku, sale_price_minor)| CampaignSkuView {
+                sku: sku.clone(),
+                price_minor: catalog.variant(sku).map_or(0, |(_, v)| v.price_minor),
+                sale_price_minor: *sale_price_minor,
+                available: stock.get(sku),
+            })
+            .collect(),
+        queue: campaign
+            .admit_per_second
+            .map(|admit_per_second| CampaignQueueView { admit_per_second }),
+    }
 }

@@ -61,6 +61,14 @@ pub enum CartFailure {
         /// The SKU.
         sku: String,
     },
+    /// The SKU's campaign is not open; nothing changed.
+    #[error("{sku}: {closed}")]
+    CampaignClosed {
+        /// The SKU.
+        sku: String,
+        /// Whether the campaign is still to start or over.
+        closed: crate::campaign::Closed,
+    },
     /// The node is shedding load.
     #[error("busy")]
     Busy,
@@ -103,6 +111,9 @@ impl From<JournalError> for CartFailure {
                 currency,
             },
             JournalError::Rejected(Rejection::NotForSale { sku }) => Self::NotForSale { sku },
+            JournalError::Rejected(Rejection::CampaignClosed { sku, closed }) => {
+                Self::CampaignClosed { sku, closed }
+            }
             other => Self::Unavailable(Unreachable::Journal(other)),
         }
     }

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use uuid::Uuid;
 
 use crate::{
+    campaign::Closed,
     money::{Currency, Money},
     ports::{JournalError, PlaceOrder, Rejection, SetLine, WriteOp, WriteOutcome},
     stock::{Delta, GrantOutcome},
@@ -36,6 +37,8 @@ pub struct Locked {
     /// Missing: the variant is retired or unknown. A campaign's sale price, when there
     /// is one, is what the lock step puts here instead of the variant's.
     pub prices: HashMap<String, Money>,
+    /// The priced SKUs whose campaign window is not open at the commit's `now()`.
+    pub closed: HashMap<String, Closed>,
 }
 
 /// A reservation row to write.
@@ -124,6 +127,12 @@ fn check_price(locked: &Locked, sku: &str, price: Money) -> Result<(), Rejection
 fn check_line_price(locked: &Locked, l: &SetLine) -> Result<(), Rejection> {
     if l.quantity == 0 {
         return Ok(());
+    }
+    if let Some(closed) = locked.closed.get(&l.sku) {
+        return Err(Rejection::CampaignClosed {
+            sku: l.sku.clone(),
+            closed: *closed,
+        });
     }
     check_price(locked, &l.sku, Money::new(l.unit_price_minor, l.currency))
 }
@@ -597,6 +606,30 @@ mod tests {
                 sku: "A".into()
             }))
         );
+    }
+
+    /// Guards against a reserve slipping in before a campaign's start (or after its
+    /// end) on a node whose clock runs ahead: the commit refuses it and writes nothing,
+    /// while a release still goes through.
+    #[test]
+    fn a_line_of_a_closed_campaign_is_refused_and_a_release_is_not() {
+        let mut l = locked(10);
+        l.lease.insert("A".into(), 5);
+        l.lease_epoch.insert("A".into(), 0);
+        let closed = Closed::NotStarted { starts_at_ms: 42 };
+        l.closed.insert("A".into(), closed);
+        let p = plan(&[set_line(0, 2, 0)], l.clone());
+        assert_eq!(
+            p.results[0],
+            Err(JournalError::Rejected(Rejection::CampaignClosed {
+                sku: "A".into(),
+                closed,
+            }))
+        );
+        assert!(p.inventory.is_empty() && p.reservations.is_empty() && p.cart_versions.is_empty());
+        l.reservations.insert((cart(), "A".into()), 2);
+        let p = plan(&[set_line(0, 0, 2)], l);
+        assert_eq!(p.results[0], Ok(WriteOutcome::Done));
     }
 
     /// Guards against a shopper being unable to let go of a line whose price moved:

@@ -4,6 +4,7 @@
 //! in [`ports`], live updates in [`cart_actor::CartEvents`]; the `surge` crate
 //! implements them.
 
+pub mod campaign;
 pub mod cart;
 pub mod cart_actor;
 pub mod journal_plan;

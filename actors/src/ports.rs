@@ -169,6 +169,15 @@ pub enum Rejection {
         /// The SKU.
         sku: String,
     },
+    /// The SKU is in a campaign whose window is not open at the commit's `now()`:
+    /// nothing is reserved before the start or after the end, on any node.
+    #[error("{sku}: {closed}")]
+    CampaignClosed {
+        /// The SKU.
+        sku: String,
+        /// Whether the campaign is still to start or over.
+        closed: crate::campaign::Closed,
+    },
     /// A return gives back more than the lease row holds, or a negative amount.
     #[error("cannot return {quantity} units of {sku}: the lease holds {lease}")]
     ReturnExceedsLease {

@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use surge_actors::{
+    campaign::Window,
+    cart_actor::now_ms,
     order::OrderStatus,
     validated::{Sku, Slug},
 };
@@ -25,9 +27,10 @@ use crate::{
     error::{ApiError, ErrorBody},
     state::AppState,
     store::{
-        campaigns::{self, CampaignError, NewCampaign},
+        campaigns::{self, CampaignError, NewCampaign, Selection},
         catalog_repo::{self, ProductInput, UpsertError, Upserted, VariantInput},
     },
+    views::{campaign_view, CampaignView},
 };
 
 /// The admin API; each handler checks the token itself (see [`Admin`]).
@@ -332,30 +335,53 @@ pub async fn set_order_status(
     Ok(HttpResponse::Ok().json(order))
 }
 
-/// A campaign to announce.
+/// A campaign to schedule: its SKUs sell only within `[starts_at_ms, ends_at_ms)`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CampaignBody {
     /// Display name, 1 to 200 characters.
     pub name: String,
-    /// The featured product, if any.
+    /// The SKUs it sells (or give `product_slug`).
+    #[serde(default)]
+    pub skus: Option<Vec<String>>,
+    /// Sell every active variant of this product (instead of `skus`).
     #[serde(default)]
     pub product_slug: Option<String>,
-    /// Start, Unix milliseconds.
+    /// Start, Unix milliseconds (0 to 253402300799999).
     pub starts_at_ms: i64,
     /// End, Unix milliseconds (after the start).
     pub ends_at_ms: i64,
+    /// Price within the window per SKU, minor units (positive).
+    #[serde(default)]
+    pub sale_price_minor: BTreeMap<String, i64>,
+    /// Units one customer may buy across the campaign's SKUs.
+    #[serde(default)]
+    pub per_customer_limit: Option<i64>,
+    /// A waiting room admitting this many sessions per second.
+    #[serde(default)]
+    pub queue: Option<QueueBody>,
 }
 
-/// Schedules a campaign; every socket gets a `campaign` message when it starts.
+/// A campaign's waiting room.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QueueBody {
+    /// Sessions admitted per second (positive).
+    pub admit_per_second: i64,
+}
+
+/// Schedules a campaign. Its SKUs are refused before the start and after the end on
+/// every node, and priced at their sale price within the window; every socket gets a
+/// `campaign` message at the start.
 #[utoipa::path(
     tag = "admin",
     request_body = CampaignBody,
     security(("admin_token" = [])),
     responses(
-        (status = 201, description = "Scheduled", body = ScheduledCampaign),
-        (status = 400, description = "Invalid campaign", body = ErrorBody),
-        (status = 404, description = "Unknown product, or admin API disabled", body = ErrorBody),
+        (status = 201, description = "Scheduled", body = CampaignView),
+        (status = 400, description = "Invalid campaign (`invalid_campaign`): a timestamp out of range, an empty window, a price, limit or rate that is not positive, a sale price for a SKU not in the campaign", body = ErrorBody),
+        (status = 404, description = "Unknown SKU or product, or admin API disabled", body = ErrorBody),
+        (status = 409, description = "`campaign_overlap`: a SKU is in another campaign whose window overlaps", body = ErrorBody),
     )
 )]
 #[post("/campaigns")]
@@ -364,51 +390,37 @@ pub async fn create_campaign(
     state: web::Data<AppState>,
     body: web::Json<CampaignBody>,
 ) -> Result<HttpResponse, ApiError> {
+    let invalid = |message: String| ApiError::bad_request("invalid_campaign", message);
     let name = body.name.trim();
     if name.is_empty() || name.chars().count() > 200 {
-        return Err(ApiError::bad_request(
-            "invalid_campaign",
-            "name must be 1-200 characters",
-        ));
+        return Err(invalid("name must be 1-200 characters".into()));
     }
-    if body.ends_at_ms <= body.starts_at_ms || body.starts_at_ms < 0 {
-        return Err(ApiError::bad_request(
-            "invalid_campaign",
-            "ends_at_ms must be after starts_at_ms",
-        ));
-    }
-    let id = campaigns::insert(
+    let window =
+        Window::new(body.starts_at_ms, body.ends_at_ms).map_err(|e| invalid(e.to_string()))?;
+    let selection = match (&body.skus, &body.product_slug) {
+        (Some(_), Some(_)) => return Err(invalid("give skus or product_slug, not both".into())),
+        (Some(skus), None) => Selection::Skus(skus),
+        (None, Some(slug)) => Selection::Product(slug),
+        (None, None) => Selection::Nothing,
+    };
+    let (campaign, version) = campaigns::insert(
         &state.db.primary,
         &NewCampaign {
             name,
-            product_slug: body.product_slug.as_deref(),
-            starts_at_ms: body.starts_at_ms,
-            ends_at_ms: body.ends_at_ms,
+            selection,
+            window,
+            sale_price_minor: &body.sale_price_minor,
+            per_customer_limit: body.per_customer_limit,
+            admit_per_second: body.queue.as_ref().map(|q| q.admit_per_second),
         },
     )
     .await?;
-    Ok(HttpResponse::Created().json(ScheduledCampaign {
-        id,
-        name: name.to_owned(),
-        product_slug: body.product_slug.clone(),
-        starts_at_ms: body.starts_at_ms,
-        ends_at_ms: body.ends_at_ms,
-    }))
-}
-
-/// A scheduled campaign.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ScheduledCampaign {
-    /// Campaign id.
-    pub id: uuid::Uuid,
-    /// Display name, trimmed.
-    pub name: String,
-    /// The featured product, if any.
-    pub product_slug: Option<String>,
-    /// Start, Unix milliseconds.
-    pub starts_at_ms: i64,
-    /// End, Unix milliseconds.
-    pub ends_at_ms: i64,
+    // Told first: the campaign is committed even if this node's own reload fails.
+    state.live.catalog_changed(version);
+    state.reload_catalog(&state.db.primary).await?;
+    tracing::info!(id = %campaign.id, version, "campaign scheduled");
+    let view = campaign_view(&state.catalog.snapshot(), &state.stock, &campaign, now_ms());
+    Ok(HttpResponse::Created().json(view))
 }
 
 impl From<UpsertError> for ApiError {
@@ -439,6 +451,12 @@ impl From<CampaignError> for ApiError {
             CampaignError::UnknownProduct(slug) => {
                 ApiError::NotFound(format!("no product {slug:?}"))
             }
+            CampaignError::UnknownSku(sku) => ApiError::NotFound(format!("no sku {sku:?}")),
+            CampaignError::Overlap { sku, other } => ApiError::Conflict {
+                code: "campaign_overlap",
+                message: format!("{sku} is in campaign {other} at an overlapping time"),
+            },
+            CampaignError::Invalid(e) => ApiError::bad_request("invalid_campaign", e.to_string()),
             CampaignError::Db(e) => e.into(),
         }
     }

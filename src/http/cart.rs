@@ -7,7 +7,7 @@ use actix_web::{delete, get, middleware::from_fn, post, put, web, HttpRequest, H
 use serde::Deserialize;
 use surge_actors::{
     cart::CartError,
-    cart_actor::{CartActor, CartFailure, Checkout, GetCart, SetQuantity, Unreachable},
+    cart_actor::{now_ms, CartActor, CartFailure, Checkout, GetCart, SetQuantity, Unreachable},
     money::{Currency, Money},
     shard::TakeError,
     validated::{Email, Sku},
@@ -83,6 +83,7 @@ fn failure(f: CartFailure) -> ApiError {
             currency: currency.to_string(),
         },
         CartFailure::NotForSale { sku } => ApiError::NotFound(format!("{sku} is no longer sold")),
+        CartFailure::CampaignClosed { sku, closed } => ApiError::CampaignClosed { sku, closed },
         CartFailure::Busy => ApiError::Busy {
             retry_after_secs: 1,
         },
@@ -170,14 +171,30 @@ pub struct QuantityBody {
     pub quantity: i64,
 }
 
-/// The SKU of a path and its price; 404 for anything the catalog does not sell.
-fn priced_sku(state: &AppState, raw: &str) -> Result<(Sku, Money), ApiError> {
+/// The SKU of a path and its regular price; 404 for anything the catalog does not sell.
+fn sold_sku(state: &AppState, raw: &str) -> Result<(Sku, Money), ApiError> {
     let not_found = || ApiError::NotFound(format!("no sku {raw:?}"));
     let sku = Sku::parse(raw).map_err(|_| not_found())?;
     let catalog = state.catalog.snapshot();
     let (_, variant) = catalog.variant(sku.as_str()).ok_or_else(not_found)?;
     let currency = Currency::parse(&variant.currency).map_err(|e| ApiError::Internal(e.into()))?;
     Ok((sku, Money::new(variant.price_minor, currency)))
+}
+
+/// The SKU of a path and its price now: within its campaign's window the sale price,
+/// before or after it `409` (the Journal checks the same again at the commit's time).
+fn priced_sku(state: &AppState, raw: &str) -> Result<(Sku, Money), ApiError> {
+    let (sku, regular) = sold_sku(state, raw)?;
+    let minor = state
+        .catalog
+        .snapshot()
+        .campaigns()
+        .price_at(sku.as_str(), regular.minor, now_ms())
+        .map_err(|closed| ApiError::CampaignClosed {
+            sku: sku.to_string(),
+            closed,
+        })?;
+    Ok((sku, Money::new(minor, regular.currency)))
 }
 
 /// Sets a line's quantity, reserving or releasing the difference.
@@ -189,7 +206,7 @@ fn priced_sku(state: &AppState, raw: &str) -> Result<(Sku, Money), ApiError> {
         (status = 200, description = "The cart after the change (committed)", body = CartBody),
         (status = 400, description = "Bad quantity, JSON or session", body = ErrorBody),
         (status = 404, description = "Unknown SKU", body = ErrorBody),
-        (status = 409, description = "insufficient_stock, with `available`: PostgreSQL and every node's lease together; price_changed, with the committed `price_minor` and `currency` of `sku`", body = ErrorBody),
+        (status = 409, description = "insufficient_stock, with `available`: PostgreSQL and every node's lease together; price_changed, with the committed `price_minor` and `currency` of `sku`; campaign_not_started, with `starts_at_ms`, and campaign_ended: the SKU's campaign is not open, nothing reserved", body = ErrorBody),
         (status = 429, description = "`busy`: shedding load; `rate_limited`: over the session's or client IP's write limit, or a new session over the IP's; see Retry-After", body = ErrorBody),
         (status = 503, description = "Nothing committed; retry after `Retry-After` (`unavailable`, `stock_recovering`: a stopped node holds the units, `stock_contended`: live nodes hold them)", body = ErrorBody),
     )
@@ -230,7 +247,8 @@ pub async fn delete_item(
     session: Session,
     sku: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let (sku, price) = priced_sku(&state, &sku)?;
+    // A release is never priced nor gated: a shopper can always let go of a line.
+    let (sku, price) = sold_sku(&state, &sku)?;
     let view = ask(&state, &session, || SetQuantity {
         sku: sku.to_string(),
         quantity: 0,

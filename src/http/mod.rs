@@ -6,6 +6,7 @@
 //! served undocumented or documented at a path it is not served at.
 
 pub mod admin;
+pub mod campaigns;
 pub mod cart;
 pub mod middleware;
 pub mod ops;
@@ -42,6 +43,7 @@ pub fn routes(cfg: &mut web::ServiceConfig, body_limit: usize) {
 fn register(cfg: &mut ServiceConfig) {
     cfg.configure(ops::routes)
         .configure(products::routes)
+        .configure(campaigns::routes)
         .configure(cart::routes)
         .configure(admin::routes)
         .map(|c| c.service(crate::ws::session::ws_route))

@@ -184,8 +184,18 @@ mod tests {
                     id: uuid::Uuid::nil(),
                     name: "Midnight sale".into(),
                     product_slug: None,
+                    state: crate::views::CampaignState::Live,
                     starts_at_ms: 1,
                     ends_at_ms: 2,
+                    server_time_ms: 1,
+                    per_customer_limit: Some(2),
+                    skus: vec![crate::views::CampaignSkuView {
+                        sku: "TEE-M".into(),
+                        price_minor: 1500,
+                        sale_price_minor: Some(999),
+                        available: 3,
+                    }],
+                    queue: None,
                 },
             },
             ServerMessage::Error {

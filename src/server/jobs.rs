@@ -174,14 +174,30 @@ pub fn spawn(cfg: &ServeConfig, state: &web::Data<AppState>) -> Jobs {
         }
     });
 
+    // Each run announces what has started, then waits for a start due before the next
+    // run, so the message leaves at the start instant.
     jobs.every("campaigns", CAMPAIGN_PERIOD, First::Now, {
         let announcer = Arc::new(Announcer::new(
             state.live.hub().clone(),
-            state.db.read.clone(),
+            state.catalog.clone(),
+            state.stock.clone(),
         ));
+        let cancel = jobs.cancel.clone();
         move || {
             let announcer = Arc::clone(&announcer);
-            async move { announcer.announce_started().await.map(|_| ()) }
+            let cancel = cancel.clone();
+            async move {
+                announcer.announce_started();
+                if let Some(wait) = announcer.next_start_within(CAMPAIGN_PERIOD) {
+                    tokio::select! {
+                        () = cancel.cancelled() => {}
+                        () = tokio::time::sleep(wait) => {
+                            announcer.announce_started();
+                        }
+                    }
+                }
+                Ok(())
+            }
         }
     });
 

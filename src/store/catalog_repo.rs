@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use anyhow::Context as _;
-use surge_actors::ports::StockLevel;
+use surge_actors::{campaign::Campaigns, ports::StockLevel};
 use tokio_postgres::{GenericClient, Transaction};
 
 use crate::catalog::{Catalog, Product, Variant};
@@ -78,7 +78,7 @@ pub async fn version(client: &impl GenericClient) -> anyhow::Result<i64> {
     Ok(row.get(0))
 }
 
-/// Loads every product with active variants, and every SKU's sellable stock. The
+/// Loads every product with active variants, every campaign, and every SKU's sellable stock. The
 /// version is read first, so the snapshot is at least as new as the version it carries
 /// (a write committing in between only causes one more reload later).
 pub async fn load(client: &impl GenericClient) -> anyhow::Result<(Catalog, Vec<StockLevel>)> {
@@ -123,7 +123,13 @@ pub async fn load(client: &impl GenericClient) -> anyhow::Result<(Catalog, Vec<S
     if let Some((s, n, d, v)) = current.take() {
         products.push(Product::new(s, n, d, v));
     }
-    Ok((Catalog::new(products).at_version(version), stock))
+    let campaigns = Campaigns::new(super::campaigns::load_all(client).await?);
+    Ok((
+        Catalog::new(products)
+            .at_version(version)
+            .with_campaigns(campaigns),
+        stock,
+    ))
 }
 
 fn attributes_from_json(value: &serde_json::Value) -> BTreeMap<String, String> {

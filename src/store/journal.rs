@@ -15,6 +15,7 @@
 //! therefore always means that nothing was committed.
 
 use std::{
+    collections::BTreeMap,
     sync::{Mutex, OnceLock},
     time::Duration,
 };
@@ -22,6 +23,7 @@ use std::{
 use anyhow::Context as _;
 use deadpool_postgres::{Object, Pool, Transaction};
 use surge_actors::{
+    campaign::{self, Slot, Window},
     journal_plan::{self, Locked, Plan},
     money::{Currency, Money},
     ports::{BoxFut, Cause, Journal, JournalError, StockLevel, WriteOp, WriteOutcome},
@@ -29,7 +31,7 @@ use surge_actors::{
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use super::inventory;
+use super::{campaigns, inventory};
 
 /// Batching settings.
 #[derive(Debug, Clone)]
@@ -430,12 +432,10 @@ async fn lock(
         // FOR SHARE: a price change waits for this batch, and this batch for a price
         // change in flight, so the price checked is the price as of the commit.
         // (Catalog writes never wait on inventory locks, so the order cannot deadlock.)
-        let stmt = tx
-            .prepare_cached(
-                "SELECT sku, price_minor, currency FROM variants
-                  WHERE sku = ANY($1) AND active ORDER BY sku FOR SHARE",
-            )
-            .await?;
+        // A campaign SKU is priced, and gated, by its windows at the commit's now(),
+        // so the start is one instant for every node whatever their clocks say.
+        let stmt = tx.prepare_cached(campaigns::PRICE_READ).await?;
+        let mut variants: BTreeMap<String, (i64, Currency, i64, Vec<Slot>)> = BTreeMap::new();
         for row in tx
             .query(&stmt, &[&priced])
             .await
@@ -444,9 +444,33 @@ async fn lock(
             let currency: String = row.get(2);
             let currency = Currency::parse(&currency)
                 .with_context(|| format!("variant currency {currency:?}"))?;
-            locked
-                .prices
-                .insert(row.get(0), Money::new(row.get(1), currency));
+            let entry = variants
+                .entry(row.get(0))
+                .or_insert_with(|| (row.get(1), currency, row.get(3), Vec::new()));
+            if let (Some(starts_at_ms), Some(ends_at_ms)) =
+                (row.get::<_, Option<i64>>(4), row.get::<_, Option<i64>>(5))
+            {
+                entry.3.push(Slot {
+                    window: Window {
+                        starts_at_ms,
+                        ends_at_ms,
+                    },
+                    sale_price_minor: row.get(6),
+                });
+            }
+        }
+        for (sku, (regular, currency, now_ms, slots)) in variants {
+            match campaign::price_at(regular, &slots, now_ms) {
+                Ok(minor) => {
+                    locked.prices.insert(sku, Money::new(minor, currency));
+                }
+                Err(closed) => {
+                    locked
+                        .prices
+                        .insert(sku.clone(), Money::new(regular, currency));
+                    locked.closed.insert(sku, closed);
+                }
+            }
         }
     }
     let new_carts: Vec<(Uuid, &str)> = ops

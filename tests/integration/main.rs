@@ -3,6 +3,7 @@
 
 mod admin;
 mod bus;
+mod campaigns;
 mod catalog;
 mod catalog_sync;
 mod cluster;
