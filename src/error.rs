@@ -86,6 +86,17 @@ pub enum ApiError {
         /// Still to start (with when), or over.
         closed: Closed,
     },
+    /// The customer (or the session's cart) would pass the campaign's per-customer
+    /// limit; nothing changed.
+    #[error(
+        "over the per-customer limit of campaign {campaign_id}: {remaining} more units allowed"
+    )]
+    LimitExceeded {
+        /// The campaign.
+        campaign_id: uuid::Uuid,
+        /// Units still allowed.
+        remaining: i64,
+    },
     /// Some reservations of the cart have expired.
     #[error("reservations expired for: {}", .lines.join(", "))]
     ReservationExpired {
@@ -212,6 +223,7 @@ impl ApiError {
             Self::ReservationExpired { .. } => "reservation_expired",
             Self::InvalidTransition { .. } => "invalid_transition",
             Self::PriceChanged { .. } => "price_changed",
+            Self::LimitExceeded { .. } => "limit_exceeded",
             Self::CampaignClosed {
                 closed: Closed::NotStarted { .. },
                 ..
@@ -263,6 +275,12 @@ pub struct ErrorDetail {
     /// With `campaign_not_started`: when the campaign starts, Unix milliseconds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub starts_at_ms: Option<i64>,
+    /// With `limit_exceeded`: units the customer may still have of the campaign.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remaining: Option<i64>,
+    /// With `limit_exceeded`: the campaign whose limit it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub campaign_id: Option<String>,
 }
 
 /// Builds an error response with the standard body.
@@ -278,6 +296,8 @@ pub fn error_response(status: StatusCode, code: &str, message: &str) -> HttpResp
             price_minor: None,
             currency: None,
             starts_at_ms: None,
+            remaining: None,
+            campaign_id: None,
         },
     })
 }
@@ -296,7 +316,8 @@ impl ResponseError for ApiError {
             | Self::ReservationExpired { .. }
             | Self::InvalidTransition { .. }
             | Self::PriceChanged { .. }
-            | Self::CampaignClosed { .. } => StatusCode::CONFLICT,
+            | Self::CampaignClosed { .. }
+            | Self::LimitExceeded { .. } => StatusCode::CONFLICT,
             Self::Unavailable
             | Self::Database(_)
             | Self::StockRecovering { .. }
@@ -352,6 +373,14 @@ impl ResponseError for ApiError {
                         closed: Closed::NotStarted { starts_at_ms },
                         ..
                     } => Some(*starts_at_ms),
+                    _ => None,
+                },
+                remaining: match self {
+                    Self::LimitExceeded { remaining, .. } => Some(*remaining),
+                    _ => None,
+                },
+                campaign_id: match self {
+                    Self::LimitExceeded { campaign_id, .. } => Some(campaign_id.to_string()),
                     _ => None,
                 },
             },

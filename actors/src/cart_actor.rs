@@ -69,6 +69,15 @@ pub enum CartFailure {
         /// Whether the campaign is still to start or over.
         closed: crate::campaign::Closed,
     },
+    /// The customer may order only `remaining` more units of the campaign; nothing
+    /// changed.
+    #[error("the customer may order {remaining} more units of campaign {campaign_id}")]
+    LimitExceeded {
+        /// The campaign.
+        campaign_id: Uuid,
+        /// Units left within the limit.
+        remaining: i64,
+    },
     /// The node is shedding load.
     #[error("busy")]
     Busy,
@@ -114,6 +123,13 @@ impl From<JournalError> for CartFailure {
             JournalError::Rejected(Rejection::CampaignClosed { sku, closed }) => {
                 Self::CampaignClosed { sku, closed }
             }
+            JournalError::Rejected(Rejection::LimitExceeded {
+                campaign_id,
+                remaining,
+            }) => Self::LimitExceeded {
+                campaign_id,
+                remaining,
+            },
             other => Self::Unavailable(Unreachable::Journal(other)),
         }
     }
@@ -506,6 +522,8 @@ pub struct Checkout {
     pub key: String,
     /// A validated email address.
     pub email: String,
+    /// The customer it names, for per-customer limits.
+    pub customer: String,
 }
 
 impl Handler<Checkout> for CartActor {
@@ -542,6 +560,7 @@ impl Handler<Checkout> for CartActor {
                 version: cart.version,
                 session_id: session,
                 email: msg.email,
+                customer: msg.customer,
                 idempotency_key: key,
                 lines,
                 total_minor: total.minor,

@@ -39,6 +39,12 @@ pub struct Locked {
     pub prices: HashMap<String, Money>,
     /// The priced SKUs whose campaign window is not open at the commit's `now()`.
     pub closed: HashMap<String, Closed>,
+    /// For each SKU ordered in a live campaign with a per-customer limit: the campaign
+    /// and its limit.
+    pub limited: HashMap<String, (Uuid, i64)>,
+    /// Units each customer of the batch's orders has ordered per limited campaign
+    /// (`campaign_customers`, locked); missing: none yet.
+    pub customer_units: HashMap<(Uuid, String), i64>,
 }
 
 /// A reservation row to write.
@@ -73,6 +79,73 @@ pub struct Plan {
     pub cart_versions: BTreeMap<Uuid, i64>,
     /// Indices of the `PlaceOrder` ops that go through.
     pub orders: Vec<usize>,
+    /// New units ordered per (campaign, customer), for the rows the orders change.
+    pub customer_units: BTreeMap<(Uuid, String), i64>,
+}
+
+/// A limited campaign and one customer of it.
+pub type CustomerKey = (Uuid, String);
+
+/// The (campaign, customer) keys a batch's orders count against, sorted (the order
+/// their rows are locked in), given each SKU's limited campaign.
+pub fn customer_keys(
+    ops: &[WriteOp],
+    limited: &HashMap<String, (Uuid, i64)>,
+) -> Vec<(Uuid, String)> {
+    let mut out: Vec<(Uuid, String)> = ops
+        .iter()
+        .filter_map(|op| match op {
+            WriteOp::PlaceOrder(o) => Some(o),
+            _ => None,
+        })
+        .flat_map(|o| {
+            o.lines
+                .iter()
+                .filter_map(|l| limited.get(&l.sku).map(|(c, _)| (*c, o.customer.clone())))
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Every SKU of the batch's orders, sorted.
+pub fn ordered_skus(ops: &[WriteOp]) -> Vec<String> {
+    let mut out: Vec<String> = ops
+        .iter()
+        .filter_map(|op| match op {
+            WriteOp::PlaceOrder(o) => Some(o.lines.iter().map(|l| l.sku.clone())),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Refuses an order that takes its customer past a campaign's limit, and otherwise
+/// counts its units: the new totals per (campaign, customer).
+fn check_limits(locked: &Locked, o: &PlaceOrder) -> Result<Vec<(CustomerKey, i64)>, Rejection> {
+    let mut per_campaign: BTreeMap<Uuid, (i64, i64)> = BTreeMap::new();
+    for l in &o.lines {
+        if let Some((campaign, limit)) = locked.limited.get(&l.sku) {
+            per_campaign.entry(*campaign).or_insert((*limit, 0)).1 += l.quantity;
+        }
+    }
+    let mut totals = Vec::new();
+    for (campaign, (limit, units)) in per_campaign {
+        let key = (campaign, o.customer.clone());
+        let used = locked.customer_units.get(&key).copied().unwrap_or(0);
+        if used + units > limit {
+            return Err(Rejection::LimitExceeded {
+                campaign_id: campaign,
+                remaining: (limit - used).max(0),
+            });
+        }
+        totals.push((key, used + units));
+    }
+    Ok(totals)
 }
 
 /// Every SKU a batch touches, sorted (the order rows are locked in, to avoid deadlocks).
@@ -334,6 +407,10 @@ fn place_order(p: &mut Plan, locked: &mut Locked, o: &PlaceOrder) -> Result<(), 
         check_price(locked, &l.sku, Money::new(l.unit_price_minor, o.currency))
             .map_err(JournalError::Rejected)?;
     }
+    for (key, units) in check_limits(locked, o).map_err(JournalError::Rejected)? {
+        locked.customer_units.insert(key.clone(), units);
+        p.customer_units.insert(key, units);
+    }
     for l in &o.lines {
         move_units(p, locked, &l.sku, Delta::sell(l.quantity), 0);
         let key = (o.cart_id, l.sku.clone());
@@ -525,6 +602,7 @@ mod tests {
                 cart_id: cart(),
                 version: 0,
                 session_id: "s".into(),
+                customer: "a@x.io".into(),
                 email: "a@b.c".into(),
                 idempotency_key: "k".into(),
                 lines: vec![OrderLine {
@@ -557,6 +635,7 @@ mod tests {
             cart_id: cart(),
             version: 0,
             session_id: "s".into(),
+            customer: "a@x.io".into(),
             email: "a@b.c".into(),
             idempotency_key: "k".into(),
             lines: vec![OrderLine {
@@ -567,6 +646,32 @@ mod tests {
             total_minor: price,
             currency: Currency::parse("EUR").expect("valid"),
         })
+    }
+
+    /// Guards against a customer ordering past a campaign's limit, within one batch or
+    /// across batches: the second order is refused with what remains, and only the
+    /// first counts.
+    #[test]
+    fn an_order_past_the_customer_limit_is_refused_with_what_remains() {
+        let campaign = Uuid::from_u128(9);
+        let mut l = locked(10);
+        l.reservations.insert((cart(), "A".into()), 1);
+        l.limited.insert("A".into(), (campaign, 2));
+        l.customer_units.insert((campaign, "a@x.io".into()), 1);
+        let p = plan(&[order(100)], l.clone());
+        assert_eq!(p.results[0], Ok(WriteOutcome::Done));
+        assert_eq!(p.customer_units[&(campaign, "a@x.io".into())], 2);
+        l.customer_units.insert((campaign, "a@x.io".into()), 2);
+        let p = plan(&[order(100)], l);
+        assert_eq!(
+            p.results[0],
+            Err(JournalError::Rejected(Rejection::LimitExceeded {
+                campaign_id: campaign,
+                remaining: 0
+            }))
+        );
+        assert!(p.orders.is_empty() && p.customer_units.is_empty());
+        assert!(p.reservations.is_empty(), "the reservation stays");
     }
 
     /// Guards against a node whose catalog missed a price change reserving at the old

@@ -65,6 +65,9 @@ pub struct PlaceOrder {
     pub session_id: String,
     /// Contact address.
     pub email: String,
+    /// The customer the address names ([`crate::validated::Email::customer`]), whose
+    /// units a campaign's per-customer limit counts.
+    pub customer: String,
     /// The client's Idempotency-Key.
     pub idempotency_key: String,
     /// Lines, exactly the cart's reservations.
@@ -177,6 +180,15 @@ pub enum Rejection {
         sku: String,
         /// Whether the campaign is still to start or over.
         closed: crate::campaign::Closed,
+    },
+    /// The order would take the customer past the campaign's per-customer limit,
+    /// counting every order they placed from any session on any node.
+    #[error("the customer may order {remaining} more units of campaign {campaign_id}")]
+    LimitExceeded {
+        /// The campaign.
+        campaign_id: Uuid,
+        /// Units the customer may still order in it.
+        remaining: i64,
     },
     /// A return gives back more than the lease row holds, or a negative amount.
     #[error("cannot return {quantity} units of {sku}: the lease holds {lease}")]

@@ -146,6 +146,22 @@ validated_string!(
     is_email
 );
 
+impl Email {
+    /// The customer behind the address, for per-customer limits: trimmed, lower-cased,
+    /// with a `+tag` dropped from the local part, so `A@x.io`, `a@x.io` and
+    /// `a+1@x.io` are one shopper and a tag cannot buy past a limit.
+    pub fn customer(&self) -> String {
+        let lower = self.0.trim().to_lowercase();
+        match lower.rsplit_once('@') {
+            Some((local, domain)) => {
+                let local = local.split_once('+').map_or(local, |(l, _)| l);
+                format!("{local}@{domain}")
+            }
+            None => lower,
+        }
+    }
+}
+
 impl SessionId {
     /// A new random session id (122 random bits).
     pub fn random() -> Self {
@@ -215,6 +231,21 @@ mod tests {
         ] {
             assert_eq!(Email::parse(bad), Err(EmailError), "{bad:?}");
         }
+    }
+
+    /// Guards against one shopper passing a per-customer limit by varying the case,
+    /// padding or `+tag` of their address.
+    #[test]
+    fn one_customer_behind_many_spellings() {
+        let customer = |s: &str| Email::parse(s).expect("valid").customer();
+        for same in ["A@x.io", "a@x.io", "a+1@x.io", "A+Sale+2@X.IO"] {
+            assert_eq!(customer(same), "a@x.io", "{same}");
+        }
+        assert_ne!(customer("b@x.io"), customer("a@x.io"));
+        assert_eq!(
+            customer("first.last+t@shop.example.com"),
+            "first.last@shop.example.com"
+        );
     }
 
     #[test]

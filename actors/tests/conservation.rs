@@ -600,6 +600,7 @@ impl World {
             cart_id: copy.cart.id,
             version: copy.cart.version,
             session_id: session_id(session),
+            customer: "a@b.c".into(),
             email: "a@b.c".into(),
             idempotency_key: order_id.to_string(),
             lines: order_lines(&copy.cart),

@@ -84,6 +84,13 @@ fn failure(f: CartFailure) -> ApiError {
         },
         CartFailure::NotForSale { sku } => ApiError::NotFound(format!("{sku} is no longer sold")),
         CartFailure::CampaignClosed { sku, closed } => ApiError::CampaignClosed { sku, closed },
+        CartFailure::LimitExceeded {
+            campaign_id,
+            remaining,
+        } => ApiError::LimitExceeded {
+            campaign_id,
+            remaining,
+        },
         CartFailure::Busy => ApiError::Busy {
             retry_after_secs: 1,
         },
@@ -297,7 +304,7 @@ fn idempotency_key(req: &HttpRequest) -> Result<String, ApiError> {
     responses(
         (status = 201, description = "The order (committed); a replay carries `Idempotent-Replayed: true`", body = OrderBody),
         (status = 400, description = "Missing key, bad email, bad JSON or session", body = ErrorBody),
-        (status = 409, description = "reservation_expired (with `lines`), cart_empty, or price_changed (with the committed `price_minor` and `currency` of `sku`: set the line again at that price)", body = ErrorBody),
+        (status = 409, description = "reservation_expired (with `lines`), cart_empty, limit_exceeded (with `remaining` and `campaign_id`: the customer, by normalized email, would pass the campaign's per-customer limit counting every earlier order; the reservation stays), or price_changed (with the committed `price_minor` and `currency` of `sku`: set the line again at that price)", body = ErrorBody),
         (status = 429, description = "`busy`: shedding load; `rate_limited`: over the session's or client IP's write limit, or a new session over the IP's; see Retry-After", body = ErrorBody),
         (status = 503, description = "Nothing committed; retry with the same key", body = ErrorBody),
     )
@@ -314,6 +321,7 @@ pub async fn checkout(
     let (order, replayed) = ask(&state, &session, || Checkout {
         key: key.clone(),
         email: email.to_string(),
+        customer: email.customer(),
     })
     .await?;
     let mut resp = HttpResponse::Created();

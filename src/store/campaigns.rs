@@ -281,3 +281,10 @@ pub const PRICE_READ: &str = concat!(
        LEFT JOIN campaigns c ON c.id = cs.campaign_id
       WHERE v.sku = ANY($1) AND v.active ORDER BY v.sku FOR SHARE OF v"
 );
+
+/// The SQL of the Journal's limit read: for each ordered SKU, the campaign live at the
+/// commit's `now()` that limits units per customer, and its limit.
+pub const LIMIT_READ: &str = "SELECT cs.sku, c.id, c.per_customer_limit
+       FROM campaign_skus cs JOIN campaigns c ON c.id = cs.campaign_id
+      WHERE cs.sku = ANY($1) AND c.per_customer_limit IS NOT NULL
+        AND c.starts_at <= now() AND c.ends_at > now()";

@@ -473,6 +473,7 @@ async fn lock(
             }
         }
     }
+    lock_customers(tx, ops, &mut locked).await?;
     let new_carts: Vec<(Uuid, &str)> = ops
         .iter()
         .filter_map(|op| match op {
@@ -521,6 +522,64 @@ async fn lock(
         }
     }
     Ok(locked)
+}
+
+/// For a batch with orders of SKUs in a live campaign with a per-customer limit: the
+/// campaign of each such SKU, and the units each ordering customer has had of it, their
+/// `campaign_customers` rows locked (made first if missing) in key order, so batches on
+/// every node queue on one customer and never deadlock.
+async fn lock_customers(
+    tx: &Transaction<'_>,
+    ops: &[WriteOp],
+    locked: &mut Locked,
+) -> anyhow::Result<()> {
+    let ordered = journal_plan::ordered_skus(ops);
+    if ordered.is_empty() {
+        return Ok(());
+    }
+    let stmt = tx.prepare_cached(campaigns::LIMIT_READ).await?;
+    for row in tx
+        .query(&stmt, &[&ordered])
+        .await
+        .context("reading campaign limits")?
+    {
+        locked
+            .limited
+            .insert(row.get(0), (row.get(1), i64::from(row.get::<_, i32>(2))));
+    }
+    let keys = journal_plan::customer_keys(ops, &locked.limited);
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = keys.iter().map(|(c, _)| *c).collect();
+    let customers: Vec<&str> = keys.iter().map(|(_, u)| u.as_str()).collect();
+    let stmt = tx
+        .prepare_cached(
+            "INSERT INTO campaign_customers (campaign_id, customer)
+             SELECT c, u FROM UNNEST($1::uuid[], $2::text[]) AS t(c, u) ORDER BY c, u
+             ON CONFLICT DO NOTHING",
+        )
+        .await?;
+    tx.execute(&stmt, &[&ids, &customers])
+        .await
+        .context("creating campaign customers")?;
+    let stmt = tx
+        .prepare_cached(
+            "SELECT campaign_id, customer, units FROM campaign_customers
+              WHERE (campaign_id, customer) IN (SELECT c, u FROM UNNEST($1::uuid[], $2::text[]) AS t(c, u))
+              ORDER BY campaign_id, customer FOR UPDATE",
+        )
+        .await?;
+    for row in tx
+        .query(&stmt, &[&ids, &customers])
+        .await
+        .context("locking campaign customers")?
+    {
+        locked
+            .customer_units
+            .insert((row.get(0), row.get(1)), row.get(2));
+    }
+    Ok(())
 }
 
 /// For a batch with grants: what other nodes hold of the granted SKUs, split by
@@ -668,6 +727,25 @@ async fn write(
     }
     if !plan.orders.is_empty() {
         write_orders(tx, node_id, ops, &plan.orders).await?;
+    }
+    if !plan.customer_units.is_empty() {
+        let ids: Vec<Uuid> = plan.customer_units.keys().map(|(c, _)| *c).collect();
+        let customers: Vec<&str> = plan
+            .customer_units
+            .keys()
+            .map(|(_, u)| u.as_str())
+            .collect();
+        let units: Vec<i64> = plan.customer_units.values().copied().collect();
+        let stmt = tx
+            .prepare_cached(
+                "UPDATE campaign_customers cc SET units = d.n
+                   FROM UNNEST($1::uuid[], $2::text[], $3::bigint[]) AS d(c, u, n)
+                  WHERE cc.campaign_id = d.c AND cc.customer = d.u",
+            )
+            .await?;
+        tx.execute(&stmt, &[&ids, &customers, &units])
+            .await
+            .context("counting customers' units")?;
     }
     // A lease return leaves the sellable count alone, but a node waiting on a recall
     // learns of it from the stock event: publish returned SKUs too.

@@ -13,7 +13,7 @@ use crate::common::{
 };
 
 /// Two nodes on one database and one Redis bus.
-async fn two_nodes() -> (TestApp, TestApp) {
+pub(crate) async fn two_nodes() -> (TestApp, TestApp) {
     let live = test_live();
     let a = TestApp::spawn(Options {
         seed_demo: false,
@@ -33,12 +33,12 @@ async fn two_nodes() -> (TestApp, TestApp) {
     (a, b)
 }
 
-async fn schedule(app: &TestApp, body: &serde_json::Value) -> (u16, serde_json::Value) {
+pub(crate) async fn schedule(app: &TestApp, body: &serde_json::Value) -> (u16, serde_json::Value) {
     app.admin_post("/api/admin/campaigns", Some(ADMIN_TOKEN), body)
         .await
 }
 
-async fn sleep_until_ms(t: i64) {
+pub(crate) async fn sleep_until_ms(t: i64) {
     let wait = t - now_ms();
     if wait > 0 {
         tokio::time::sleep(Duration::from_millis(wait.unsigned_abs())).await;

@@ -443,6 +443,12 @@ impl Buyer {
 
     /// POST a checkout.
     pub async fn checkout(&mut self, key: &str) -> Reply {
+        self.checkout_as(key, "buyer@example.com").await
+    }
+
+    /// POST a checkout with this email.
+    pub async fn checkout_as(&mut self, key: &str, email: &str) -> Reply {
+        let body = serde_json::json!({ "email": email }).to_string();
         self.send(
             "POST",
             "/api/checkout",
@@ -450,7 +456,7 @@ impl Buyer {
                 ("content-type", "application/json"),
                 ("idempotency-key", key),
             ],
-            "{\"email\":\"buyer@example.com\"}",
+            &body,
         )
         .await
     }

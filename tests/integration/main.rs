@@ -10,6 +10,7 @@ mod cluster;
 mod commerce;
 mod common;
 mod leases;
+mod limits;
 mod live;
 mod liveness;
 mod migrations;
