@@ -100,6 +100,9 @@ pub struct CampaignView {
     pub server_time_ms: i64,
     /// Units one customer may buy across the campaign's SKUs, if limited.
     pub per_customer_limit: Option<i64>,
+    /// Seconds one hold lasts from its first reservation, if the campaign sets it
+    /// (otherwise the reservation TTL); setting a line again never extends it.
+    pub hold_secs: Option<i64>,
     /// The SKUs it sells.
     pub skus: Vec<CampaignSkuView>,
     /// The waiting room, if the campaign has one.
@@ -145,6 +148,7 @@ pub fn campaign_view(
         ends_at_ms: campaign.window.ends_at_ms,
         server_time_ms: now_ms,
         per_customer_limit: campaign.per_customer_limit,
+        hold_secs: campaign.hold_secs,
         skus: campaign
             .skus
             .iter()

@@ -9,6 +9,8 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use uuid::Uuid;
 
+use crate::cart::CampaignLine;
+
 /// The latest timestamp a campaign may name: 9999-12-31T23:59:59.999Z, the end of what
 /// PostgreSQL's `timestamptz` and every client's date type hold alike.
 pub const MAX_TIMESTAMP_MS: i64 = 253_402_300_799_999;
@@ -43,6 +45,9 @@ pub enum Invalid {
     /// The per-customer limit is not positive.
     #[error("per_customer_limit must be a positive integer")]
     Limit,
+    /// The hold is not positive.
+    #[error("hold_secs must be a positive integer")]
+    Hold,
     /// The admission rate is not positive.
     #[error("queue.admit_per_second must be a positive integer")]
     AdmitRate,
@@ -153,8 +158,12 @@ pub struct Campaign {
     pub product_slug: Option<String>,
     /// When it sells.
     pub window: Window,
-    /// Units one customer may buy across its SKUs (stored; enforced at checkout later).
+    /// Units one customer may buy across its SKUs: at the PUT per cart, and in the
+    /// checkout's commit per customer.
     pub per_customer_limit: Option<i64>,
+    /// How long one hold of its SKUs lasts from the first reservation, seconds;
+    /// `None`: the node's reservation TTL.
+    pub hold_secs: Option<i64>,
     /// Waiting-room admissions per second (stored; the waiting room comes later).
     pub admit_per_second: Option<i64>,
     /// Its SKUs, sorted, with their sale prices.
@@ -173,6 +182,9 @@ impl Campaign {
         }
         if self.per_customer_limit.is_some_and(|l| l <= 0) {
             return Err(Invalid::Limit);
+        }
+        if self.hold_secs.is_some_and(|h| h <= 0) {
+            return Err(Invalid::Hold);
         }
         if self.admit_per_second.is_some_and(|r| r <= 0) {
             return Err(Invalid::AdmitRate);
@@ -236,6 +248,26 @@ impl Campaigns {
     /// The unit price of `sku` at `now_ms` ([`price_at`]).
     pub fn price_at(&self, sku: &str, regular_minor: i64, now_ms: i64) -> Result<i64, Closed> {
         price_at(regular_minor, &self.slots(sku), now_ms)
+    }
+
+    /// The rules of a line of `sku` set at `now_ms`, if its campaign is live: its
+    /// limit across the campaign's SKUs and its hold (`default_hold_ms` unless the
+    /// campaign sets one).
+    pub fn line_rule(&self, sku: &str, now_ms: i64, default_hold_ms: i64) -> Option<CampaignLine> {
+        let &(i, _) = self
+            .by_sku
+            .get(sku)?
+            .iter()
+            .find(|(i, _)| self.all[*i].state_at(now_ms) == State::Live)?;
+        let c = &self.all[i];
+        Some(CampaignLine {
+            campaign_id: c.id,
+            per_customer_limit: c.per_customer_limit,
+            skus: c.skus.iter().map(|(s, _)| s.clone()).collect(),
+            hold_ms: c
+                .hold_secs
+                .map_or(default_hold_ms, |h| h.saturating_mul(1000)),
+        })
     }
 
     /// The first start after `now_ms`, if any: when the announcer next has news.
@@ -326,6 +358,7 @@ mod tests {
                 ends_at_ms: 10,
             },
             per_customer_limit: Some(2),
+            hold_secs: Some(60),
             admit_per_second: Some(5),
             skus: vec![("A".into(), Some(10))],
         };
@@ -336,6 +369,9 @@ mod tests {
         c.per_customer_limit = Some(0);
         assert_eq!(c.validate(), Err(Invalid::Limit));
         c.per_customer_limit = None;
+        c.hold_secs = Some(0);
+        assert_eq!(c.validate(), Err(Invalid::Hold));
+        c.hold_secs = None;
         c.admit_per_second = Some(-1);
         assert_eq!(c.validate(), Err(Invalid::AdmitRate));
         c.admit_per_second = None;
@@ -349,5 +385,9 @@ mod tests {
         assert_eq!(campaigns.price_at("B", 9, 5), Ok(9));
         assert_eq!(campaigns.next_start_after(-1), Some(0));
         assert_eq!(campaigns.next_start_after(0), None);
+        let rule = campaigns.line_rule("A", 5, 900).expect("live");
+        assert_eq!((rule.hold_ms, rule.skus.len()), (900, 1));
+        assert_eq!(campaigns.line_rule("A", 10, 900), None, "ended");
+        assert_eq!(campaigns.line_rule("B", 5, 900), None, "not in a campaign");
     }
 }

@@ -78,6 +78,42 @@ pub struct Cart {
     pub lines: BTreeMap<String, CartLine>,
 }
 
+/// The rules of a line whose SKU is in a live campaign.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CampaignLine {
+    /// The campaign.
+    pub campaign_id: Uuid,
+    /// Units one customer may have across `skus`, if limited.
+    pub per_customer_limit: Option<i64>,
+    /// Every SKU of the campaign.
+    pub skus: Vec<String>,
+    /// How long one hold lasts from the line's first reservation; never extended, so
+    /// a shopper cannot keep scarce units from others by setting the line again.
+    pub hold_ms: i64,
+}
+
+impl CampaignLine {
+    /// Units `sku` may have in `cart` within the limit: the limit less the cart's
+    /// other lines of the campaign. `None`: no limit.
+    pub fn allowance(&self, cart: &Cart, sku: &str) -> Option<i64> {
+        let others: i64 = self
+            .skus
+            .iter()
+            .filter(|s| s.as_str() != sku)
+            .map(|s| cart.quantity_of(s))
+            .sum();
+        self.per_customer_limit.map(|l| (l - others).max(0))
+    }
+
+    /// When the line's hold ends if set at `now_ms`: its first reservation's expiry
+    /// when it has one, or `hold_ms` from now.
+    pub fn expires_at_ms(&self, cart: &Cart, sku: &str, now_ms: i64) -> i64 {
+        cart.lines
+            .get(sku)
+            .map_or(now_ms + self.hold_ms, |l| l.expires_at_ms)
+    }
+}
+
 impl Cart {
     /// An empty cart.
     pub fn new(id: Uuid, version: i64) -> Self {
@@ -176,6 +212,31 @@ impl Cart {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Guards against a re-set line extending a campaign hold, and against a cart
+    /// holding more of a campaign than one customer may buy.
+    #[test]
+    fn a_campaign_line_keeps_its_first_expiry_and_counts_the_other_lines() {
+        let eur = Money::new(100, crate::money::Currency::parse("EUR").expect("valid"));
+        let rule = CampaignLine {
+            campaign_id: Uuid::nil(),
+            per_customer_limit: Some(3),
+            skus: vec!["A".into(), "B".into()],
+            hold_ms: 1_000,
+        };
+        let mut cart = Cart::new(Uuid::nil(), 0);
+        assert_eq!(rule.expires_at_ms(&cart, "A", 50), 1_050);
+        cart.apply_set("A", 1, eur, 1_050);
+        cart.apply_set("B", 2, eur, 900);
+        assert_eq!(rule.expires_at_ms(&cart, "A", 700), 1_050, "not extended");
+        assert_eq!(rule.allowance(&cart, "A"), Some(1));
+        assert_eq!(rule.allowance(&cart, "B"), Some(2));
+        let unlimited = CampaignLine {
+            per_customer_limit: None,
+            ..rule
+        };
+        assert_eq!(unlimited.allowance(&cart, "A"), None);
+    }
     use crate::money::Currency;
 
     fn limits() -> CartLimits {

@@ -16,7 +16,7 @@ use thiserror::Error;
 use uuid::Uuid;
 
 use crate::{
-    cart::{Cart, CartError, CartLimits, CartLine},
+    cart::{CampaignLine, Cart, CartError, CartLimits, CartLine},
     money::Money,
     ports::{
         Journal, JournalError, OrderLine, OrderSummary, PlaceOrder, Rejection, SetLine, Store,
@@ -325,6 +325,8 @@ pub struct SetQuantity {
     pub quantity: i64,
     /// Current catalog price of one unit.
     pub unit_price: Money,
+    /// The rules of the SKU's live campaign, if it is in one.
+    pub campaign: Option<CampaignLine>,
 }
 
 impl Handler<SetQuantity> for CartActor {
@@ -332,19 +334,41 @@ impl Handler<SetQuantity> for CartActor {
 
     fn handle(&mut self, msg: SetQuantity, _: &mut Self::Context) -> Self::Result {
         self.last_used = Instant::now();
+        let now = now_ms();
+        let ttl = self.deps.limits.reservation_ttl_ms;
         let planned = self.cart().and_then(|cart| {
             let delta = if msg.quantity == 0 {
                 -cart.quantity_of(&msg.sku)
             } else {
                 cart.plan_set(&msg.sku, msg.quantity, &self.deps.limits)?
             };
-            Ok((cart.id, cart.version, cart.quantity_of(&msg.sku), delta))
+            let expires_at_ms = match &msg.campaign {
+                Some(rule) if msg.quantity > 0 => {
+                    if let Some(remaining) = rule
+                        .allowance(cart, &msg.sku)
+                        .filter(|allowed| msg.quantity > *allowed)
+                    {
+                        return Err(CartFailure::LimitExceeded {
+                            campaign_id: rule.campaign_id,
+                            remaining,
+                        });
+                    }
+                    rule.expires_at_ms(cart, &msg.sku, now)
+                }
+                _ => now + ttl,
+            };
+            Ok((
+                cart.id,
+                cart.version,
+                cart.quantity_of(&msg.sku),
+                delta,
+                expires_at_ms,
+            ))
         });
-        let (cart_id, version, prev, delta) = match planned {
+        let (cart_id, version, prev, delta, expires_at_ms) = match planned {
             Ok(p) => p,
             Err(e) => return AtomicResponse::new(Box::pin(fut::ready(Err(e)))),
         };
-        let expires_at_ms = now_ms() + self.deps.limits.reservation_ttl_ms;
         let deps = Arc::clone(&self.deps);
         let sku = msg.sku.clone();
         let price = msg.unit_price;

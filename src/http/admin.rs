@@ -357,6 +357,11 @@ pub struct CampaignBody {
     /// Units one customer may buy across the campaign's SKUs.
     #[serde(default)]
     pub per_customer_limit: Option<i64>,
+    /// How long one hold of the campaign's SKUs lasts from the line's first
+    /// reservation, seconds (positive); setting the line again never extends it.
+    /// Default: the reservation TTL.
+    #[serde(default)]
+    pub hold_secs: Option<i64>,
     /// A waiting room admitting this many sessions per second.
     #[serde(default)]
     pub queue: Option<QueueBody>,
@@ -379,7 +384,7 @@ pub struct QueueBody {
     security(("admin_token" = [])),
     responses(
         (status = 201, description = "Scheduled", body = CampaignView),
-        (status = 400, description = "Invalid campaign (`invalid_campaign`): a timestamp out of range, an empty window, a price, limit or rate that is not positive, a sale price for a SKU not in the campaign", body = ErrorBody),
+        (status = 400, description = "Invalid campaign (`invalid_campaign`): a timestamp out of range, an empty window, a price, limit, hold or rate that is not positive, a sale price for a SKU not in the campaign", body = ErrorBody),
         (status = 404, description = "Unknown SKU or product, or admin API disabled", body = ErrorBody),
         (status = 409, description = "`campaign_overlap`: a SKU is in another campaign whose window overlaps", body = ErrorBody),
     )
@@ -411,6 +416,7 @@ pub async fn create_campaign(
             window,
             sale_price_minor: &body.sale_price_minor,
             per_customer_limit: body.per_customer_limit,
+            hold_secs: body.hold_secs,
             admit_per_second: body.queue.as_ref().map(|q| q.admit_per_second),
         },
     )

@@ -213,7 +213,7 @@ fn priced_sku(state: &AppState, raw: &str) -> Result<(Sku, Money), ApiError> {
         (status = 200, description = "The cart after the change (committed)", body = CartBody),
         (status = 400, description = "Bad quantity, JSON or session", body = ErrorBody),
         (status = 404, description = "Unknown SKU", body = ErrorBody),
-        (status = 409, description = "insufficient_stock, with `available`: PostgreSQL and every node's lease together; price_changed, with the committed `price_minor` and `currency` of `sku`; campaign_not_started, with `starts_at_ms`, and campaign_ended: the SKU's campaign is not open, nothing reserved", body = ErrorBody),
+        (status = 409, description = "insufficient_stock, with `available`: PostgreSQL and every node's lease together; price_changed, with the committed `price_minor` and `currency` of `sku`; campaign_not_started, with `starts_at_ms`, and campaign_ended: the SKU's campaign is not open, nothing reserved; limit_exceeded, with `remaining` and `campaign_id`: the cart would hold more of the campaign's SKUs than its per-customer limit. A campaign line's hold runs from its first reservation and is not extended by setting it again", body = ErrorBody),
         (status = 429, description = "`busy`: shedding load; `rate_limited`: over the session's or client IP's write limit, or a new session over the IP's; see Retry-After", body = ErrorBody),
         (status = 503, description = "Nothing committed; retry after `Retry-After` (`unavailable`, `stock_recovering`: a stopped node holds the units, `stock_contended`: live nodes hold them)", body = ErrorBody),
     )
@@ -233,10 +233,16 @@ pub async fn put_item(
             format!("quantity must be an integer from 1 to {max}"),
         ));
     }
+    let campaign = state.catalog.snapshot().campaigns().line_rule(
+        sku.as_str(),
+        now_ms(),
+        state.limits.reservation_ttl_ms,
+    );
     let view = ask(&state, &session, || SetQuantity {
         sku: sku.to_string(),
         quantity: body.quantity,
         unit_price: price,
+        campaign: campaign.clone(),
     })
     .await?;
     Ok(HttpResponse::Ok().json(cart_body(&state.catalog.snapshot(), view)))
@@ -260,6 +266,7 @@ pub async fn delete_item(
         sku: sku.to_string(),
         quantity: 0,
         unit_price: price,
+        campaign: None,
     })
     .await?;
     Ok(HttpResponse::Ok().json(cart_body(&state.catalog.snapshot(), view)))

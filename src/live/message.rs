@@ -189,6 +189,7 @@ mod tests {
                     ends_at_ms: 2,
                     server_time_ms: 1,
                     per_customer_limit: Some(2),
+                    hold_secs: None,
                     skus: vec![crate::views::CampaignSkuView {
                         sku: "TEE-M".into(),
                         price_minor: 1500,

@@ -37,8 +37,10 @@ pub struct NewCampaign<'a> {
     pub window: Window,
     /// Sale price per SKU, minor units.
     pub sale_price_minor: &'a BTreeMap<String, i64>,
-    /// Units per customer, stored.
+    /// Units per customer.
     pub per_customer_limit: Option<i64>,
+    /// Seconds one hold lasts from its first reservation.
+    pub hold_secs: Option<i64>,
     /// Waiting-room admissions per second, stored.
     pub admit_per_second: Option<i64>,
 }
@@ -154,6 +156,7 @@ pub async fn insert(pool: &Pool, new: &NewCampaign<'_>) -> Result<(Campaign, i64
         },
         window: new.window,
         per_customer_limit: new.per_customer_limit,
+        hold_secs: new.hold_secs,
         admit_per_second: new.admit_per_second,
         skus: skus
             .iter()
@@ -182,14 +185,18 @@ pub async fn insert(pool: &Pool, new: &NewCampaign<'_>) -> Result<(Campaign, i64
     }
     let limit = campaign.per_customer_limit.map(to_int).transpose()?;
     let rate = campaign.admit_per_second.map(to_int).transpose()?;
+    let hold = campaign
+        .hold_secs
+        .map(|h| i32::try_from(h).map_err(|_| CampaignError::from(Invalid::Hold)))
+        .transpose()?;
     tx.execute(
         concat!(
-            "INSERT INTO campaigns (id, name, product_id, starts_at, ends_at, per_customer_limit, admit_per_second)
+            "INSERT INTO campaigns (id, name, product_id, starts_at, ends_at, per_customer_limit, admit_per_second, hold_secs)
              VALUES ($1, $2, $3, ",
             ts!(4),
             ", ",
             ts!(5),
-            ", $6, $7)"
+            ", $6, $7, $8)"
         ),
         &[
             &campaign.id,
@@ -199,6 +206,7 @@ pub async fn insert(pool: &Pool, new: &NewCampaign<'_>) -> Result<(Campaign, i64
             &campaign.window.ends_at_ms,
             &limit,
             &rate,
+            &hold,
         ],
     )
     .await?;
@@ -227,7 +235,7 @@ pub async fn load_all(client: &impl GenericClient) -> anyhow::Result<Vec<Campaig
                 ms!("c.starts_at"),
                 ", ",
                 ms!("c.ends_at"),
-                ", c.per_customer_limit, c.admit_per_second
+                ", c.per_customer_limit, c.admit_per_second, c.hold_secs
                    FROM campaigns c LEFT JOIN products p ON p.id = c.product_id
                   ORDER BY c.starts_at, c.id"
             ),
@@ -260,6 +268,7 @@ pub async fn load_all(client: &impl GenericClient) -> anyhow::Result<Vec<Campaig
                 },
                 per_customer_limit: r.get::<_, Option<i32>>(5).map(i64::from),
                 admit_per_second: r.get::<_, Option<i32>>(6).map(i64::from),
+                hold_secs: r.get::<_, Option<i32>>(7).map(i64::from),
                 skus: skus.remove(&id).unwrap_or_default(),
             }
         })

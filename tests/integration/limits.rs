@@ -54,3 +54,78 @@ async fn one_customer_on_five_sessions_and_two_nodes_orders_only_the_limit() {
     b.stop().await;
     a.stop().await;
 }
+
+/// Guards against one cart reserving more of a campaign than one customer may buy:
+/// the PUT is refused with what remains, counting the cart's other campaign lines,
+/// and nothing more is reserved.
+#[actix_web::test]
+async fn a_put_above_the_limit_is_refused_with_what_remains() {
+    let (a, b) = two_nodes().await;
+    make_sku(&a, "LIMIT-A", 50).await;
+    make_sku(&a, "LIMIT-B", 50).await;
+    let starts = now_ms() + 1_000;
+    let (status, created) = schedule(
+        &a,
+        &json!({"name": "Limited", "skus": ["LIMIT-A", "LIMIT-B"], "starts_at_ms": starts,
+                "ends_at_ms": starts + 600_000, "per_customer_limit": 2}),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    sleep_until_ms(starts + 50).await;
+    let mut buyer = Buyer::new(&b.base, shared_client());
+    let (status, body) = buyer.set("LIMIT-A", 3).await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(error_code(&body), "limit_exceeded");
+    assert_eq!(body["error"]["remaining"], 2);
+    assert_eq!(body["error"]["campaign_id"], created["id"]);
+    let (status, body) = buyer.set("LIMIT-A", 2).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = buyer.set("LIMIT-B", 1).await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"]["remaining"], 0);
+    assert_eq!(buckets(&a.db, "LIMIT-A").await.3, 2);
+    assert_eq!(buckets(&a.db, "LIMIT-B").await.3, 0, "nothing reserved");
+    b.stop().await;
+    a.stop().await;
+}
+
+/// Guards against endless holds: setting a campaign line again (same or another
+/// quantity) leaves its expiry at the first reservation plus the campaign's hold, and
+/// the line lapses then.
+#[actix_web::test]
+async fn re_putting_a_campaign_line_does_not_extend_its_hold() {
+    const SKU: &str = "HOLD-1";
+    let (a, b) = two_nodes().await;
+    make_sku(&a, SKU, 50).await;
+    let starts = now_ms() + 1_000;
+    let (status, created) = schedule(
+        &a,
+        &json!({"name": "Held", "skus": [SKU], "starts_at_ms": starts,
+                "ends_at_ms": starts + 600_000, "hold_secs": 2}),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["hold_secs"], 2);
+    sleep_until_ms(starts + 50).await;
+    let mut buyer = Buyer::new(&a.base, shared_client());
+    let first = now_ms();
+    let (status, cart) = buyer.set(SKU, 1).await;
+    assert_eq!(status, 200, "{cart}");
+    let expires = cart["lines"][0]["expires_at_ms"].as_i64().expect("expiry");
+    assert!(
+        (first + 2_000..=now_ms() + 2_000).contains(&expires),
+        "hold of 2 s from the first reservation: {expires} vs {first}"
+    );
+    for quantity in [1, 2, 2] {
+        tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+        let (status, cart) = buyer.set(SKU, quantity).await;
+        assert_eq!(status, 200, "{cart}");
+        assert_eq!(cart["lines"][0]["expires_at_ms"], expires, "hold extended");
+    }
+    sleep_until_ms(expires + 1_500).await;
+    let (_, cart) = buyer.cart().await;
+    assert_eq!(cart["lines"].as_array().map(Vec::len), Some(0), "{cart}");
+    assert_eq!(buckets(&a.db, SKU).await.3, 0, "the hold lapsed");
+    b.stop().await;
+    a.stop().await;
+}
