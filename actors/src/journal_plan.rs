@@ -81,6 +81,9 @@ pub struct Plan {
     pub orders: Vec<usize>,
     /// New units ordered per (campaign, customer), for the rows the orders change.
     pub customer_units: BTreeMap<(Uuid, String), i64>,
+    /// What each placed order counted against a limit: (order, key, units), so a
+    /// cancellation gives exactly those units back.
+    pub order_units: Vec<(Uuid, CustomerKey, i64)>,
 }
 
 /// A limited campaign and one customer of it.
@@ -125,8 +128,11 @@ pub fn ordered_skus(ops: &[WriteOp]) -> Vec<String> {
 }
 
 /// Refuses an order that takes its customer past a campaign's limit, and otherwise
-/// counts its units: the new totals per (campaign, customer).
-fn check_limits(locked: &Locked, o: &PlaceOrder) -> Result<Vec<(CustomerKey, i64)>, Rejection> {
+/// counts its units: the new total and the order's units per (campaign, customer).
+fn check_limits(
+    locked: &Locked,
+    o: &PlaceOrder,
+) -> Result<Vec<(CustomerKey, i64, i64)>, Rejection> {
     let mut per_campaign: BTreeMap<Uuid, (i64, i64)> = BTreeMap::new();
     for l in &o.lines {
         if let Some((campaign, limit)) = locked.limited.get(&l.sku) {
@@ -143,7 +149,7 @@ fn check_limits(locked: &Locked, o: &PlaceOrder) -> Result<Vec<(CustomerKey, i64
                 remaining: (limit - used).max(0),
             });
         }
-        totals.push((key, used + units));
+        totals.push((key, used + units, units));
     }
     Ok(totals)
 }
@@ -407,9 +413,10 @@ fn place_order(p: &mut Plan, locked: &mut Locked, o: &PlaceOrder) -> Result<(), 
         check_price(locked, &l.sku, Money::new(l.unit_price_minor, o.currency))
             .map_err(JournalError::Rejected)?;
     }
-    for (key, units) in check_limits(locked, o).map_err(JournalError::Rejected)? {
-        locked.customer_units.insert(key.clone(), units);
-        p.customer_units.insert(key, units);
+    for (key, total, units) in check_limits(locked, o).map_err(JournalError::Rejected)? {
+        locked.customer_units.insert(key.clone(), total);
+        p.order_units.push((o.order_id, key.clone(), units));
+        p.customer_units.insert(key, total);
     }
     for l in &o.lines {
         move_units(p, locked, &l.sku, Delta::sell(l.quantity), 0);
@@ -661,6 +668,10 @@ mod tests {
         let p = plan(&[order(100)], l.clone());
         assert_eq!(p.results[0], Ok(WriteOutcome::Done));
         assert_eq!(p.customer_units[&(campaign, "a@x.io".into())], 2);
+        assert_eq!(
+            p.order_units,
+            vec![(Uuid::from_u128(1), (campaign, "a@x.io".into()), 1)]
+        );
         l.customer_units.insert((campaign, "a@x.io".into()), 2);
         let p = plan(&[order(100)], l);
         assert_eq!(

@@ -747,6 +747,25 @@ async fn write(
             .await
             .context("counting customers' units")?;
     }
+    if !plan.order_units.is_empty() {
+        let orders: Vec<Uuid> = plan.order_units.iter().map(|(o, _, _)| *o).collect();
+        let ids: Vec<Uuid> = plan.order_units.iter().map(|(_, (c, _), _)| *c).collect();
+        let customers: Vec<&str> = plan
+            .order_units
+            .iter()
+            .map(|(_, (_, u), _)| u.as_str())
+            .collect();
+        let units: Vec<i64> = plan.order_units.iter().map(|(_, _, n)| *n).collect();
+        let stmt = tx
+            .prepare_cached(
+                "INSERT INTO campaign_order_units (order_id, campaign_id, customer, units)
+                 SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::bigint[])",
+            )
+            .await?;
+        tx.execute(&stmt, &[&orders, &ids, &customers, &units])
+            .await
+            .context("recording orders' counted units")?;
+    }
     // A lease return leaves the sellable count alone, but a node waiting on a recall
     // learns of it from the stock event: publish returned SKUs too.
     let returned =

@@ -141,7 +141,8 @@ pub async fn set_status(
     })
 }
 
-/// Puts a cancelled order's units back on sale: sold -> available, per SKU.
+/// Puts a cancelled order's units back on sale (sold -> available, per SKU) and back
+/// into its customer's allowance in every limited campaign it counted against.
 async fn return_units(tx: &Transaction<'_>, id: Uuid) -> Result<Vec<Moved>, DbError> {
     let moves: BTreeMap<String, Delta> = tx
         .query(
@@ -158,5 +159,15 @@ async fn return_units(tx: &Transaction<'_>, id: Uuid) -> Result<Vec<Moved>, DbEr
         &[&skus],
     )
     .await?;
-    Ok(inventory::apply(tx, &moves).await?)
+    let moved = inventory::apply(tx, &moves).await?;
+    // Then the customer's allowance, after the inventory rows as the Journal locks them.
+    tx.execute(
+        "UPDATE campaign_customers cc SET units = cc.units - c.units
+           FROM (SELECT campaign_id, customer, units FROM campaign_order_units
+                  WHERE order_id = $1 ORDER BY campaign_id, customer) c
+          WHERE cc.campaign_id = c.campaign_id AND cc.customer = c.customer",
+        &[&id],
+    )
+    .await?;
+    Ok(moved)
 }

@@ -7,10 +7,12 @@ use surge_actors::cart_actor::now_ms;
 
 use crate::campaigns::{schedule, sleep_until_ms, two_nodes};
 use crate::common::{buckets, error_code, make_sku, shared_client, Buyer};
+use crate::orders::set_status;
 
 /// Guards against two nodes (or two batches) both letting one customer through: five
 /// sessions on two nodes, one customer behind three spellings, checking out at once
-/// with a limit of 2, order exactly 2 units; the others keep their reservations.
+/// with a limit of 2, order exactly 2 units; the others keep their reservations. And
+/// against a cancelled order's units staying counted against its customer.
 #[actix_web::test]
 async fn one_customer_on_five_sessions_and_two_nodes_orders_only_the_limit() {
     const SKU: &str = "LIMIT-1";
@@ -50,6 +52,25 @@ async fn one_customer_on_five_sessions_and_two_nodes_orders_only_the_limit() {
         (reserved, sold),
         (3, 2),
         "refused carts keep their reservations"
+    );
+
+    // A cancelled order gives its units back to the customer's allowance, once.
+    let placed_id = answers
+        .iter()
+        .find(|(s, _)| *s == 201)
+        .and_then(|(_, o)| o["id"].as_str())
+        .expect("a placed order")
+        .to_owned();
+    let (status, body) = set_status(&b, &placed_id, "cancelled").await;
+    assert_eq!(status, 200, "{body}");
+    let refused: Vec<usize> = (0..5).filter(|i| answers[*i].0 != 201).collect();
+    let (status, body) = buyers[refused[0]].checkout_as("again-0", "a+9@x.io").await;
+    assert_eq!(status, 201, "the cancelled unit is allowed again: {body}");
+    let (status, body) = buyers[refused[1]].checkout_as("again-1", "a@x.io").await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (409, "limit_exceeded".to_owned()),
+        "{body}"
     );
     b.stop().await;
     a.stop().await;

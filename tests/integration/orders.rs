@@ -10,7 +10,11 @@ use crate::common::{
 
 const WAIT: Duration = Duration::from_secs(3);
 
-async fn set_status(app: &TestApp, order: &str, status: &str) -> (u16, serde_json::Value) {
+pub(crate) async fn set_status(
+    app: &TestApp,
+    order: &str,
+    status: &str,
+) -> (u16, serde_json::Value) {
     app.admin_post(
         &format!("/api/admin/orders/{order}/status"),
         Some(ADMIN_TOKEN),
