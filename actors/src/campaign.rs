@@ -238,6 +238,18 @@ impl Campaigns {
         price_at(regular_minor, &self.slots(sku), now_ms)
     }
 
+    /// The campaign with a waiting room whose queue a buyer of `sku` stands in at
+    /// `now_ms`: the live one, or else the next to start (a SKU's campaigns never
+    /// overlap, so the earliest not ended is that one).
+    pub fn queued_for(&self, sku: &str, now_ms: i64) -> Option<&Campaign> {
+        self.by_sku
+            .get(sku)?
+            .iter()
+            .map(|&(i, _)| &self.all[i])
+            .filter(|c| c.admit_per_second.is_some() && c.state_at(now_ms) != State::Ended)
+            .min_by_key(|c| c.window.starts_at_ms)
+    }
+
     /// The first start after `now_ms`, if any: when the announcer next has news.
     pub fn next_start_after(&self, now_ms: i64) -> Option<i64> {
         self.all
