@@ -486,6 +486,25 @@ mod tests {
         }
     }
 
+    /// Guards against a queued shopper told to retry before its turn, or without its
+    /// place in the queue.
+    #[test]
+    fn queued_is_429_with_its_place_and_a_retry_after_rounded_up() {
+        let (status, retry, body) = answer(ApiError::Queued {
+            position: 7,
+            waiting: 30,
+            retry_after_ms: 1_001,
+        });
+        assert_eq!((status, retry.as_deref()), (429, Some("2")));
+        assert_eq!(body["error"]["code"], "queued");
+        assert_eq!(body["error"]["position"], 7);
+        assert_eq!(body["error"]["waiting"], 30);
+        assert_eq!(body["error"]["retry_after_ms"], 1_001);
+        let (status, _, body) = answer(ApiError::QueueLapsed);
+        assert_eq!(status, 409);
+        assert_eq!(body["error"]["code"], "queue_lapsed");
+    }
+
     /// Guards against a refused stale price reaching the shopper without the price to
     /// retry at.
     #[test]

@@ -18,6 +18,7 @@ mod ops;
 mod orders;
 mod outcomes;
 mod proxy;
+mod queue;
 mod rate_limits;
 mod routes;
 mod storefront;
