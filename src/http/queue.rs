@@ -129,19 +129,24 @@ pub async fn gate(state: &AppState, session: &Session, sku: &str) -> Result<(), 
     else {
         return Ok(());
     };
-    let Some(ticket) = state.queue.join(&campaign, session.id.as_str()).await? else {
+    let Some(standing) = state
+        .queue
+        .admission(&campaign, session.id.as_str())
+        .await?
+    else {
         return Ok(());
     };
     let now = now_ms();
-    if ticket.standing.may_reserve(now) {
+    if standing.may_reserve(now) {
         Ok(())
-    } else if ticket.standing.lapsed(now) {
+    } else if standing.lapsed(now) {
         Err(ApiError::QueueLapsed)
     } else {
+        let (waiting, _) = state.queue.counts(&campaign).await?.unwrap_or_default();
         Err(ApiError::Queued {
-            position: ticket.standing.position,
-            waiting: ticket.waiting,
-            retry_after_ms: (ticket.standing.admitted_at_ms - now).max(1),
+            position: standing.position,
+            waiting,
+            retry_after_ms: (standing.admitted_at_ms - now).max(1),
         })
     }
 }

@@ -30,7 +30,8 @@ pub struct Ticket {
     pub waiting: i64,
 }
 
-/// A session this node tells about its position until it is admitted.
+/// A session's slot as this node knows it, and what it last told the session; kept
+/// after admission too, so a later write of the session never locks the counter row.
 #[derive(Debug, Clone, Copy)]
 struct Watch {
     slot: i64,
@@ -97,13 +98,13 @@ impl WaitingRoom {
         })
     }
 
-    /// Joins `session` to the campaign's queue (a second join keeps the first slot);
-    /// `None` when the campaign has no waiting room.
-    pub async fn join(
+    /// The session's slot, joining it when it has none (a second join keeps the
+    /// first slot); `None` when the campaign has no waiting room.
+    async fn joined_slot(
         &self,
         campaign: &Campaign,
         session: &str,
-    ) -> Result<Option<Ticket>, DbError> {
+    ) -> Result<Option<(Schedule, i64)>, DbError> {
         let Some(schedule) = self.schedule(campaign) else {
             return Ok(None);
         };
@@ -112,7 +113,33 @@ impl WaitingRoom {
             None => queue::join(&self.pool, campaign.id, session, &schedule).await?,
         };
         self.watch(campaign.id, session, slot);
-        self.ticket(&schedule, campaign.id, slot).await.map(Some)
+        Ok(Some((schedule, slot)))
+    }
+
+    /// Joins `session` to the campaign's queue (a second join keeps the first slot);
+    /// `None` when the campaign has no waiting room.
+    pub async fn join(
+        &self,
+        campaign: &Campaign,
+        session: &str,
+    ) -> Result<Option<Ticket>, DbError> {
+        match self.joined_slot(campaign, session).await? {
+            Some((schedule, slot)) => self.ticket(&schedule, campaign.id, slot).await.map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Joins `session` like [`Self::join`] and answers only its standing: once a slot
+    /// is cached, no IO at all, so admitted buyers' writes cost the queue nothing.
+    pub async fn admission(
+        &self,
+        campaign: &Campaign,
+        session: &str,
+    ) -> Result<Option<Standing>, DbError> {
+        Ok(self
+            .joined_slot(campaign, session)
+            .await?
+            .map(|(schedule, slot)| schedule.standing(slot, now_ms())))
     }
 
     /// Where `session` stands without joining; `None` when it has not joined or the
@@ -147,8 +174,8 @@ impl WaitingRoom {
     }
 
     /// Pushes each watched session its position when it moved, and `admitted: true`
-    /// once, after which it is no longer watched; returns how many messages went out.
-    /// Pure arithmetic on cached slots: no IO but the hub.
+    /// once; returns how many messages went out. A campaign's sessions are forgotten
+    /// when it ends. Pure arithmetic on cached slots: no IO but the hub.
     pub fn push_positions(&self) -> usize {
         let catalog = self.catalog.snapshot();
         let now = now_ms();
@@ -164,13 +191,16 @@ impl WaitingRoom {
                 if campaign.state_at(now) == State::Ended {
                     return false;
                 }
+                if watch.last.is_some_and(|(_, admitted)| admitted) {
+                    return true;
+                }
                 let standing = schedule.standing(watch.slot, now);
                 let seen = (standing.position, standing.admitted);
                 if watch.last != Some(seen) {
                     watch.last = Some(seen);
                     out.push((session.clone(), *campaign_id, seen));
                 }
-                !standing.admitted
+                true
             });
         }
         for (session, campaign_id, (position, admitted)) in &out {
