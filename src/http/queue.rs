@@ -67,7 +67,7 @@ fn queued_campaign(state: &AppState, raw: &str) -> Result<Campaign, ApiError> {
 
 /// Joins the campaign's queue; a second join keeps the first place.
 #[utoipa::path(
-    tag = "catalog",
+    tag = "cart",
     params(("id" = String, Path, description = "Campaign id")),
     responses(
         (status = 200, description = "The session's place", body = QueueBody),
@@ -92,7 +92,7 @@ pub async fn join_queue(
 
 /// The session's place in the campaign's queue.
 #[utoipa::path(
-    tag = "catalog",
+    tag = "cart",
     params(("id" = String, Path, description = "Campaign id")),
     responses(
         (status = 200, description = "The session's place", body = QueueBody),

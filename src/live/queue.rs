@@ -1,6 +1,6 @@
 //! The waiting room as a node serves it: joins and standings from the slots stored in
 //! PostgreSQL (see `docs/QUEUE.md`), and positions pushed to this node's sockets of the
-//! sessions that joined or asked here.
+//! sessions that joined, asked or opened a socket here.
 
 use std::{
     collections::HashMap,
@@ -161,6 +161,27 @@ impl WaitingRoom {
         };
         self.watch(campaign.id, session, slot);
         self.ticket(&schedule, campaign.id, slot).await.map(Some)
+    }
+
+    /// Starts pushing `session` its positions in every queue it joined, on any node,
+    /// of a campaign not yet ended: called when it opens a socket on this node.
+    pub async fn follow(&self, session: &str) -> Result<(), DbError> {
+        let catalog = self.catalog.snapshot();
+        let now = now_ms();
+        let open = catalog
+            .campaigns()
+            .all()
+            .iter()
+            .filter(|c| c.admit_per_second.is_some() && c.state_at(now) != State::Ended);
+        for campaign in open {
+            if self.cached(campaign.id, session).is_some() {
+                continue;
+            }
+            if let Some(slot) = queue::slot_of(&self.pool, campaign.id, session).await? {
+                self.watch(campaign.id, session, slot);
+            }
+        }
+        Ok(())
     }
 
     /// The campaign's waiting and admitted counts now; `None` without a waiting room.
