@@ -255,6 +255,7 @@ async fn http_latency(url: &str) -> anyhow::Result<()> {
             journal_max_wait: Duration::from_millis(2),
             journal_pool_size: 2,
             journal_commit_timeout: Duration::from_secs(5),
+            queue_window: Duration::from_secs(120),
         },
         live: surge::config::defaults::<LiveArgs>().validate()?,
         // 256 sessions from one IP measure the write path, not the limits.

@@ -520,6 +520,10 @@ pub struct CommerceArgs {
     #[arg(long, env = "SURGE_JOURNAL_COMMIT_TIMEOUT_MS", value_name = "SURGE_JOURNAL_COMMIT_TIMEOUT_MS", default_value_t = 5000,
           value_parser = clap::value_parser!(u64).range(100..=600_000))]
     pub journal_commit_timeout_ms: u64,
+    /// Seconds an admitted waiting-room session has to reserve before its turn lapses.
+    #[arg(long, env = "SURGE_QUEUE_WINDOW_SECS", value_name = "SURGE_QUEUE_WINDOW_SECS", default_value_t = 120,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub queue_window_secs: u64,
 }
 
 /// Validated stock, cart and Journal settings.
@@ -553,6 +557,8 @@ pub struct CommerceConfig {
     pub journal_pool_size: usize,
     /// Deadline of one Journal batch.
     pub journal_commit_timeout: Duration,
+    /// How long an admitted waiting-room session may reserve.
+    pub queue_window: Duration,
 }
 
 impl CommerceArgs {
@@ -575,6 +581,7 @@ impl CommerceArgs {
             journal_max_wait: Duration::from_millis(self.journal_max_wait_ms),
             journal_pool_size: usize::from(self.journal_pool_size),
             journal_commit_timeout: Duration::from_millis(self.journal_commit_timeout_ms),
+            queue_window: Duration::from_secs(self.queue_window_secs),
         }
     }
 }

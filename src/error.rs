@@ -122,6 +122,19 @@ pub enum ApiError {
         /// Seconds the client should wait.
         retry_after_secs: u64,
     },
+    /// The session waits in the campaign's queue; nothing was done.
+    #[error("waiting in the campaign's queue at position {position}; retry in {retry_after_ms}ms")]
+    Queued {
+        /// Earlier joiners still waiting.
+        position: i64,
+        /// Joiners of the campaign still waiting.
+        waiting: i64,
+        /// Milliseconds until the session's turn.
+        retry_after_ms: i64,
+    },
+    /// The session's turn in the campaign's queue came and went unused; nothing was done.
+    #[error("the session's turn in the campaign's queue lapsed")]
+    QueueLapsed,
     /// The caller is over a rate limit; nothing was done.
     #[error("too many requests, retry in {retry_after_secs}s")]
     RateLimited {
@@ -219,6 +232,8 @@ impl ApiError {
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::Busy { .. } => "busy",
             Self::RateLimited { .. } => "rate_limited",
+            Self::Queued { .. } => "queued",
+            Self::QueueLapsed => "queue_lapsed",
             Self::InsufficientStock { .. } => "insufficient_stock",
             Self::ReservationExpired { .. } => "reservation_expired",
             Self::InvalidTransition { .. } => "invalid_transition",
@@ -281,6 +296,15 @@ pub struct ErrorDetail {
     /// With `limit_exceeded`: the campaign whose limit it is.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub campaign_id: Option<String>,
+    /// With `queued`: earlier joiners of the campaign's queue still waiting.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub position: Option<i64>,
+    /// With `queued`: joiners of the campaign's queue still waiting.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<i64>,
+    /// With `queued`: milliseconds until the session's turn.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<i64>,
 }
 
 /// Builds an error response with the standard body.
@@ -298,6 +322,9 @@ pub fn error_response(status: StatusCode, code: &str, message: &str) -> HttpResp
             starts_at_ms: None,
             remaining: None,
             campaign_id: None,
+            position: None,
+            waiting: None,
+            retry_after_ms: None,
         },
     })
 }
@@ -311,13 +338,16 @@ impl ResponseError for ApiError {
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Conflict { .. } => StatusCode::CONFLICT,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::Busy { .. } | Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::Busy { .. } | Self::RateLimited { .. } | Self::Queued { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             Self::InsufficientStock { .. }
             | Self::ReservationExpired { .. }
             | Self::InvalidTransition { .. }
             | Self::PriceChanged { .. }
             | Self::CampaignClosed { .. }
-            | Self::LimitExceeded { .. } => StatusCode::CONFLICT,
+            | Self::LimitExceeded { .. }
+            | Self::QueueLapsed => StatusCode::CONFLICT,
             Self::Unavailable
             | Self::Database(_)
             | Self::StockRecovering { .. }
@@ -383,6 +413,18 @@ impl ResponseError for ApiError {
                     Self::LimitExceeded { campaign_id, .. } => Some(campaign_id.to_string()),
                     _ => None,
                 },
+                position: match self {
+                    Self::Queued { position, .. } => Some(*position),
+                    _ => None,
+                },
+                waiting: match self {
+                    Self::Queued { waiting, .. } => Some(*waiting),
+                    _ => None,
+                },
+                retry_after_ms: match self {
+                    Self::Queued { retry_after_ms, .. } => Some(*retry_after_ms),
+                    _ => None,
+                },
             },
         });
         match self {
@@ -397,6 +439,11 @@ impl ResponseError for ApiError {
             | Self::StockRecovering { retry_after_secs } => {
                 resp.headers_mut()
                     .insert(header::RETRY_AFTER, (*retry_after_secs).into());
+            }
+            Self::Queued { retry_after_ms, .. } => {
+                // Whole seconds, rounded up: the header never invites an early retry.
+                let secs = u64::try_from(*retry_after_ms.max(&1)).map_or(1, |ms| ms.div_ceil(1000));
+                resp.headers_mut().insert(header::RETRY_AFTER, secs.into());
             }
             Self::Unavailable | Self::Database(_) | Self::StockContended => {
                 resp.headers_mut().insert(header::RETRY_AFTER, 1u64.into());
@@ -466,6 +513,25 @@ mod tests {
             assert_eq!(body["error"]["code"], "unavailable");
             assert_eq!(body["error"]["message"], "service unavailable, retry later");
         }
+    }
+
+    /// Guards against a queued shopper told to retry before its turn, or without its
+    /// place in the queue.
+    #[test]
+    fn queued_is_429_with_its_place_and_a_retry_after_rounded_up() {
+        let (status, retry, body) = answer(ApiError::Queued {
+            position: 7,
+            waiting: 30,
+            retry_after_ms: 1_001,
+        });
+        assert_eq!((status, retry.as_deref()), (429, Some("2")));
+        assert_eq!(body["error"]["code"], "queued");
+        assert_eq!(body["error"]["position"], 7);
+        assert_eq!(body["error"]["waiting"], 30);
+        assert_eq!(body["error"]["retry_after_ms"], 1_001);
+        let (status, _, body) = answer(ApiError::QueueLapsed);
+        assert_eq!(status, 409);
+        assert_eq!(body["error"]["code"], "queue_lapsed");
     }
 
     /// Guards against a refused stale price reaching the shopper without the price to

@@ -18,7 +18,7 @@ use crate::error;
     modifiers(&AdminToken),
     tags(
         (name = "catalog", description = "Products and live availability"),
-        (name = "cart", description = "Cart, checkout and orders (signed session cookie)"),
+        (name = "cart", description = "Cart, checkout, orders and campaign queues (signed session cookie)"),
         (name = "admin", description = "Catalog and stock management (bearer token)"),
         (name = "ops", description = "Health, readiness, metrics"),
     )

@@ -87,6 +87,8 @@ pub struct AppState {
     pub ws_limits: crate::ws::protocol::WsLimits,
     /// Rate limits on writes and new sessions, and who a request counts against.
     pub rate_limits: crate::rate_limit::RateLimits,
+    /// Campaign waiting rooms.
+    pub queue: Arc<crate::live::queue::WaitingRoom>,
 }
 
 impl AppState {

@@ -130,6 +130,12 @@ pub struct CampaignSkuView {
 pub struct CampaignQueueView {
     /// Sessions admitted per second.
     pub admit_per_second: i64,
+    /// Joiners still waiting; shown by `GET /api/campaigns/{id}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<i64>,
+    /// Joiners admitted so far (lapsed ones included); shown by `GET /api/campaigns/{id}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admitted: Option<i64>,
 }
 
 /// The view of `campaign` at `now_ms`, its SKUs priced from `catalog` with `stock`.
@@ -161,6 +167,10 @@ pub fn campaign_view(
             .collect(),
         queue: campaign
             .admit_per_second
-            .map(|admit_per_second| CampaignQueueView { admit_per_second }),
+            .map(|admit_per_second| CampaignQueueView {
+                admit_per_second,
+                waiting: None,
+                admitted: None,
+            }),
     }
 }

@@ -270,6 +270,19 @@ impl Campaigns {
         })
     }
 
+    /// The campaign whose queue a buyer of `sku` stands in at `now_ms`: the live one,
+    /// or else the next to start (a SKU's campaigns never overlap, so the earliest not
+    /// ended is that one), when it has a waiting room.
+    pub fn queued_for(&self, sku: &str, now_ms: i64) -> Option<&Campaign> {
+        self.by_sku
+            .get(sku)?
+            .iter()
+            .map(|&(i, _)| &self.all[i])
+            .filter(|c| c.state_at(now_ms) != State::Ended)
+            .min_by_key(|c| c.window.starts_at_ms)
+            .filter(|c| c.admit_per_second.is_some())
+    }
+
     /// The first start after `now_ms`, if any: when the announcer next has news.
     pub fn next_start_after(&self, now_ms: i64) -> Option<i64> {
         self.all
@@ -389,5 +402,35 @@ mod tests {
         assert_eq!((rule.hold_ms, rule.skus.len()), (900, 1));
         assert_eq!(campaigns.line_rule("A", 10, 900), None, "ended");
         assert_eq!(campaigns.line_rule("B", 5, 900), None, "not in a campaign");
+    }
+
+    /// Guards against a buyer of a live campaign without a queue being held in the
+    /// queue of the SKU's next campaign.
+    #[test]
+    fn the_queue_a_sku_stands_in_is_that_of_its_live_or_next_campaign() {
+        let campaign = |id: u128, starts_at_ms: i64, rate: Option<i64>| Campaign {
+            id: Uuid::from_u128(id),
+            name: "x".into(),
+            product_slug: None,
+            window: Window {
+                starts_at_ms,
+                ends_at_ms: starts_at_ms + 10,
+            },
+            per_customer_limit: None,
+            admit_per_second: rate,
+            hold_secs: None,
+            skus: vec![("A".into(), None)],
+        };
+        let campaigns = Campaigns::new(vec![
+            campaign(1, 0, None),
+            campaign(2, 20, Some(5)),
+            campaign(3, 40, None),
+        ]);
+        assert_eq!(campaigns.queued_for("A", 5), None, "live without a queue");
+        let next = campaigns.queued_for("A", 12).map(|c| c.id);
+        assert_eq!(next, Some(Uuid::from_u128(2)), "the next one queues");
+        assert_eq!(campaigns.queued_for("A", 25).map(|c| c.id), next);
+        assert_eq!(campaigns.queued_for("A", 31), None);
+        assert_eq!(campaigns.queued_for("B", 25), None);
     }
 }

@@ -11,6 +11,7 @@ pub mod journal_plan;
 pub mod money;
 pub mod order;
 pub mod ports;
+pub mod queue;
 pub mod reaper;
 pub mod shard;
 pub mod stock;

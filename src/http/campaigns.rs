@@ -34,5 +34,12 @@ pub async fn get_campaign(
     let id = uuid::Uuid::parse_str(&id).map_err(|_| not_found())?;
     let catalog = state.catalog.snapshot();
     let campaign = catalog.campaigns().get(id).ok_or_else(not_found)?;
-    Ok(HttpResponse::Ok().json(campaign_view(&catalog, &state.stock, campaign, now_ms())))
+    let mut view = campaign_view(&catalog, &state.stock, campaign, now_ms());
+    if let (Some(queue), Some((waiting, admitted))) =
+        (view.queue.as_mut(), state.queue.counts(campaign).await?)
+    {
+        queue.waiting = Some(waiting);
+        queue.admitted = Some(admitted);
+    }
+    Ok(HttpResponse::Ok().json(view))
 }

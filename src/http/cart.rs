@@ -15,7 +15,7 @@ use surge_actors::{
 use utoipa::ToSchema;
 use utoipa_actix_web::{scope, service_config::ServiceConfig};
 
-use super::rate_limit;
+use super::{queue, rate_limit};
 use crate::{
     error::{ApiError, ErrorBody},
     session::{Session, Sessions},
@@ -213,8 +213,8 @@ fn priced_sku(state: &AppState, raw: &str) -> Result<(Sku, Money), ApiError> {
         (status = 200, description = "The cart after the change (committed)", body = CartBody),
         (status = 400, description = "Bad quantity, JSON or session", body = ErrorBody),
         (status = 404, description = "Unknown SKU", body = ErrorBody),
-        (status = 409, description = "insufficient_stock, with `available`: PostgreSQL and every node's lease together; price_changed, with the committed `price_minor` and `currency` of `sku`; campaign_not_started, with `starts_at_ms`, and campaign_ended: the SKU's campaign is not open, nothing reserved; limit_exceeded, with `remaining` and `campaign_id`: the cart would hold more of the campaign's SKUs than its per-customer limit. A campaign line's hold runs from its first reservation and is not extended by setting it again", body = ErrorBody),
-        (status = 429, description = "`busy`: shedding load; `rate_limited`: over the session's or client IP's write limit, or a new session over the IP's; see Retry-After", body = ErrorBody),
+        (status = 409, description = "insufficient_stock, with `available`: PostgreSQL and every node's lease together; price_changed, with the committed `price_minor` and `currency` of `sku`; campaign_not_started, with `starts_at_ms`, and campaign_ended: the SKU's campaign is not open, nothing reserved; limit_exceeded, with `remaining` and `campaign_id`: the cart would hold more of the campaign's SKUs than its per-customer limit. A campaign line's hold runs from its first reservation and is not extended by setting it again; queue_lapsed: the session's turn in the campaign's queue passed unused", body = ErrorBody),
+        (status = 429, description = "`busy`: shedding load; `rate_limited`: over the session's or client IP's write limit, or a new session over the IP's; `queued`: waiting in the campaign's queue, with `position`, `waiting` and `retry_after_ms`; see Retry-After", body = ErrorBody),
         (status = 503, description = "Nothing committed; retry after `Retry-After` (`unavailable`, `stock_recovering`: a stopped node holds the units, `stock_contended`: live nodes hold them)", body = ErrorBody),
     )
 )]
@@ -225,7 +225,10 @@ pub async fn put_item(
     sku: web::Path<String>,
     body: web::Json<QuantityBody>,
 ) -> Result<HttpResponse, ApiError> {
+    // The first PUT joins the SKU's queue even when the campaign has not started.
+    let admission = queue::gate(&state, &session, &sku).await;
     let (sku, price) = priced_sku(&state, &sku)?;
+    admission?;
     let max = state.limits.max_line_quantity;
     if !(1..=max).contains(&body.quantity) {
         return Err(ApiError::bad_request(

@@ -11,6 +11,7 @@ pub mod cart;
 pub mod middleware;
 pub mod ops;
 pub mod products;
+pub mod queue;
 pub mod rate_limit;
 pub mod request_span;
 pub mod storefront;
@@ -43,6 +44,7 @@ pub fn routes(cfg: &mut web::ServiceConfig, body_limit: usize) {
 fn register(cfg: &mut ServiceConfig) {
     cfg.configure(ops::routes)
         .configure(products::routes)
+        .configure(queue::routes)
         .configure(campaigns::routes)
         .configure(cart::routes)
         .configure(admin::routes)

@@ -52,6 +52,15 @@ pub enum ServerMessage {
         /// Details for a developer.
         message: String,
     },
+    /// The session's place in a campaign's waiting room moved, or its turn came.
+    Queue {
+        /// The campaign.
+        campaign_id: uuid::Uuid,
+        /// Earlier joiners still waiting; 0 once admitted.
+        position: i64,
+        /// Whether the session may now reserve the campaign's SKUs.
+        admitted: bool,
+    },
 }
 
 /// The limits of one socket, sent in the `welcome` message.
@@ -83,7 +92,7 @@ impl ServerMessage {
     /// Every `type` tag, in the order of the variants. `type_name` maps each variant to
     /// its entry, so a new variant cannot be added without extending this list (and the
     /// protocol document, which a test checks against it).
-    pub const TYPES: [&'static str; 7] = [
+    pub const TYPES: [&'static str; 8] = [
         "welcome",
         "stock",
         "cart",
@@ -91,6 +100,7 @@ impl ServerMessage {
         "order",
         "campaign",
         "error",
+        "queue",
     ];
 
     /// The `type` tag of this message.
@@ -103,6 +113,7 @@ impl ServerMessage {
             Self::Order { .. } => Self::TYPES[4],
             Self::Campaign { .. } => Self::TYPES[5],
             Self::Error { .. } => Self::TYPES[6],
+            Self::Queue { .. } => Self::TYPES[7],
         }
     }
 
@@ -202,6 +213,11 @@ mod tests {
             ServerMessage::Error {
                 code: ErrorCode::InvalidMessage,
                 message: "expected value".into(),
+            },
+            ServerMessage::Queue {
+                campaign_id: uuid::Uuid::nil(),
+                position: 12,
+                admitted: false,
             },
         ]
     }

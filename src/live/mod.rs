@@ -12,6 +12,7 @@ pub mod campaigns;
 mod catalog_sync;
 pub mod hub;
 pub mod message;
+pub mod queue;
 pub mod sink;
 
 use std::sync::Arc;

@@ -24,6 +24,10 @@ use crate::{
 const PARTITION_PERIOD: Duration = Duration::from_secs(6 * 3600);
 /// How often started campaigns are looked for.
 const CAMPAIGN_PERIOD: Duration = Duration::from_secs(1);
+
+/// How often queued sessions' positions are pushed: often enough that an admission
+/// reaches the socket well within its reserve window, and a position visibly falls.
+const QUEUE_PUSH_PERIOD: Duration = Duration::from_millis(200);
 /// No job runs more often than this, whatever its configuration says.
 const MIN_PERIOD: Duration = Duration::from_millis(50);
 
@@ -111,9 +115,9 @@ impl Jobs {
 }
 
 /// Starts the node's jobs: order partitions, the lease heartbeat, the reaper of dead
-/// nodes' leases and lapsed reservations, campaign announcements and the stock and
-/// catalog resync (which reloads the catalog only when its version moved, or a reload
-/// is owed).
+/// nodes' leases and lapsed reservations, campaign announcements, queue positions and
+/// the stock and catalog resync (which reloads the catalog only when its version
+/// moved, or a reload is owed).
 pub fn spawn(cfg: &ServeConfig, state: &web::Data<AppState>) -> Jobs {
     let mut jobs = Jobs::new();
     let primary = state.db.primary.clone();
@@ -196,6 +200,17 @@ pub fn spawn(cfg: &ServeConfig, state: &web::Data<AppState>) -> Jobs {
                         }
                     }
                 }
+                Ok(())
+            }
+        }
+    });
+
+    jobs.every("queue positions", QUEUE_PUSH_PERIOD, First::Now, {
+        let queue = Arc::clone(&state.queue);
+        move || {
+            let queue = Arc::clone(&queue);
+            async move {
+                queue.push_positions();
                 Ok(())
             }
         }

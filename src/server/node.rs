@@ -19,6 +19,7 @@ use crate::{
     live::{
         bus::{Bus, BusConfig, Publisher, Subscriber},
         hub::Hub,
+        queue::WaitingRoom,
         sink::LiveSink,
         Live, LiveDeps,
     },
@@ -102,6 +103,12 @@ impl Node {
             }
             None => Assets::embedded(),
         };
+        let queue = Arc::new(WaitingRoom::new(
+            db.primary.clone(),
+            live.hub().clone(),
+            Arc::clone(&catalog),
+            i64::try_from(commerce.queue_window.as_millis()).unwrap_or(i64::MAX),
+        ));
         let state = web::Data::from(Arc::new(AppState {
             db,
             catalog,
@@ -123,6 +130,7 @@ impl Node {
             live,
             ws_limits: cfg.live.limits.clone(),
             rate_limits: RateLimits::new(&cfg.rate_limits),
+            queue,
         }));
         state.health.set_migrated();
         let products = state.reload_catalog(&state.db.read).await?;

@@ -12,6 +12,7 @@ pub mod leases;
 pub mod migrate;
 pub mod orders;
 pub mod pool;
+pub mod queue;
 pub mod seed;
 
 pub use error::{is_transient, DbError};

@@ -197,6 +197,12 @@ pub async fn ws_route(
             return Err(ApiError::Forbidden.into());
         }
     }
+    if !session.fresh {
+        // A failure costs only the queue pushes; the socket still opens.
+        if let Err(err) = state.queue.follow(session.id.as_str()).await {
+            tracing::warn!(error = %err, "queue positions not followed for a socket");
+        }
+    }
     let limits = &state.ws_limits;
     let actor = WsSession {
         id: NEXT_ID.fetch_add(1, Ordering::Relaxed),

@@ -185,6 +185,7 @@ pub fn test_commerce() -> CommerceConfig {
         journal_max_wait: Duration::from_millis(2),
         journal_pool_size: 2,
         journal_commit_timeout: Duration::from_secs(5),
+        queue_window: Duration::from_secs(120),
     }
 }
 

@@ -19,6 +19,7 @@ mod ops;
 mod orders;
 mod outcomes;
 mod proxy;
+mod queue;
 mod rate_limits;
 mod routes;
 mod storefront;

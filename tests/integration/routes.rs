@@ -75,7 +75,10 @@ async fn every_session_route_gets_a_session_and_no_other_does() {
             shopper_routes += usize::from(tagged_cart);
         }
     }
-    assert_eq!(shopper_routes, 5, "cart, line put/delete, checkout, order");
+    assert_eq!(
+        shopper_routes, 7,
+        "cart, line put/delete, checkout, order, queue join/standing"
+    );
 
     // The socket has a session too (a plain GET is not an upgrade, but it is routed).
     let (_, session, _) = probe(&app, "GET", "/ws", None).await;

@@ -1,0 +1,184 @@
+//! The waiting room's schedule: when each joiner's turn comes, as a pure function of
+//! its place in the join order, the campaign start, the admission rate and the clock.
+//!
+//! Every node computes the same answer from the same numbers with its own clock, so
+//! no node coordinates admissions and nothing but each joiner's slot needs storing:
+//! slot `k` is admitted at `starts_at + k / rate` and has `window_ms` from then to
+//! reserve, after which its turn lapses. Joiners take slots in the order they join
+//! ([`Schedule::slot_for`]); one who joins when nobody waits takes the slot due at
+//! that instant, so an empty room never makes a late joiner wait for elapsed slots.
+
+/// How a campaign admits its waiting room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Schedule {
+    /// When the first joiner is admitted, Unix milliseconds: the campaign start.
+    pub starts_at_ms: i64,
+    /// Joiners admitted per second; positive.
+    pub admit_per_second: i64,
+    /// How long an admitted joiner may reserve before its turn lapses.
+    pub window_ms: i64,
+}
+
+/// Where one joiner stands at a time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Standing {
+    /// Joiners ahead of this one still waiting; 0 once admitted.
+    pub position: i64,
+    /// Whether its turn has come (it may have lapsed since).
+    pub admitted: bool,
+    /// When its turn came or will come, Unix milliseconds.
+    pub admitted_at_ms: i64,
+    /// When its turn lapses, Unix milliseconds.
+    pub expires_at_ms: i64,
+}
+
+impl Standing {
+    /// Whether it may reserve at `now_ms`: admitted and not lapsed.
+    pub fn may_reserve(&self, now_ms: i64) -> bool {
+        self.admitted && now_ms < self.expires_at_ms
+    }
+
+    /// Whether its turn lapsed by `now_ms`.
+    pub fn lapsed(&self, now_ms: i64) -> bool {
+        now_ms >= self.expires_at_ms
+    }
+}
+
+impl Schedule {
+    /// When the joiner of `rank` is admitted: the start plus `rank / rate` seconds,
+    /// rounded up to the millisecond so no node admits early.
+    pub fn admitted_at_ms(&self, rank: i64) -> i64 {
+        let rate = self.admit_per_second.max(1);
+        let offset = (i128::from(rank.max(0)) * 1000 + i128::from(rate) - 1) / i128::from(rate);
+        self.starts_at_ms
+            .saturating_add(i64::try_from(offset).unwrap_or(i64::MAX))
+    }
+
+    /// The slot of a joiner arriving at `joined_at_ms` when `next_slot` is the first
+    /// free one: the next free slot, or the one due now if that has already passed
+    /// (everyone earlier is then admitted, so the order holds).
+    pub fn slot_for(&self, next_slot: i64, joined_at_ms: i64) -> i64 {
+        next_slot.max(self.admitted_by(joined_at_ms) - 1).max(0)
+    }
+
+    /// How many slots have been admitted by `now_ms` (lapsed ones included).
+    pub fn admitted_by(&self, now_ms: i64) -> i64 {
+        if now_ms < self.starts_at_ms {
+            return 0;
+        }
+        let elapsed = i128::from(now_ms - self.starts_at_ms);
+        let n = elapsed * i128::from(self.admit_per_second.max(1)) / 1000 + 1;
+        i64::try_from(n).unwrap_or(i64::MAX)
+    }
+
+    /// Where the joiner in `slot` stands at `now_ms`. Slots below `slot` that are not
+    /// yet admitted are all taken (a slot is skipped only when everyone before it is
+    /// in), so the position is the count of earlier joiners still waiting.
+    pub fn standing(&self, slot: i64, now_ms: i64) -> Standing {
+        let admitted_at_ms = self.admitted_at_ms(slot);
+        let admitted = now_ms >= admitted_at_ms;
+        Standing {
+            position: if admitted {
+                0
+            } else {
+                slot - self.admitted_by(now_ms).min(slot)
+            },
+            admitted,
+            admitted_at_ms,
+            expires_at_ms: admitted_at_ms.saturating_add(self.window_ms),
+        }
+    }
+
+    /// How many joiners still wait at `now_ms`, given the first free slot: every slot
+    /// from the first not yet admitted up to it is taken.
+    pub fn waiting(&self, next_slot: i64, now_ms: i64) -> i64 {
+        (next_slot - self.admitted_by(now_ms)).max(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: Schedule = Schedule {
+        starts_at_ms: 10_000,
+        admit_per_second: 20,
+        window_ms: 120_000,
+    };
+
+    #[test]
+    fn joiners_are_admitted_in_rank_order_at_the_rate() {
+        // Guards against an admission out of order or faster than the rate.
+        let times: Vec<i64> = (0..100).map(|k| S.admitted_at_ms(k)).collect();
+        assert_eq!(times[0], 10_000);
+        assert_eq!(times[1], 10_050);
+        assert_eq!(times[20], 11_000);
+        assert!(times.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
+    fn nobody_is_admitted_before_the_start() {
+        // Guards against early joiners getting in before the campaign opens.
+        let s = S.standing(0, 9_999);
+        assert!(!s.admitted);
+        assert_eq!(s.position, 0);
+        assert_eq!(S.standing(5, 9_999).position, 5);
+        assert_eq!(S.waiting(7, 9_999), 7);
+    }
+
+    #[test]
+    fn position_counts_earlier_joiners_still_waiting() {
+        // Guards against a position that does not fall as earlier joiners go in.
+        assert_eq!(S.standing(10, 10_000).position, 9);
+        assert_eq!(S.standing(10, 10_100).position, 7);
+        let s = S.standing(10, 10_500);
+        assert!(s.admitted);
+        assert_eq!(s.position, 0);
+        assert_eq!(S.waiting(100, 10_500), 89);
+    }
+
+    #[test]
+    fn joiners_before_the_start_take_slots_in_arrival_order() {
+        // Guards against early joiners being reordered or bunched into one slot.
+        assert_eq!(S.slot_for(0, 1_000), 0);
+        assert_eq!(S.slot_for(1, 2_000), 1);
+        assert_eq!(S.slot_for(2, 9_999), 2);
+    }
+
+    #[test]
+    fn a_late_joiner_to_an_empty_room_is_admitted_at_once_and_keeps_its_window() {
+        // Guards against a joiner arriving long after the start being handed a slot
+        // whose window already ran out.
+        let slot = S.slot_for(3, 70_000);
+        assert!(slot > 3);
+        let s = S.standing(slot, 70_000);
+        assert!(s.may_reserve(70_000));
+        assert!(s.expires_at_ms >= 70_000 + 120_000 - 50);
+        // And the next joiner right behind it waits its turn.
+        let next = S.slot_for(slot + 1, 70_000);
+        assert_eq!(next, slot + 1);
+        assert!(!S.standing(next, 70_000).admitted);
+        assert_eq!(S.standing(next, 70_000).position, 0);
+    }
+
+    #[test]
+    fn a_turn_lapses_after_its_window() {
+        // Guards against an admitted joiner reserving forever.
+        let s = S.standing(0, 10_000);
+        assert!(s.may_reserve(129_999));
+        assert!(!s.may_reserve(130_000));
+        assert!(s.lapsed(130_000));
+    }
+
+    #[test]
+    fn every_standing_agrees_with_the_admission_time() {
+        // Guards against two nodes answering differently at the same instant.
+        for rank in 0..200 {
+            for now in (9_000..21_000).step_by(7) {
+                let s = S.standing(rank, now);
+                assert_eq!(s.admitted, now >= S.admitted_at_ms(rank));
+                assert_eq!(s.admitted, rank < S.admitted_by(now));
+            }
+        }
+    }
+}
