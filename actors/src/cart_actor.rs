@@ -44,40 +44,11 @@ pub enum CartFailure {
         /// Largest quantity the line could have now.
         available: i64,
     },
-    /// The line's price is not the committed one (this node's catalog is behind);
-    /// nothing changed, and the shopper may ask again at `price`.
-    #[error("the price of {sku} is now {price_minor} {currency}")]
-    PriceChanged {
-        /// The SKU.
-        sku: String,
-        /// The committed unit price, in minor units.
-        price_minor: i64,
-        /// The committed currency.
-        currency: crate::money::Currency,
-    },
-    /// The SKU is no longer sold; nothing changed.
-    #[error("{sku} is not for sale")]
-    NotForSale {
-        /// The SKU.
-        sku: String,
-    },
-    /// The SKU's campaign is not open; nothing changed.
-    #[error("{sku}: {closed}")]
-    CampaignClosed {
-        /// The SKU.
-        sku: String,
-        /// Whether the campaign is still to start or over.
-        closed: crate::campaign::Closed,
-    },
-    /// The customer may order only `remaining` more units of the campaign; nothing
-    /// changed.
-    #[error("the customer may order {remaining} more units of campaign {campaign_id}")]
-    LimitExceeded {
-        /// The campaign.
-        campaign_id: Uuid,
-        /// Units left within the limit.
-        remaining: i64,
-    },
+    /// PostgreSQL refused the change for a reason the shopper can act on: a price
+    /// that moved, a retired variant, a closed campaign or a per-customer limit
+    /// (`Rejection::is_for_shopper`); nothing changed.
+    #[error(transparent)]
+    Refused(Rejection),
     /// The node is shedding load.
     #[error("busy")]
     Busy,
@@ -110,26 +81,7 @@ impl From<JournalError> for CartFailure {
     fn from(e: JournalError) -> Self {
         match e {
             JournalError::Stale => Self::Stale,
-            JournalError::Rejected(Rejection::PriceChanged {
-                sku,
-                price_minor,
-                currency,
-            }) => Self::PriceChanged {
-                sku,
-                price_minor,
-                currency,
-            },
-            JournalError::Rejected(Rejection::NotForSale { sku }) => Self::NotForSale { sku },
-            JournalError::Rejected(Rejection::CampaignClosed { sku, closed }) => {
-                Self::CampaignClosed { sku, closed }
-            }
-            JournalError::Rejected(Rejection::LimitExceeded {
-                campaign_id,
-                remaining,
-            }) => Self::LimitExceeded {
-                campaign_id,
-                remaining,
-            },
+            JournalError::Rejected(r) if r.is_for_shopper() => Self::Refused(r),
             other => Self::Unavailable(Unreachable::Journal(other)),
         }
     }
@@ -348,10 +300,10 @@ impl Handler<SetQuantity> for CartActor {
                         .allowance(cart, &msg.sku)
                         .filter(|allowed| msg.quantity > *allowed)
                     {
-                        return Err(CartFailure::LimitExceeded {
+                        return Err(CartFailure::Refused(Rejection::LimitExceeded {
                             campaign_id: rule.campaign_id,
                             remaining,
-                        });
+                        }));
                     }
                     rule.expires_at_ms(cart, &msg.sku, now)
                 }

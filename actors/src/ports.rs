@@ -202,6 +202,20 @@ pub enum Rejection {
     },
 }
 
+impl Rejection {
+    /// Refusals the shopper can act on (a new price, a retired variant, a closed
+    /// campaign, a limit), as opposed to ones that mean this node's memory was wrong.
+    pub fn is_for_shopper(&self) -> bool {
+        matches!(
+            self,
+            Self::PriceChanged { .. }
+                | Self::NotForSale { .. }
+                | Self::CampaignClosed { .. }
+                | Self::LimitExceeded { .. }
+        )
+    }
+}
+
 /// The failure behind an error, shared by every caller it reached: one failed batch
 /// answers all of its writes with the same cause.
 #[derive(Clone)]

@@ -27,8 +27,6 @@ pub enum Scope<'a> {
     /// Expired leases (their node stopped renewing them), and reservations expired for
     /// longer than the grace, whoever owns their cart.
     Dead {
-        /// A node is dead when its heartbeat is older than this.
-        ttl: Duration,
         /// Reservations are reaped this long after they expire, so that a live owner's
         /// own expiry normally comes first.
         grace: Duration,
@@ -110,11 +108,6 @@ fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
-/// Whether a node whose last heartbeat was at `heartbeat_ms` counts as alive at `now_ms`.
-pub fn is_alive(heartbeat_ms: Option<i64>, now_ms: i64, ttl: Duration) -> bool {
-    heartbeat_ms.is_some_and(|h| h >= now_ms.saturating_sub(millis(ttl)))
-}
-
 /// Decides, at PostgreSQL's time `now_ms`, which of the rows read under lock go back to
 /// `available`, and what that moves per SKU.
 pub fn plan(
@@ -161,7 +154,6 @@ mod tests {
     use super::*;
 
     const DEAD: Scope<'static> = Scope::Dead {
-        ttl: Duration::from_millis(100),
         grace: Duration::from_millis(10),
     };
 

@@ -69,7 +69,6 @@ fn session_id(s: usize) -> String {
 
 fn dead_scope() -> Scope<'static> {
     Scope::Dead {
-        ttl: Duration::from_millis(TTL as u64),
         grace: Duration::from_millis(GRACE as u64),
     }
 }

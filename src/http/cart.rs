@@ -9,6 +9,7 @@ use surge_actors::{
     cart::CartError,
     cart_actor::{now_ms, CartActor, CartFailure, Checkout, GetCart, SetQuantity, Unreachable},
     money::{Currency, Money},
+    ports::Rejection,
     shard::TakeError,
     validated::{Email, Sku},
 };
@@ -73,21 +74,25 @@ fn failure(f: CartFailure) -> ApiError {
             message: e.to_string(),
         },
         CartFailure::InsufficientStock { available } => ApiError::InsufficientStock { available },
-        CartFailure::PriceChanged {
+        CartFailure::Refused(Rejection::PriceChanged {
             sku,
             price_minor,
             currency,
-        } => ApiError::PriceChanged {
+        }) => ApiError::PriceChanged {
             sku,
             price_minor,
             currency: currency.to_string(),
         },
-        CartFailure::NotForSale { sku } => ApiError::NotFound(format!("{sku} is no longer sold")),
-        CartFailure::CampaignClosed { sku, closed } => ApiError::CampaignClosed { sku, closed },
-        CartFailure::LimitExceeded {
+        CartFailure::Refused(Rejection::NotForSale { sku }) => {
+            ApiError::NotFound(format!("{sku} is no longer sold"))
+        }
+        CartFailure::Refused(Rejection::CampaignClosed { sku, closed }) => {
+            ApiError::CampaignClosed { sku, closed }
+        }
+        CartFailure::Refused(Rejection::LimitExceeded {
             campaign_id,
             remaining,
-        } => ApiError::LimitExceeded {
+        }) => ApiError::LimitExceeded {
             campaign_id,
             remaining,
         },
@@ -102,7 +107,7 @@ fn failure(f: CartFailure) -> ApiError {
         CartFailure::Unavailable(Unreachable::Stock(TakeError::Contended)) => {
             ApiError::StockContended
         }
-        CartFailure::Stale | CartFailure::Unavailable(_) => {
+        CartFailure::Stale | CartFailure::Unavailable(_) | CartFailure::Refused(_) => {
             tracing::warn!(error = %f, "cart operation not committed");
             ApiError::Unavailable
         }
@@ -114,17 +119,19 @@ fn failure(f: CartFailure) -> ApiError {
 /// price here.
 async fn catch_up_on_refusal(state: &AppState, f: &CartFailure) {
     match f {
-        CartFailure::PriceChanged {
+        CartFailure::Refused(Rejection::PriceChanged {
             sku,
             price_minor,
             currency,
-        } => {
+        }) => {
             state
                 .live
                 .price_refused(sku, Some((*price_minor, *currency)))
                 .await;
         }
-        CartFailure::NotForSale { sku } => state.live.price_refused(sku, None).await,
+        CartFailure::Refused(Rejection::NotForSale { sku }) => {
+            state.live.price_refused(sku, None).await
+        }
         _ => {}
     }
 }

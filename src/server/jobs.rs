@@ -161,7 +161,7 @@ pub fn spawn(cfg: &ServeConfig, state: &web::Data<AppState>) -> Jobs {
             let (primary, live, shards) = (primary.clone(), live.clone(), shards.clone());
             async move {
                 let mut client = primary.get().await?;
-                let reaped = leases::reap(&mut client, Scope::Dead { ttl, grace }).await?;
+                let reaped = leases::reap(&mut client, Scope::Dead { grace }).await?;
                 drop(client);
                 for (sku, available) in reaped.available {
                     shards

@@ -8,30 +8,9 @@ use serde_json::json;
 use surge_actors::cart_actor::now_ms;
 
 use crate::common::{
-    buckets, error_code, make_sku, redis_url, shared_client, test_live, ws_connect, ws_wait, Buyer,
-    Options, TestApp, ADMIN_TOKEN,
+    buckets, error_code, make_sku, shared_client, two_nodes, ws_connect, ws_wait, Buyer, Options,
+    TestApp, ADMIN_TOKEN,
 };
-
-/// Two nodes on one database and one Redis bus.
-pub(crate) async fn two_nodes() -> (TestApp, TestApp) {
-    let live = test_live();
-    let a = TestApp::spawn(Options {
-        seed_demo: false,
-        live: live.clone(),
-        redis_url: Some(redis_url()),
-        ..Options::default()
-    })
-    .await;
-    let b = TestApp::spawn(Options {
-        seed_demo: false,
-        database_url: Some(a.db.url.clone()),
-        live,
-        redis_url: Some(redis_url()),
-        ..Options::default()
-    })
-    .await;
-    (a, b)
-}
 
 pub(crate) async fn schedule(app: &TestApp, body: &serde_json::Value) -> (u16, serde_json::Value) {
     app.admin_post("/api/admin/campaigns", Some(ADMIN_TOKEN), body)

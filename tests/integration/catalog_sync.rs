@@ -7,8 +7,8 @@ use serde_json::json;
 
 use crate::{
     common::{
-        buckets, error_code, redis_url, shared_client, test_live, Buyer, Options, TestApp,
-        ADMIN_TOKEN,
+        buckets, error_code, redis_url, shared_client, test_live, two_nodes_with, Buyer, Options,
+        TestApp, ADMIN_TOKEN,
     },
     proxy::Proxy,
 };
@@ -47,21 +47,7 @@ async fn two_nodes(resync: Duration) -> (TestApp, TestApp, Proxy) {
         resync,
         ..test_live()
     };
-    let a = TestApp::spawn(Options {
-        seed_demo: false,
-        live: live.clone(),
-        redis_url: Some(redis),
-        ..Options::default()
-    })
-    .await;
-    let b = TestApp::spawn(Options {
-        seed_demo: false,
-        database_url: Some(a.db.url.clone()),
-        live,
-        redis_url: Some(format!("redis://{}", proxy.addr())),
-        ..Options::default()
-    })
-    .await;
+    let (a, b) = two_nodes_with(live, format!("redis://{}", proxy.addr())).await;
     (a, b, proxy)
 }
 

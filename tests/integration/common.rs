@@ -111,6 +111,32 @@ impl Drop for TestDb {
 /// The admin token of test servers.
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 
+/// Two nodes on one database, both on the Redis bus; `b_redis` lets a test put node B
+/// behind a proxy of its own.
+pub async fn two_nodes_with(live: LiveConfig, b_redis: String) -> (TestApp, TestApp) {
+    let a = TestApp::spawn(Options {
+        seed_demo: false,
+        live: live.clone(),
+        redis_url: Some(redis_url()),
+        ..Options::default()
+    })
+    .await;
+    let b = TestApp::spawn(Options {
+        seed_demo: false,
+        database_url: Some(a.db.url.clone()),
+        live,
+        redis_url: Some(b_redis),
+        ..Options::default()
+    })
+    .await;
+    (a, b)
+}
+
+/// Two nodes on one database and one Redis bus.
+pub async fn two_nodes() -> (TestApp, TestApp) {
+    two_nodes_with(test_live(), redis_url()).await
+}
+
 /// Options of a test server.
 pub struct Options {
     /// Admin token, or none to disable the admin API.

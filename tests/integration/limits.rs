@@ -5,9 +5,12 @@ use futures_util::future::join_all;
 use serde_json::json;
 use surge_actors::cart_actor::now_ms;
 
-use crate::campaigns::{schedule, sleep_until_ms, two_nodes};
 use crate::common::{buckets, error_code, make_sku, shared_client, Buyer};
 use crate::orders::set_status;
+use crate::{
+    campaigns::{schedule, sleep_until_ms},
+    common::two_nodes,
+};
 
 /// Guards against two nodes (or two batches) both letting one customer through: five
 /// sessions on two nodes, one customer behind three spellings, checking out at once

@@ -113,9 +113,17 @@ impl Drop for Node {
     }
 }
 
-#[actix_web::test]
-async fn a_killed_nodes_lease_returns_and_sells_elsewhere() {
+/// An in-process node B (reaper every second, leases of `b_lease_ttl`) and a child
+/// process A (`node_id`, leases of `a_ttl_secs`, never idle) that has sold one of 20
+/// units of `sku`, so that it holds the rest as its lease.
+async fn holder_and_seller(
+    sku: &str,
+    node_id: &str,
+    a_ttl_secs: &str,
+    b_lease_ttl: Duration,
+) -> (TestApp, Node) {
     let mut commerce = test_commerce();
+    commerce.lease_ttl = b_lease_ttl;
     commerce.reaper_period = Duration::from_secs(1);
     let b = TestApp::spawn(Options {
         seed_demo: false,
@@ -123,18 +131,24 @@ async fn a_killed_nodes_lease_returns_and_sells_elsewhere() {
         ..Options::default()
     })
     .await;
-    make_sku(&b, "DEAD-1", 20).await;
-    let mut a = Node::start(
+    make_sku(&b, sku, 20).await;
+    let a = Node::start(
         &b.db.url,
-        "node-a",
+        node_id,
         &[
-            ("SURGE_LEASE_TTL_SECS", "2"),
+            ("SURGE_LEASE_TTL_SECS", a_ttl_secs),
             ("SURGE_LEASE_IDLE_SECS", "3600"),
         ],
     )
     .await;
     let mut buyer = Buyer::new(&a.base, shared_client());
-    assert_eq!(buyer.set("DEAD-1", 1).await.0, 200);
+    assert_eq!(buyer.set(sku, 1).await.0, 200);
+    (b, a)
+}
+
+#[actix_web::test]
+async fn a_killed_nodes_lease_returns_and_sells_elsewhere() {
+    let (b, mut a) = holder_and_seller("DEAD-1", "node-a", "2", test_commerce().lease_ttl).await;
     let lease: i64 =
         b.db.client()
             .await
@@ -335,27 +349,8 @@ async fn the_reaper_beats_a_live_cart_without_returning_units_twice() {
 /// never 409, and afterwards the buyer is served.
 #[actix_web::test]
 async fn units_of_a_killed_node_are_recovering_not_sold_out() {
-    let mut commerce = test_commerce();
-    commerce.lease_ttl = Duration::from_secs(6);
-    commerce.reaper_period = Duration::from_secs(1);
-    let b = TestApp::spawn(Options {
-        seed_demo: false,
-        commerce,
-        ..Options::default()
-    })
-    .await;
-    make_sku(&b, "RECOVER-1", 20).await;
-    let mut a = Node::start(
-        &b.db.url,
-        "node-recovering",
-        &[
-            ("SURGE_LEASE_TTL_SECS", "6"),
-            ("SURGE_LEASE_IDLE_SECS", "3600"),
-        ],
-    )
-    .await;
-    let mut buyer = Buyer::new(&a.base, shared_client());
-    assert_eq!(buyer.set("RECOVER-1", 1).await.0, 200);
+    let (b, mut a) =
+        holder_and_seller("RECOVER-1", "node-recovering", "6", Duration::from_secs(6)).await;
     a.kill9();
     let killed = Instant::now();
 
@@ -476,7 +471,6 @@ async fn racing_reapers_return_each_unit_once() {
         .await
         .expect("dead leases");
     let scope = Scope::Dead {
-        ttl: Duration::from_secs(1),
         grace: Duration::from_secs(1),
     };
     let passes = race_reapers(&db, 4, scope).await;
@@ -515,7 +509,6 @@ async fn racing_reapers_return_orphaned_reservations_once() {
         .expect("orphans");
     assert_stock_sound(&db).await;
     let scope = Scope::Dead {
-        ttl: Duration::from_secs(10),
         grace: Duration::from_secs(1),
     };
     let passes = race_reapers(&db, 3, scope).await;

@@ -7,30 +7,9 @@ use serde_json::json;
 use surge_actors::cart_actor::now_ms;
 
 use crate::common::{
-    error_code, make_sku, redis_url, shared_client, test_live, ws_connect, ws_next, Buyer, Options,
-    TestApp, WsEvent, ADMIN_TOKEN,
+    error_code, make_sku, shared_client, two_nodes, ws_connect, ws_next, Buyer, Options, TestApp,
+    WsEvent, ADMIN_TOKEN,
 };
-
-/// Two nodes on one database and one Redis bus.
-async fn two_nodes() -> (TestApp, TestApp) {
-    let live = test_live();
-    let a = TestApp::spawn(Options {
-        seed_demo: false,
-        live: live.clone(),
-        redis_url: Some(redis_url()),
-        ..Options::default()
-    })
-    .await;
-    let b = TestApp::spawn(Options {
-        seed_demo: false,
-        database_url: Some(a.db.url.clone()),
-        live,
-        redis_url: Some(redis_url()),
-        ..Options::default()
-    })
-    .await;
-    (a, b)
-}
 
 /// Schedules a queued campaign of `sku` on `a` and waits until every node knows it.
 async fn queued_campaign(
