@@ -16,6 +16,7 @@ pub fn routes(cfg: &mut ServiceConfig) {
         c.service(index)
             .service(product)
             .service(cart)
+            .service(campaign)
             .service(static_asset)
     });
 }
@@ -80,6 +81,16 @@ pub async fn product(
 #[get("/cart")]
 pub async fn cart(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     page(&req, &state, "cart.html")
+}
+
+/// A campaign page: countdown, sale prices, waiting room and buy buttons; the script
+/// reads the campaign id from the URL.
+#[get("/campaigns/{id}")]
+pub async fn campaign(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    page(&req, &state, "campaign.html")
 }
 
 /// A static asset by hashed (immutable) or plain (revalidated) name.

@@ -1,5 +1,7 @@
-// Fetch helpers for the Surge JSON API: every call resolves to {ok, status, data}
-// (never throws), and errorMessage() turns a failed result into text for the user.
+// Fetch helpers for the Surge JSON API: every call resolves to {ok, status, data,
+// retryAfter} (never throws), errorMessage() turns a failed result into text for the
+// user, and refusalMessage() says a shopper-facing refusal (sold out, queued, over the
+// limit...) in plain words.
 
 /** Parse a response body as JSON; anything else (HTML error page, empty body) gives null. */
 async function parseBody(response) {
@@ -35,7 +37,9 @@ async function request(method, url, body, headers = {}) {
     return { ok: false, status: 0, data: null };
   }
   const data = await parseBody(response);
-  return { ok: response.ok, status: response.status, data };
+  const retry = Number.parseInt(response.headers.get('Retry-After') || '', 10);
+  const retryAfter = Number.isInteger(retry) && retry >= 0 ? retry : null;
+  return { ok: response.ok, status: response.status, data, retryAfter };
 }
 
 /** GET a JSON resource. */
@@ -69,6 +73,66 @@ export function errorMessage(result) {
   if (result.ok) return 'The server sent an unexpected response.';
   if (result.status >= 500) return `The server had a problem (HTTP ${result.status}). Please try again.`;
   return `The request failed (HTTP ${result.status}).`;
+}
+
+const plural = (n, one, many) => `${n} ${n === 1 ? one : many}`;
+
+function waitText(result, fallbackSecs) {
+  const secs = result && Number.isInteger(result.retryAfter) ? result.retryAfter : fallbackSecs;
+  return secs > 0 ? ` Please try again in ${plural(secs, 'second', 'seconds')}.` : ' Please try again shortly.';
+}
+
+function timeOfDay(ms) {
+  return new Date(ms).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit', second: '2-digit' });
+}
+
+/**
+ * A refusal in plain words, so a shopper never reads a raw error code. `context` is
+ * 'cart' for a PUT of a cart line and 'checkout' for an order, because the campaign
+ * limit's `remaining` means the line's largest quantity in the first case and the units
+ * still allowed in the second. Anything not listed here falls back to errorMessage().
+ */
+export function refusalMessage(result, context = 'cart') {
+  const error = (result && result.data && result.data.error) || {};
+  switch (error.code) {
+    case 'campaign_not_started':
+      return Number.isFinite(error.starts_at_ms)
+        ? `This sale has not started yet. It starts at ${timeOfDay(error.starts_at_ms)}.`
+        : 'This sale has not started yet.';
+    case 'campaign_ended':
+      return 'This sale has ended, so its items can no longer be bought.';
+    case 'queued': {
+      const ahead = Number.isInteger(error.position) ? error.position : null;
+      const where = ahead === null ? '' : ahead === 0 ? ' You are next.' : ` ${plural(ahead, 'person is', 'people are')} ahead of you.`;
+      return `You are in the waiting room.${where} You can buy when your turn comes.`;
+    }
+    case 'queue_lapsed':
+      return 'Your turn in the waiting room has passed without a purchase, so you can no longer buy in this sale.';
+    case 'limit_exceeded': {
+      const left = Number.isInteger(error.remaining) ? Math.max(0, error.remaining) : null;
+      if (left === null) return 'That is more than this sale allows per customer.';
+      if (context === 'checkout') {
+        return left === 0
+          ? 'You have already bought as many as this sale allows per customer, so this order cannot be placed. Remove the sale items to order the rest.'
+          : `This sale allows you ${plural(left, 'more unit', 'more units')} per customer. Lower the quantity and place the order again.`;
+      }
+      return left === 0
+        ? 'You already have as many as this sale allows per customer.'
+        : `This sale allows at most ${plural(left, 'unit', 'units')} of this in your cart per customer.`;
+    }
+    case 'insufficient_stock':
+      return Number.isInteger(error.available) && error.available > 0
+        ? `Not enough stock: only ${error.available} left.`
+        : 'Sold out: there are none left.';
+    case 'rate_limited':
+      return `Too many requests from you right now.${waitText(result, 1)}`;
+    case 'busy':
+      return `The shop is very busy right now.${waitText(result, 1)}`;
+    case 'stock_recovering':
+      return `Some units are being returned to stock after a server stopped.${waitText(result, 5)}`;
+    default:
+      return errorMessage(result);
+  }
 }
 
 /** A random UUID v4 for the Idempotency-Key header (randomUUID needs a secure context). */

@@ -2,7 +2,7 @@
 // reservation countdowns, and the checkout form with an idempotent retry key.
 // Live (live.js): the cart re-renders on every change from any tab, expired reservations
 // are announced, and a placed order's status follows the server.
-import { getJSON, sendJSON, errorMessage, newIdempotencyKey } from './api.js';
+import { getJSON, sendJSON, errorMessage, refusalMessage, newIdempotencyKey } from './api.js';
 import { formatMoney, attributesText, formatCountdown } from './format.js';
 import { el, setStatus, setBusy, isBusy } from './dom.js';
 import { connectLive, onLive, onReconnect } from './live.js';
@@ -194,7 +194,7 @@ async function changeQuantity(input) {
   const result = await sendJSON('PUT', itemUrl(sku), { quantity });
   if (!result.ok || !isCart(result.data)) {
     input.value = String(line.quantity);
-    setStatus(status, errorMessage(result), 'error');
+    setStatus(status, refusalMessage(result, 'cart'), 'error');
     return;
   }
   state.checkoutKey = null;
@@ -253,7 +253,8 @@ async function checkout(event) {
     return;
   }
   state.checkoutKey = null;
-  const message = errorMessage(result);
+  // limit_exceeded says how many the customer may still order; the cart is kept.
+  const message = refusalMessage(result, 'checkout');
   if (result.status === 409) await loadCart(); // e.g. a reservation expired: show the current cart
   setStatus(status, message, 'error');
 }

@@ -16,7 +16,7 @@
 //   latestStock(sku)                        {available, seq} received on the current
 //                                           connection, or null (offline / not yet known)
 //   onLive(type, cb) → off                  type: 'cart' | 'reservation_expired' | 'order' |
-//                                           'campaign' (cb gets the message) or
+//                                           'campaign' | 'queue' (cb gets the message) or
 //                                           'online' | 'offline' (cb gets {type})
 //   onReconnect(cb) → off                   cb() after every reconnect: refetch the page
 //   isLive()                                whether the socket is open
@@ -28,7 +28,7 @@ const NOTICE_DELAY_MS = 1000; // a blip shorter than this shows nothing
 const NOTICE_TEXT = 'Live updates paused — reconnecting…';
 const FLUSH_DELAY_MS = 50; // gather subscription changes into one message
 const RATE_SHARE = 0.5; // send at most half the server's rate and burst
-const MESSAGE_TYPES = ['cart', 'reservation_expired', 'order', 'campaign', 'online', 'offline'];
+const MESSAGE_TYPES = ['cart', 'reservation_expired', 'order', 'campaign', 'queue', 'online', 'offline'];
 
 const live = {
   started: false,
@@ -279,6 +279,10 @@ function onMessage(data) {
     case 'campaign':
       if (isObject(message.campaign)) emit('campaign', message);
       break;
+    case 'queue':
+      if (typeof message.campaign_id === 'string' && Number.isInteger(message.position)
+        && typeof message.admitted === 'boolean') emit('queue', message);
+      break;
     case 'error':
       console.warn('live: the server did not understand a message', message.code, message.message);
       break;
@@ -479,7 +483,7 @@ export function latestStock(sku) {
   return { sku, available: known.available, seq: known.seq };
 }
 
-/** Listen for 'cart', 'reservation_expired', 'order', 'campaign', 'online' or 'offline'. */
+/** Listen for 'cart', 'reservation_expired', 'order', 'campaign', 'queue', 'online' or 'offline'. */
 export function onLive(type, callback) {
   const set = live.listeners.get(type);
   if (!set || typeof callback !== 'function') return () => {};

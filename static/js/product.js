@@ -1,6 +1,6 @@
 // Product page (/products/{slug}): loads the product, variant picker, quantity, "Add to cart".
 // Stock of every variant updates live (live.js); after a reconnect the product is refetched.
-import { getJSON, sendJSON, errorMessage } from './api.js';
+import { getJSON, sendJSON, errorMessage, refusalMessage } from './api.js';
 import { formatMoney, formatPriceRange, stockLabel, stockLevel, attributesText } from './format.js';
 import { el, setStatus, setBusy, isBusy, initial, colourSlot } from './dom.js';
 import { connectLive, subscribeStock, unsubscribeStock, latestStock, onReconnect } from './live.js';
@@ -174,7 +174,7 @@ async function addToCart(event) {
   });
   setBusy(addButton, false);
   if (!result.ok) {
-    setStatus(status, errorMessage(result), 'error');
+    setStatus(status, refusalMessage(result, 'cart'), 'error');
     return;
   }
   addedAt = Date.now();
