@@ -21,6 +21,7 @@ const countdown = byId('countdown');
 const limitLine = byId('campaign-limit');
 const queueView = byId('queue');
 const queuePosition = byId('queue-position');
+const queueAnnounce = byId('queue-announce');
 const queueTime = byId('queue-time');
 const joinButton = byId('join-queue');
 const skusView = byId('skus-view');
@@ -29,7 +30,8 @@ const buyHint = byId('buy-hint');
 const status = byId('status');
 
 const TICK_MS = 250; // fine enough that the start is seen within a quarter second
-const POLL_MS = 5000; // the waiting room's standing, only while the socket is down
+const POLL_MS = 5000; // ask for the standing when the socket is down, or silent this long during the sale
+const ANNOUNCE_MS = 15000; // a moving place is announced at most this often
 const MAX_QUANTITY = 10;
 
 const state = {
@@ -45,6 +47,9 @@ const state = {
   bought: false, // this page added a line during the sale
   shown: '', // the last announced state text, so it is set only when it changes
   lastPoll: 0,
+  lastQueueNews: 0, // when a queue message or standing last arrived
+  pollMs: POLL_MS * (1 + Math.random() * 0.5),
+  announced: { text: '', at: 0, kind: '' }, // the queue's last announcement
 };
 
 const serverNow = () => Date.now() + state.offset;
@@ -259,10 +264,22 @@ function renderQueue(current) {
   } else {
     text = `You are in the queue: ${plural(q.position, 'person', 'people')} ahead of you.`;
   }
+  announceQueue(text, !q.joined ? 'out' : q.admitted ? (state.lapsed ? 'lapsed' : 'turn') : 'waiting');
   queuePosition.dataset.position = q.joined ? String(q.position) : '';
   queuePosition.dataset.admitted = String(Boolean(q.joined && q.admitted && !state.lapsed));
   if (queuePosition.textContent !== text) queuePosition.textContent = text;
   if (queueTime.textContent !== time) queueTime.textContent = time;
+}
+
+/** Tell screen readers about the queue: a new kind of news at once, a moving place
+ * at most every ANNOUNCE_MS, so a fast queue does not talk over everything else. */
+function announceQueue(text, kind) {
+  const last = state.announced;
+  if (text === last.text) return;
+  const now = Date.now();
+  if (kind === last.kind && kind === 'waiting' && now - last.at < ANNOUNCE_MS) return;
+  state.announced = { text, at: now, kind };
+  queueAnnounce.textContent = text;
 }
 
 function render() {
@@ -278,6 +295,7 @@ function render() {
 /** Apply {position, admitted, expires_at_ms, waiting} from the server. */
 function applyStanding(body) {
   if (!state.queue || !body || !Number.isInteger(body.position)) return;
+  state.lastQueueNews = Date.now();
   Object.assign(state.queue, {
     joined: true,
     position: body.position,
@@ -312,6 +330,7 @@ async function joinQueue() {
 function onQueueMessage(message) {
   if (!state.queue || message.campaign_id !== state.id) return;
   const wasAdmitted = state.queue.admitted;
+  state.lastQueueNews = Date.now();
   state.queue.joined = true;
   state.queue.position = message.position;
   state.queue.admitted = message.admitted;
@@ -455,10 +474,16 @@ function applyCampaign(data, product = null) {
 
 function tick() {
   render();
-  // While the socket is down, the waiting room's moves arrive by asking.
+  // The waiting room's moves arrive by asking while the socket is down, or when it has
+  // been silent during the sale (the socket may be on a node that did not see the join).
   const q = state.queue;
-  if (q && q.joined && !isLive() && !state.lapsed && phase() !== 'ended'
-    && Date.now() - state.lastPoll >= POLL_MS) fetchStanding();
+  if (!q || !q.joined || state.lapsed || phase() === 'ended') return;
+  // Silence is counted from the start at the earliest, and each page waits a little
+  // differently, so the waiters of a big sale do not all ask in the same instant.
+  const now = Date.now();
+  const since = Math.max(state.lastQueueNews, state.campaign.starts_at_ms - state.offset);
+  const silent = phase() === 'live' && !q.admitted && now - since >= state.pollMs;
+  if ((!isLive() || silent) && now - state.lastPoll >= state.pollMs) fetchStanding();
 }
 
 async function init() {
