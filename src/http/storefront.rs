@@ -16,6 +16,7 @@ pub fn routes(cfg: &mut ServiceConfig) {
         c.service(index)
             .service(product)
             .service(cart)
+            .service(campaign_monitor)
             .service(static_asset)
     });
 }
@@ -80,6 +81,16 @@ pub async fn product(
 #[get("/cart")]
 pub async fn cart(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     page(&req, &state, "cart.html")
+}
+
+/// The merchant's live monitor of a campaign; the page asks for the admin token, so it
+/// holds nothing secret itself.
+#[get("/admin/campaigns/{id}/monitor")]
+pub async fn campaign_monitor(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    page(&req, &state, "monitor.html")
 }
 
 /// A static asset by hashed (immutable) or plain (revalidated) name.
