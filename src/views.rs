@@ -208,7 +208,8 @@ pub struct CampaignReport {
     /// Refused shopper writes of the campaign's SKUs by error code, summed over every
     /// node (each node adds its counts about once a second).
     pub refusals: BTreeMap<String, i64>,
-    /// Open sockets of every live node, as of each node's last heartbeat.
+    /// Open sockets of every live node, as of each node's last heartbeat; never fewer
+    /// than the answering node's own current count.
     pub sockets: i64,
     /// The waiting room's numbers, if the campaign has one.
     pub queue: Option<QueueReport>,

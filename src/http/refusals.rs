@@ -13,8 +13,8 @@ use actix_web::{
 use crate::{error::ApiError, state::AppState};
 
 /// Counts the refusal of a `PUT /api/cart/items/{sku}` or a checkout: against the
-/// campaign the error names, else the one of the SKU it names, else (a PUT) the one of
-/// the path's SKU. Other answers pass untouched.
+/// campaign the error names, else the one of the SKU (or lapsed lines) it names, else
+/// (a PUT) the one of the path's SKU. Other answers pass untouched.
 pub async fn count(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
@@ -52,6 +52,10 @@ fn record(state: &AppState, err: &ApiError, path_sku: Option<&str>) {
         }
         ApiError::PriceChanged { sku, .. } | ApiError::CampaignClosed { sku, .. } => {
             reports.refused_sku(sku, code);
+        }
+        // A checkout with lapsed lines: once per campaign among them.
+        ApiError::ReservationExpired { lines } if path_sku.is_none() => {
+            reports.refused_skus(lines, code);
         }
         _ => {
             if let Some(sku) = path_sku {

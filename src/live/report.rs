@@ -79,6 +79,21 @@ impl CampaignReports {
         campaign.is_some_and(|id| self.refused(id, code))
     }
 
+    /// Counts one refusal of `code` for each distinct campaign of `skus`.
+    pub fn refused_skus(&self, skus: &[String], code: &'static str) {
+        let now = now_ms();
+        let catalog = self.deps.catalog.snapshot();
+        let mut campaigns: Vec<Uuid> = skus
+            .iter()
+            .filter_map(|sku| catalog.campaigns().refused_by(sku, now).map(|c| c.id))
+            .collect();
+        campaigns.sort_unstable();
+        campaigns.dedup();
+        for id in campaigns {
+            self.refused(id, code);
+        }
+    }
+
     /// Counts a refusal of `code` for `campaign` (one the catalog knows).
     pub fn refused(&self, campaign: Uuid, code: &'static str) -> bool {
         if self

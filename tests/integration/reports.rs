@@ -67,8 +67,9 @@ async fn sleep_until(at_ms: i64) {
 }
 
 /// Guards against refusals counted only on the node that answered (or counted twice
-/// across flushes), a campaign-less SKU's refusals landing on a campaign, and an admin
-/// route open without the token or answering 500 for an unknown id.
+/// across flushes), a campaign-less SKU's refusals landing on a campaign, sockets
+/// counted on the answering node alone, and an admin route open without the token or
+/// answering 500 for an unknown id.
 #[actix_web::test]
 async fn refusals_on_two_nodes_are_summed_and_the_route_needs_the_token() {
     const SKU: &str = "REPORT-1";
@@ -82,6 +83,8 @@ async fn refusals_on_two_nodes_are_summed_and_the_route_needs_the_token() {
         json!({"name": "Later", "skus": [SKU], "starts_at_ms": starts, "ends_at_ms": starts + 60_000}),
     )
     .await;
+    // A socket on B alone: A's report counts it from B's heartbeat.
+    let _socket = ws_connect(&b.base, None).await;
     let http = shared_client();
     for (node, times) in [(&a, 3), (&b, 2)] {
         let mut buyer = Buyer::new(&node.base, http.clone());
@@ -107,7 +110,9 @@ async fn refusals_on_two_nodes_are_summed_and_the_route_needs_the_token() {
     assert_eq!(body["units_sold"], 0);
     assert_eq!(body["sold_out_at_ms"], Value::Null);
     assert_eq!(body["queue"], Value::Null);
-    // Another second of flushes adds nothing: each delta is written once.
+    // Later flushes add nothing: each delta is written once.
+    let body = report_when(&a, &id, Duration::from_secs(5), |r| r["sockets"] == 1).await;
+    assert_eq!(body["sockets"], 1, "B's socket, from its heartbeat: {body}");
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     assert_eq!(report(&a, &id).await["refusals"]["campaign_not_started"], 5);
 
