@@ -222,6 +222,25 @@ impl ApiError {
         }
     }
 
+    /// The code of a refused shopper write worth counting against a campaign (the
+    /// shopper was turned away, not their request malformed); `None` otherwise.
+    pub fn refusal_code(&self) -> Option<&'static str> {
+        match self {
+            Self::Queued { .. }
+            | Self::QueueLapsed
+            | Self::CampaignClosed { .. }
+            | Self::LimitExceeded { .. }
+            | Self::InsufficientStock { .. }
+            | Self::StockContended
+            | Self::StockRecovering { .. }
+            | Self::PriceChanged { .. }
+            | Self::RateLimited { .. }
+            | Self::Busy { .. }
+            | Self::ReservationExpired { .. } => Some(self.code()),
+            _ => None,
+        }
+    }
+
     fn code(&self) -> &'static str {
         match self {
             Self::BadRequest { code, .. } => code,

@@ -19,6 +19,16 @@ impl Secret {
     pub fn expose(&self) -> &str {
         &self.0
     }
+
+    /// Whether `presented` is this secret, compared by digest in constant time so that
+    /// neither its content nor its length leaks through timing.
+    pub fn matches(&self, presented: &str) -> bool {
+        use sha2::{Digest, Sha256};
+        use subtle::ConstantTimeEq;
+        let a = Sha256::digest(presented.trim().as_bytes());
+        let b = Sha256::digest(self.0.as_bytes());
+        bool::from(a.ct_eq(&b))
+    }
 }
 
 impl fmt::Debug for Secret {

@@ -120,6 +120,12 @@ impl Application {
             tracing::warn!(%err, "server task ended abnormally");
         }
         self.jobs.stop(self.grace).await;
+        if graceful {
+            // The last second's refusals, which the stopped job did not write.
+            if let Err(err) = self.state.reports.flush_refusals().await {
+                tracing::warn!(error = %err, "could not write the last refusal counts");
+            }
+        }
         let returned = self.state.shards.shutdown().await;
         if graceful {
             tracing::info!(units = returned, "leases returned");

@@ -89,6 +89,8 @@ pub struct AppState {
     pub rate_limits: crate::rate_limit::RateLimits,
     /// Campaign waiting rooms.
     pub queue: Arc<crate::live::queue::WaitingRoom>,
+    /// Campaign reports: refusal counts, open sockets, monitors.
+    pub reports: Arc<crate::live::report::CampaignReports>,
 }
 
 impl AppState {

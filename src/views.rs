@@ -174,3 +174,60 @@ pub fn campaign_view(
             }),
     }
 }
+
+/// A campaign's numbers for its merchant: `GET /api/admin/campaigns/{id}/report` and
+/// the `campaign_report` socket message carry the same body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct CampaignReport {
+    /// Campaign id.
+    pub campaign_id: uuid::Uuid,
+    /// Display name.
+    pub name: String,
+    /// `scheduled`, `live` or `ended` at `server_time_ms`.
+    pub state: CampaignState,
+    /// Start, Unix milliseconds.
+    pub starts_at_ms: i64,
+    /// End, Unix milliseconds.
+    pub ends_at_ms: i64,
+    /// The answering node's clock.
+    pub server_time_ms: i64,
+    /// Units of the campaign's SKUs in orders created within its window (cancelled
+    /// orders aside).
+    pub units_sold: i64,
+    /// Units a shopper can buy now, as `GET /api/campaigns/{id}` counts them.
+    pub units_left: i64,
+    /// Orders with at least one of those lines.
+    pub orders: i64,
+    /// Value of those lines, minor units of `currency`.
+    pub revenue_minor: i64,
+    /// The currency of the campaign's SKUs.
+    pub currency: String,
+    /// With nothing left, when the last campaign order line was created, Unix
+    /// milliseconds; `null` while units are left.
+    pub sold_out_at_ms: Option<i64>,
+    /// Refused shopper writes of the campaign's SKUs by error code, summed over every
+    /// node (each node adds its counts about once a second).
+    pub refusals: BTreeMap<String, i64>,
+    /// Open sockets of every live node, as of each node's last heartbeat; never fewer
+    /// than the answering node's own current count.
+    pub sockets: i64,
+    /// The waiting room's numbers, if the campaign has one.
+    pub queue: Option<QueueReport>,
+}
+
+/// A waiting room's numbers in a [`CampaignReport`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct QueueReport {
+    /// Sessions that joined.
+    pub joined: i64,
+    /// Joiners whose turn has come (lapsed ones included).
+    pub admitted: i64,
+    /// Joiners still waiting.
+    pub waiting: i64,
+    /// Admitted joiners whose turn lapsed with no order of the campaign's SKUs.
+    pub abandoned: i64,
+    /// Median wait from joining to admission, milliseconds; `null` before anyone is in.
+    pub wait_p50_ms: Option<i64>,
+    /// 99th percentile of that wait, milliseconds.
+    pub wait_p99_ms: Option<i64>,
+}

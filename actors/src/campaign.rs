@@ -283,6 +283,22 @@ impl Campaigns {
             .filter(|c| c.admit_per_second.is_some())
     }
 
+    /// The campaign a refused write of `sku` at `now_ms` counts against: the live one,
+    /// else the next to start, else the one that ended last; `None` outside campaigns.
+    pub fn refused_by(&self, sku: &str, now_ms: i64) -> Option<&Campaign> {
+        let mine = || {
+            self.by_sku
+                .get(sku)
+                .into_iter()
+                .flatten()
+                .map(|&(i, _)| &self.all[i])
+        };
+        mine()
+            .filter(|c| c.state_at(now_ms) != State::Ended)
+            .min_by_key(|c| c.window.starts_at_ms)
+            .or_else(|| mine().max_by_key(|c| c.window.ends_at_ms))
+    }
+
     /// The first start after `now_ms`, if any: when the announcer next has news.
     pub fn next_start_after(&self, now_ms: i64) -> Option<i64> {
         self.all
@@ -432,5 +448,14 @@ mod tests {
         assert_eq!(campaigns.queued_for("A", 25).map(|c| c.id), next);
         assert_eq!(campaigns.queued_for("A", 31), None);
         assert_eq!(campaigns.queued_for("B", 25), None);
+        // Guards against a refusal counted against the wrong campaign of a SKU (or
+        // against none when its campaigns have all ended).
+        let refused = |now| campaigns.refused_by("A", now).map(|c| c.id.as_u128());
+        assert_eq!(
+            (refused(5), refused(12), refused(45)),
+            (Some(1), Some(2), Some(3))
+        );
+        assert_eq!(refused(100), Some(3), "the one that ended last");
+        assert_eq!(campaigns.refused_by("B", 5), None);
     }
 }

@@ -13,6 +13,7 @@ pub mod order;
 pub mod ports;
 pub mod queue;
 pub mod reaper;
+pub mod refusals;
 pub mod shard;
 pub mod stock;
 pub mod validated;

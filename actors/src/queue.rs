@@ -96,6 +96,70 @@ impl Schedule {
     }
 }
 
+/// One joiner of a campaign's queue, as a report sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Joiner {
+    /// Its slot.
+    pub slot: i64,
+    /// When it joined, Unix milliseconds.
+    pub joined_at_ms: i64,
+    /// Whether its session ordered any of the campaign's SKUs in the window.
+    pub ordered: bool,
+}
+
+/// A waiting room's numbers at one instant, for the merchant's report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Joiners whose turn has come (lapsed ones included).
+    pub admitted: i64,
+    /// Joiners still waiting.
+    pub waiting: i64,
+    /// Admitted joiners whose turn lapsed without an order.
+    pub abandoned: i64,
+    /// Median wait from joining to admission, milliseconds; `None` before anyone is in.
+    pub wait_p50_ms: Option<i64>,
+    /// 99th percentile of that wait.
+    pub wait_p99_ms: Option<i64>,
+}
+
+/// The `p`-th percentile (0 to 100) of `sorted` by nearest rank: a value that occurred,
+/// never an interpolation; `None` for no values.
+pub fn percentile(sorted: &[i64], p: u32) -> Option<i64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let n = sorted.len();
+    let rank = (n * p.min(100) as usize).div_ceil(100).max(1);
+    sorted.get(rank - 1).copied()
+}
+
+impl Schedule {
+    /// The room's numbers at `now_ms` from its joiners: admitted and waiting from the
+    /// schedule alone (the same on every node), waits as each admitted joiner's
+    /// admission time minus its join time (0 for one admitted on arrival).
+    pub fn stats(&self, joiners: &[Joiner], now_ms: i64) -> QueueStats {
+        let admitted_by = self.admitted_by(now_ms);
+        let mut waits = Vec::new();
+        let mut abandoned = 0;
+        for j in joiners.iter().filter(|j| j.slot < admitted_by) {
+            waits.push((self.admitted_at_ms(j.slot) - j.joined_at_ms).max(0));
+            if !j.ordered && self.standing(j.slot, now_ms).lapsed(now_ms) {
+                abandoned += 1;
+            }
+        }
+        waits.sort_unstable();
+        let admitted = i64::try_from(waits.len()).unwrap_or(i64::MAX);
+        let joined = i64::try_from(joiners.len()).unwrap_or(i64::MAX);
+        QueueStats {
+            admitted,
+            waiting: joined - admitted,
+            abandoned,
+            wait_p50_ms: percentile(&waits, 50),
+            wait_p99_ms: percentile(&waits, 99),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -180,5 +244,58 @@ mod tests {
                 assert_eq!(s.admitted, rank < S.admitted_by(now));
             }
         }
+    }
+    #[test]
+    fn percentiles_are_nearest_rank_values() {
+        // Guards against an off-by-one rank (p99 of 100 values must be the 99th, not
+        // the largest) and a panic on no values.
+        let v: Vec<i64> = (1..=100).collect();
+        assert_eq!(percentile(&v, 50), Some(50));
+        assert_eq!(percentile(&v, 99), Some(99));
+        assert_eq!(percentile(&v, 100), Some(100));
+        assert_eq!(percentile(&[7], 99), Some(7));
+        assert_eq!(percentile(&[1, 9], 50), Some(1));
+        assert_eq!(percentile(&[], 50), None);
+    }
+
+    #[test]
+    fn stats_count_waits_admissions_and_abandoned_turns() {
+        // Guards against waits measured from the wrong end, a waiting joiner counted
+        // as admitted, or an admitted joiner who ordered counted as abandoned.
+        let joiners = [
+            // Joined before the start: waits until 10_000 and 10_050.
+            Joiner {
+                slot: 0,
+                joined_at_ms: 9_000,
+                ordered: true,
+            },
+            Joiner {
+                slot: 1,
+                joined_at_ms: 9_500,
+                ordered: false,
+            },
+            // Admitted the instant it joined.
+            Joiner {
+                slot: 2,
+                joined_at_ms: 10_110,
+                ordered: false,
+            },
+            // Still waiting at 10_120.
+            Joiner {
+                slot: 5,
+                joined_at_ms: 10_100,
+                ordered: false,
+            },
+        ];
+        let at = S.stats(&joiners, 10_120);
+        assert_eq!((at.admitted, at.waiting, at.abandoned), (3, 1, 0));
+        // Waits 1_000, 550, 0 (slot 2 is due at 10_100, before its join).
+        assert_eq!(at.wait_p50_ms, Some(550));
+        assert_eq!(at.wait_p99_ms, Some(1_000));
+        // Once every window has passed, the two that never ordered abandoned.
+        let late = S.stats(&joiners, 10_000 + 120_000 + 1_000);
+        assert_eq!((late.admitted, late.waiting, late.abandoned), (4, 0, 3));
+        let none = S.stats(&[], 10_000);
+        assert_eq!((none.admitted, none.wait_p50_ms), (0, None));
     }
 }

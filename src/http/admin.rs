@@ -5,10 +5,10 @@ use std::{
     future::{ready, Ready},
 };
 
-use actix_web::{dev::Payload, http::header, post, web, FromRequest, HttpRequest, HttpResponse};
+use actix_web::{
+    dev::Payload, get, http::header, post, web, FromRequest, HttpRequest, HttpResponse,
+};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 use surge_actors::{
     campaign::Window,
     cart_actor::now_ms,
@@ -30,7 +30,7 @@ use crate::{
         campaigns::{self, CampaignError, NewCampaign, Selection},
         catalog_repo::{self, ProductInput, UpsertError, Upserted, VariantInput},
     },
-    views::{campaign_view, CampaignView},
+    views::{campaign_view, CampaignReport, CampaignView},
 };
 
 /// The admin API; each handler checks the token itself (see [`Admin`]).
@@ -40,7 +40,8 @@ pub fn routes(cfg: &mut ServiceConfig) {
             .service(upsert_product)
             .service(restock)
             .service(set_order_status)
-            .service(create_campaign),
+            .service(create_campaign)
+            .service(campaign_report),
     );
 }
 
@@ -69,10 +70,7 @@ fn authorize(req: &HttpRequest) -> Result<Admin, ApiError> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .ok_or(ApiError::Unauthorized)?;
-    // Compare digests so that neither content nor length leaks through timing.
-    let a = Sha256::digest(presented.trim().as_bytes());
-    let b = Sha256::digest(expected.expose().as_bytes());
-    if bool::from(a.ct_eq(&b)) {
+    if expected.matches(presented) {
         Ok(Admin)
     } else {
         Err(ApiError::Forbidden)
@@ -427,6 +425,38 @@ pub async fn create_campaign(
     tracing::info!(id = %campaign.id, version, "campaign scheduled");
     let view = campaign_view(&state.catalog.snapshot(), &state.stock, &campaign, now_ms());
     Ok(HttpResponse::Created().json(view))
+}
+
+/// A campaign's numbers for its merchant: sales in its window, what is left, refusals
+/// by code across every node, sockets, and its waiting room's statistics.
+#[utoipa::path(
+    tag = "admin",
+    params(("id" = String, Path, description = "Campaign id")),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The report (see docs/PROTOCOL.md, Campaign reports)", body = CampaignReport),
+        (status = 401, description = "No token", body = ErrorBody),
+        (status = 403, description = "Wrong token", body = ErrorBody),
+        (status = 404, description = "No such campaign, or admin API disabled", body = ErrorBody),
+    )
+)]
+#[get("/campaigns/{id}/report")]
+pub async fn campaign_report(
+    _admin: Admin,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let not_found = || ApiError::NotFound("no such campaign".into());
+    let id = uuid::Uuid::parse_str(&id).map_err(|_| not_found())?;
+    let campaign = state
+        .catalog
+        .snapshot()
+        .campaigns()
+        .get(id)
+        .cloned()
+        .ok_or_else(not_found)?;
+    let report = state.reports.report(&campaign).await?;
+    Ok(HttpResponse::Ok().json(report))
 }
 
 impl From<UpsertError> for ApiError {

@@ -16,7 +16,7 @@ use surge_actors::{
 use utoipa::ToSchema;
 use utoipa_actix_web::{scope, service_config::ServiceConfig};
 
-use super::{queue, rate_limit};
+use super::{queue, rate_limit, refusals};
 use crate::{
     error::{ApiError, ErrorBody},
     session::{Session, Sessions},
@@ -31,6 +31,7 @@ pub fn routes(cfg: &mut ServiceConfig) {
     cfg.service(
         scope("/api/cart")
             .wrap(from_fn(rate_limit::writes))
+            .wrap(from_fn(refusals::count))
             .wrap(Sessions::api())
             .service(get_cart)
             .service(put_item)
@@ -39,6 +40,7 @@ pub fn routes(cfg: &mut ServiceConfig) {
     .service(
         scope("/api/checkout")
             .wrap(from_fn(rate_limit::writes))
+            .wrap(from_fn(refusals::count))
             .wrap(Sessions::api())
             .service(checkout),
     )

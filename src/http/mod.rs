@@ -13,6 +13,7 @@ pub mod ops;
 pub mod products;
 pub mod queue;
 pub mod rate_limit;
+pub mod refusals;
 pub mod request_span;
 pub mod storefront;
 

@@ -6,7 +6,7 @@ use actix_web::{
     body::{BoxBody, MessageBody},
     dev::{ServiceRequest, ServiceResponse},
     middleware::Next,
-    web, HttpMessage as _, ResponseError as _,
+    web, HttpMessage as _,
 };
 
 use crate::{error::ApiError, session::Session, state::AppState};
@@ -28,8 +28,8 @@ pub async fn writes(
             };
             let ip = limits.proxies().client_of(req.request());
             if let Err(refusal) = limits.write(session.as_str(), ip) {
-                let resp = ApiError::from(refusal).error_response();
-                return Ok(req.into_response(resp));
+                // The answer keeps its error, so the refusal count sees it.
+                return Ok(req.error_response(ApiError::from(refusal)));
             }
         }
     }

@@ -17,6 +17,7 @@ pub fn routes(cfg: &mut ServiceConfig) {
             .service(product)
             .service(cart)
             .service(campaign)
+            .service(campaign_monitor)
             .service(static_asset)
     });
 }
@@ -91,6 +92,16 @@ pub async fn campaign(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     page(&req, &state, "campaign.html")
+}
+
+/// The merchant's live monitor of a campaign; the page asks for the admin token, so it
+/// holds nothing secret itself.
+#[get("/admin/campaigns/{id}/monitor")]
+pub async fn campaign_monitor(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    page(&req, &state, "monitor.html")
 }
 
 /// A static asset by hashed (immutable) or plain (revalidated) name.

@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::views::{CampaignView, CartBody, OrderBody};
+use crate::views::{CampaignReport, CampaignView, CartBody, OrderBody};
 
 /// A server→client message; serialised as `{"type": "<variant>", ...}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -61,6 +61,13 @@ pub enum ServerMessage {
         /// Whether the session may now reserve the campaign's SKUs.
         admitted: bool,
     },
+    /// A monitored campaign's numbers, about once a second, to a socket that sent the
+    /// `monitor` op with the admin token.
+    CampaignReport {
+        /// The body of `GET /api/admin/campaigns/{id}/report` (boxed: the largest
+        /// message by far, it would otherwise size every message, on the bus too).
+        report: Box<CampaignReport>,
+    },
 }
 
 /// The limits of one socket, sent in the `welcome` message.
@@ -86,13 +93,17 @@ pub struct Welcome {
 pub enum ErrorCode {
     /// Not JSON, not an operation of the protocol, or not a valid SKU.
     InvalidMessage,
+    /// A `monitor` op whose token is not the admin token.
+    Unauthorized,
+    /// A `monitor` op for a campaign this node does not know.
+    NotFound,
 }
 
 impl ServerMessage {
     /// Every `type` tag, in the order of the variants. `type_name` maps each variant to
     /// its entry, so a new variant cannot be added without extending this list (and the
     /// protocol document, which a test checks against it).
-    pub const TYPES: [&'static str; 8] = [
+    pub const TYPES: [&'static str; 9] = [
         "welcome",
         "stock",
         "cart",
@@ -101,6 +112,7 @@ impl ServerMessage {
         "campaign",
         "error",
         "queue",
+        "campaign_report",
     ];
 
     /// The `type` tag of this message.
@@ -114,6 +126,7 @@ impl ServerMessage {
             Self::Campaign { .. } => Self::TYPES[5],
             Self::Error { .. } => Self::TYPES[6],
             Self::Queue { .. } => Self::TYPES[7],
+            Self::CampaignReport { .. } => Self::TYPES[8],
         }
     }
 
@@ -218,6 +231,32 @@ mod tests {
                 campaign_id: uuid::Uuid::nil(),
                 position: 12,
                 admitted: false,
+            },
+            ServerMessage::CampaignReport {
+                report: Box::new(crate::views::CampaignReport {
+                    campaign_id: uuid::Uuid::nil(),
+                    name: "Midnight sale".into(),
+                    state: crate::views::CampaignState::Live,
+                    starts_at_ms: 1,
+                    ends_at_ms: 2,
+                    server_time_ms: 1,
+                    units_sold: 3,
+                    units_left: 0,
+                    orders: 2,
+                    revenue_minor: 2997,
+                    currency: "EUR".into(),
+                    sold_out_at_ms: Some(1),
+                    refusals: BTreeMap::from([("queued".into(), 4)]),
+                    sockets: 5,
+                    queue: Some(crate::views::QueueReport {
+                        joined: 3,
+                        admitted: 2,
+                        waiting: 1,
+                        abandoned: 0,
+                        wait_p50_ms: Some(10),
+                        wait_p99_ms: Some(20),
+                    }),
+                }),
             },
         ]
     }

@@ -13,6 +13,7 @@ mod catalog_sync;
 pub mod hub;
 pub mod message;
 pub mod queue;
+pub mod report;
 pub mod sink;
 
 use std::sync::Arc;

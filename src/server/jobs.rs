@@ -16,7 +16,7 @@ use crate::{
     state::AppState,
     store::{
         leases::{self, Scope},
-        migrate,
+        migrate, reports,
     },
 };
 
@@ -28,6 +28,9 @@ const CAMPAIGN_PERIOD: Duration = Duration::from_secs(1);
 /// How often queued sessions' positions are pushed: often enough that an admission
 /// reaches the socket well within its reserve window, and a position visibly falls.
 const QUEUE_PUSH_PERIOD: Duration = Duration::from_millis(200);
+/// How often refusal counts are written and monitored campaigns reported: the report
+/// a merchant watches trails the shoppers by about this much.
+const REPORT_PERIOD: Duration = Duration::from_secs(1);
 /// No job runs more often than this, whatever its configuration says.
 const MIN_PERIOD: Duration = Duration::from_millis(50);
 
@@ -115,8 +118,8 @@ impl Jobs {
 }
 
 /// Starts the node's jobs: order partitions, the lease heartbeat, the reaper of dead
-/// nodes' leases and lapsed reservations, campaign announcements, queue positions and
-/// the stock and catalog resync (which reloads the catalog only when its version
+/// nodes' leases and lapsed reservations, campaign announcements, queue positions,
+/// refusal counts and campaign monitors, and the stock and catalog resync (which reloads the catalog only when its version
 /// moved, or a reload is owed).
 pub fn spawn(cfg: &ServeConfig, state: &web::Data<AppState>) -> Jobs {
     let mut jobs = Jobs::new();
@@ -136,18 +139,21 @@ pub fn spawn(cfg: &ServeConfig, state: &web::Data<AppState>) -> Jobs {
 
     // On its own connection: a busy request pool must never delay it past the TTL.
     jobs.every("heartbeat", ttl / 3, First::Now, {
-        let (pool, node, shards) = (
+        let (pool, node, shards, open) = (
             state.db.heartbeat.clone(),
             cfg.node_id.clone(),
             state.shards.clone(),
+            Arc::clone(&state.reports),
         );
         move || {
             let (pool, node, shards) = (pool.clone(), node.clone(), shards.clone());
+            let sockets = Arc::clone(&open);
             async move {
                 let read_at = std::time::Instant::now();
                 let client = pool.get().await?;
                 let rows = leases::heartbeat(&client, &node, ttl).await?;
                 shards.fence(rows, read_at);
+                reports::record_sockets(&client, &node, sockets.sockets()).await?;
                 Ok(())
             }
         }
@@ -211,6 +217,33 @@ pub fn spawn(cfg: &ServeConfig, state: &web::Data<AppState>) -> Jobs {
             let queue = Arc::clone(&queue);
             async move {
                 queue.push_positions();
+                Ok(())
+            }
+        }
+    });
+
+    // The shutdown path flushes once more after the jobs stop (`Node::shutdown`).
+    jobs.every("campaign refusals", REPORT_PERIOD, First::AfterPeriod, {
+        let reports = Arc::clone(&state.reports);
+        move || {
+            let reports = Arc::clone(&reports);
+            async move {
+                reports
+                    .flush_refusals()
+                    .await
+                    .map(|_| ())
+                    .map_err(Into::into)
+            }
+        }
+    });
+
+    // One report per watched campaign per tick, whatever the number of monitors.
+    jobs.every("campaign monitors", REPORT_PERIOD, First::AfterPeriod, {
+        let reports = Arc::clone(&state.reports);
+        move || {
+            let reports = Arc::clone(&reports);
+            async move {
+                reports.push_reports().await;
                 Ok(())
             }
         }

@@ -20,6 +20,7 @@ use crate::{
         bus::{Bus, BusConfig, Publisher, Subscriber},
         hub::Hub,
         queue::WaitingRoom,
+        report::{CampaignReports, ReportDeps},
         sink::LiveSink,
         Live, LiveDeps,
     },
@@ -109,6 +110,14 @@ impl Node {
             Arc::clone(&catalog),
             i64::try_from(commerce.queue_window.as_millis()).unwrap_or(i64::MAX),
         ));
+        let reports = Arc::new(CampaignReports::new(ReportDeps {
+            pool: db.primary.clone(),
+            catalog: Arc::clone(&catalog),
+            stock: Arc::clone(&stock),
+            queue: Arc::clone(&queue),
+            node_id: cfg.node_id.clone(),
+            live_within: commerce.lease_ttl,
+        }));
         let state = web::Data::from(Arc::new(AppState {
             db,
             catalog,
@@ -131,6 +140,7 @@ impl Node {
             ws_limits: cfg.live.limits.clone(),
             rate_limits: RateLimits::new(&cfg.rate_limits),
             queue,
+            reports,
         }));
         state.health.set_migrated();
         let products = state.reload_catalog(&state.db.read).await?;

@@ -13,6 +13,7 @@ pub mod migrate;
 pub mod orders;
 pub mod pool;
 pub mod queue;
+pub mod reports;
 pub mod seed;
 
 pub use error::{is_transient, DbError};

@@ -26,6 +26,19 @@ pub enum ClientMessage {
         /// SKUs.
         skus: Vec<String>,
     },
+    /// Receive the campaign's report about once a second: the merchant's monitor. The
+    /// admin token travels in the frame, so it never lands in a URL or an access log.
+    Monitor {
+        /// The campaign.
+        campaign_id: uuid::Uuid,
+        /// The admin token.
+        token: String,
+    },
+    /// Stop receiving the campaign's report.
+    Unmonitor {
+        /// The campaign.
+        campaign_id: uuid::Uuid,
+    },
 }
 
 /// Why a client message was refused.
@@ -39,11 +52,28 @@ pub enum Refusal {
 pub fn parse(text: &str) -> Result<ClientMessage, Refusal> {
     let msg: ClientMessage =
         serde_json::from_str(text).map_err(|e| Refusal::Invalid(e.to_string()))?;
-    let (ClientMessage::Subscribe { skus } | ClientMessage::Unsubscribe { skus }) = &msg;
-    if let Some(bad) = skus.iter().find(|s| Sku::parse(s).is_err()) {
-        return Err(Refusal::Invalid(format!("{bad:?} is not a SKU")));
+    if let ClientMessage::Subscribe { skus } | ClientMessage::Unsubscribe { skus } = &msg {
+        if let Some(bad) = skus.iter().find(|s| Sku::parse(s).is_err()) {
+            return Err(Refusal::Invalid(format!("{bad:?} is not a SKU")));
+        }
     }
     Ok(msg)
+}
+
+/// The `error` answer to a `monitor` op with a wrong token.
+pub fn unauthorized() -> ServerMessage {
+    ServerMessage::Error {
+        code: ErrorCode::Unauthorized,
+        message: "the token is not the admin token".into(),
+    }
+}
+
+/// The `error` answer to a `monitor` op for a campaign this node does not know.
+pub fn unknown_campaign() -> ServerMessage {
+    ServerMessage::Error {
+        code: ErrorCode::NotFound,
+        message: "no such campaign".into(),
+    }
 }
 
 /// The `error` message sent for a refused frame.
@@ -153,12 +183,36 @@ mod tests {
             r#"{"op":"subscribe"}"#,
             r#"{"op":"subscribe","skus":["a b"]}"#,
             r#"{"op":"subscribe","skus":[],"x":1}"#,
+            r#"{"op":"monitor","campaign_id":"nope","token":"t"}"#,
+            r#"{"op":"monitor","campaign_id":"00000000-0000-0000-0000-000000000001"}"#,
         ] {
             assert!(parse(bad).is_err(), "{bad}");
         }
         assert!(error_message(&Refusal::Invalid("x".into()))
             .encode()
             .is_some_and(|text| text.contains("invalid_message")));
+    }
+
+    #[test]
+    fn parses_the_monitor_ops() {
+        // Guards against a monitor op that loses its token or campaign in parsing.
+        let id = uuid::Uuid::from_u128(1);
+        assert_eq!(
+            parse(&format!(
+                r#"{{"op":"monitor","campaign_id":"{id}","token":"s3cret"}}"#
+            )),
+            Ok(ClientMessage::Monitor {
+                campaign_id: id,
+                token: "s3cret".into()
+            })
+        );
+        assert_eq!(
+            parse(&format!(r#"{{"op":"unmonitor","campaign_id":"{id}"}}"#)),
+            Ok(ClientMessage::Unmonitor { campaign_id: id })
+        );
+        assert!(unauthorized()
+            .encode()
+            .is_some_and(|text| text.contains(r#""code":"unauthorized""#)));
     }
 
     #[test]

@@ -83,6 +83,34 @@ impl WsSession {
     }
 }
 
+impl WsSession {
+    /// Starts the campaign's reports on this socket once the token is the admin token;
+    /// a socket monitors one campaign at a time (a new `monitor` replaces the last).
+    fn monitor(&mut self, campaign: uuid::Uuid, token: &str, ctx: &mut ws::WebsocketContext<Self>) {
+        let authorized = self
+            .state
+            .admin_token
+            .as_ref()
+            .is_some_and(|expected| expected.matches(token));
+        if !authorized {
+            return send(ctx, &protocol::unauthorized());
+        }
+        if self
+            .state
+            .catalog
+            .snapshot()
+            .campaigns()
+            .get(campaign)
+            .is_none()
+        {
+            return send(ctx, &protocol::unknown_campaign());
+        }
+        let reports = &self.state.reports;
+        reports.unwatch(self.id);
+        reports.watch(campaign, self.id, ctx.address().recipient());
+    }
+}
+
 impl Actor for WsSession {
     type Context = ws::WebsocketContext<Self>;
 
@@ -110,10 +138,12 @@ impl Actor for WsSession {
             }
         });
         metrics::gauge!("ws_open_sockets").increment(1.0);
+        self.state.reports.socket_opened();
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
         self.state.live.hub().leave(self.id);
+        self.state.reports.socket_closed(self.id);
         metrics::gauge!("ws_open_sockets").decrement(1.0);
     }
 }
@@ -146,6 +176,10 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for WsSession {
                             self.subs.remove(s);
                         }
                     }
+                    Ok(ClientMessage::Monitor { campaign_id, token }) => {
+                        self.monitor(campaign_id, &token, ctx);
+                    }
+                    Ok(ClientMessage::Unmonitor { .. }) => self.state.reports.unwatch(self.id),
                     Err(refusal) => send(ctx, &protocol::error_message(&refusal)),
                 }
             }

@@ -16,8 +16,11 @@
 //   latestStock(sku)                        {available, seq} received on the current
 //                                           connection, or null (offline / not yet known)
 //   onLive(type, cb) → off                  type: 'cart' | 'reservation_expired' | 'order' |
-//                                           'campaign' | 'queue' (cb gets the message) or
-//                                           'online' | 'offline' (cb gets {type})
+//                                           'campaign' | 'queue' | 'campaign_report' | 'error'
+//                                           (cb gets the message) or 'online' | 'offline'
+//                                           (cb gets {type})
+//   monitorCampaign(id, token) → stop       ask for 'campaign_report' of a campaign on every
+//                                           (re)connect; the token goes in the frame only
 //   onReconnect(cb) → off                   cb() after every reconnect: refetch the page
 //   isLive()                                whether the socket is open
 
@@ -28,7 +31,7 @@ const NOTICE_DELAY_MS = 1000; // a blip shorter than this shows nothing
 const NOTICE_TEXT = 'Live updates paused — reconnecting…';
 const FLUSH_DELAY_MS = 50; // gather subscription changes into one message
 const RATE_SHARE = 0.5; // send at most half the server's rate and burst
-const MESSAGE_TYPES = ['cart', 'reservation_expired', 'order', 'campaign', 'queue', 'online', 'offline'];
+const MESSAGE_TYPES = ['cart', 'reservation_expired', 'order', 'campaign', 'queue', 'campaign_report', 'error', 'online', 'offline'];
 
 const live = {
   started: false,
@@ -52,6 +55,7 @@ const live = {
   latest: new Map(), // sku → {available, seq, fresh}; fresh = received on this socket
   listeners: new Map(MESSAGE_TYPES.map((type) => [type, new Set()])),
   reconnectCallbacks: new Set(),
+  monitor: null, // {campaign_id, token}: resent after every welcome
 };
 
 /* ---------- helpers ---------- */
@@ -262,6 +266,7 @@ function onMessage(data) {
       clearTimeout(live.flushTimer);
       live.flushTimer = 0;
       flush();
+      if (live.monitor) send({ op: 'monitor', ...live.monitor });
       break;
     }
     case 'stock':
@@ -283,8 +288,12 @@ function onMessage(data) {
       if (typeof message.campaign_id === 'string' && Number.isInteger(message.position)
         && typeof message.admitted === 'boolean') emit('queue', message);
       break;
+    case 'campaign_report':
+      if (isObject(message.report)) emit('campaign_report', message);
+      break;
     case 'error':
       console.warn('live: the server did not understand a message', message.code, message.message);
+      emit('error', message);
       break;
     default:
       break; // newer servers may send more types
@@ -501,4 +510,16 @@ export function onReconnect(callback) {
 /** Whether the live connection is open right now. */
 export function isLive() {
   return live.open;
+}
+
+/** Receive 'campaign_report' messages of one campaign (the merchant's monitor), asked
+ * for again after every reconnect; the admin token travels in the frame, never a URL. */
+export function monitorCampaign(campaignId, token) {
+  live.monitor = { campaign_id: String(campaignId), token: String(token) };
+  if (live.open && live.limits) send({ op: 'monitor', ...live.monitor });
+  return () => {
+    const was = live.monitor;
+    live.monitor = null;
+    if (was && live.open && live.limits) send({ op: 'unmonitor', campaign_id: was.campaign_id });
+  };
 }

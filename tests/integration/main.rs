@@ -21,5 +21,6 @@ mod outcomes;
 mod proxy;
 mod queue;
 mod rate_limits;
+mod reports;
 mod routes;
 mod storefront;

@@ -29,7 +29,12 @@ fn asset_urls(html: &str) -> Vec<String> {
 #[actix_web::test]
 async fn pages_revalidate_and_assets_are_immutable() {
     let app = TestApp::empty().await;
-    for page in ["/", "/products/anything", "/cart"] {
+    for page in [
+        "/",
+        "/products/anything",
+        "/cart",
+        "/admin/campaigns/anything/monitor",
+    ] {
         let mut resp = app.http.get(app.url(page)).send().await.expect("page");
         assert_eq!(resp.status().as_u16(), 200, "{page}");
         assert_eq!(
