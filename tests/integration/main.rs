@@ -23,3 +23,4 @@ mod queue;
 mod rate_limits;
 mod routes;
 mod storefront;
+mod tls;
