@@ -21,6 +21,7 @@ services: ## make sure PostgreSQL and Redis answer (private instances in .local/
 	@bash scripts/services.sh
 
 run: services ## build, provision PostgreSQL + Redis, migrate, seed the demo store, serve on http://127.0.0.1:8080
+	@bash scripts/build-deps.sh
 	@echo "==> building surge (release)"
 	@$(CARGO) build --release --bin surge
 	@source $(ENV_FILE) && \

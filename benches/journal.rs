@@ -121,6 +121,8 @@ async fn bench(url: &str, writes: usize) -> anyhow::Result<()> {
         read_pool_size: 2,
         session: surge::config::defaults::<surge::config::DatabaseArgs>().session(),
         journal_via: None,
+        // Clear text, as the baseline's own connections (`NoTls`) are.
+        tls: surge::config::DatabaseTls::disabled(),
     };
     let db = Db::with_journal(&db_cfg, 2)?;
     let cfg = JournalConfig::from_commerce(
@@ -228,9 +230,11 @@ async fn http_latency(url: &str) -> anyhow::Result<()> {
             read_pool_size: 4,
             session: surge::config::defaults::<surge::config::DatabaseArgs>().session(),
             journal_via: None,
+            tls: surge::config::DatabaseTls::disabled(),
         },
         bind: "127.0.0.1:0".parse()?,
         redis_url: None,
+        redis_ca: None,
         node_id: "bench-http".into(),
         admin_token: None,
         session_key: None,

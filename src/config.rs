@@ -41,7 +41,7 @@ pub enum LogFormat {
 /// Database settings shared by every subcommand that talks to PostgreSQL.
 #[derive(Debug, Clone, Args)]
 pub struct DatabaseArgs {
-    /// Primary PostgreSQL, e.g. postgres://user@host:5432/surge.
+    /// Primary PostgreSQL, e.g. postgres://user@host:5432/surge?sslmode=verify-full&sslrootcert=/ca.pem.
     #[arg(
         long,
         env = "DATABASE_URL",
@@ -113,6 +113,33 @@ pub struct DatabaseConfig {
     /// Where the Journal connects instead of the primary (the same server seen through
     /// another address, e.g. a proxy); `None` for the primary.
     pub journal_via: Option<tokio_postgres::Config>,
+    /// TLS of the primary and replica links, from the URLs' `sslmode` and `sslrootcert`.
+    pub tls: DatabaseTls,
+}
+
+/// The TLS settings of each database link; the default is libpq's (`sslmode=prefer`,
+/// nothing verified).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DatabaseTls {
+    /// The primary's, which the Journal's and the heartbeat's connections share.
+    pub primary: crate::store::tls::PgTls,
+    /// The replica's.
+    pub replica: crate::store::tls::PgTls,
+}
+
+impl DatabaseTls {
+    /// Clear text on every link (`sslmode=disable`), for benchmarks and test harnesses
+    /// whose baseline or proxy must see the same bytes as before TLS existed.
+    pub fn disabled() -> Self {
+        let plain = crate::store::tls::PgTls {
+            mode: crate::store::tls::SslMode::Disable,
+            roots: crate::store::tls::Roots::Unset,
+        };
+        Self {
+            primary: plain.clone(),
+            replica: plain,
+        }
+    }
 }
 
 impl DatabaseArgs {
@@ -129,10 +156,13 @@ impl DatabaseArgs {
                     "not set; expected postgres://user@host:port/dbname",
                 )
             })?;
-        let primary = parse_pg_url("DATABASE_URL", url)?;
-        let replica = match self.database_read_url.as_ref().map(Secret::expose) {
-            Some(u) if !u.trim().is_empty() => Some(parse_pg_url("DATABASE_READ_URL", u)?),
-            _ => None,
+        let (primary, primary_tls) = parse_pg_url("DATABASE_URL", url)?;
+        let (replica, replica_tls) = match self.database_read_url.as_ref().map(Secret::expose) {
+            Some(u) if !u.trim().is_empty() => {
+                let (cfg, tls) = parse_pg_url("DATABASE_READ_URL", u)?;
+                (Some(cfg), tls)
+            }
+            _ => (None, primary_tls.clone()),
         };
         Ok(DatabaseConfig {
             primary,
@@ -141,6 +171,10 @@ impl DatabaseArgs {
             read_pool_size: usize::from(self.db_read_pool_size),
             session: self.session(),
             journal_via: None,
+            tls: DatabaseTls {
+                primary: primary_tls,
+                replica: replica_tls,
+            },
         })
     }
 
@@ -155,13 +189,23 @@ impl DatabaseArgs {
     }
 }
 
-fn parse_pg_url(var: &'static str, url: &str) -> Result<tokio_postgres::Config, ConfigError> {
-    let cfg = tokio_postgres::Config::from_str(url)
+/// Parses a PostgreSQL URL, whose TLS options are read here (tokio-postgres knows
+/// only some of them); a CA file that cannot be used fails now, not at first connect.
+fn parse_pg_url(
+    var: &'static str,
+    url: &str,
+) -> Result<(tokio_postgres::Config, crate::store::tls::PgTls), ConfigError> {
+    let (rest, tls) =
+        crate::store::tls::split_pg_url(url).map_err(|e| ConfigError::new(var, e.to_string()))?;
+    let mut cfg = tokio_postgres::Config::from_str(&rest)
         .map_err(|e| ConfigError::new(var, format!("not a PostgreSQL URL ({e})")))?;
     if cfg.get_dbname().is_none() {
         return Err(ConfigError::new(var, "the URL names no database"));
     }
-    Ok(cfg)
+    cfg.ssl_mode(tls.mode.wire());
+    tls.connector()
+        .map_err(|e| ConfigError::new(var, e.to_string()))?;
+    Ok((cfg, tls))
 }
 
 /// The defaults of a group of flags as their clap attributes state them, ignoring the
@@ -197,6 +241,9 @@ pub struct ServeArgs {
         hide_env_values = true
     )]
     pub redis_url: Option<Secret>,
+    /// PEM file of the CA(s) a rediss:// server's certificate must chain to; unset trusts the system's roots.
+    #[arg(long, env = "SURGE_REDIS_CA", value_name = "SURGE_REDIS_CA")]
+    pub redis_ca: Option<std::path::PathBuf>,
     /// This node's name in leases and logs; defaults to the hostname.
     #[arg(long, env = "SURGE_NODE_ID", value_name = "SURGE_NODE_ID")]
     pub node_id: Option<String>,
@@ -625,6 +672,8 @@ pub struct ServeConfig {
     pub bind: SocketAddr,
     /// Redis URL for the cross-node bus (it may carry a password).
     pub redis_url: Option<Secret>,
+    /// The only CAs trusted for a `rediss://` bus; `None` for the system's roots.
+    pub redis_ca: Option<std::path::PathBuf>,
     /// This node's identity.
     pub node_id: String,
     /// Admin bearer token; `None` disables the admin API.
@@ -667,6 +716,20 @@ impl ServeArgs {
                 ))
             }
         };
+        let redis_ca = self.redis_ca.clone();
+        if let Some(ca) = &redis_ca {
+            let tls = redis_url
+                .as_ref()
+                .is_some_and(|u| u.expose().starts_with("rediss://"));
+            if !tls {
+                return Err(ConfigError::new(
+                    "SURGE_REDIS_CA",
+                    "is set but REDIS_URL is not a rediss:// URL",
+                ));
+            }
+            crate::store::tls::redis_connector(Some(ca))
+                .map_err(|e| ConfigError::new("SURGE_REDIS_CA", e.to_string()))?;
+        }
         let node_id = match self.node_id.as_deref().map(str::trim) {
             Some("") => return Err(ConfigError::new("SURGE_NODE_ID", "is empty")),
             Some(id) => id.to_owned(),
@@ -710,6 +773,7 @@ impl ServeArgs {
             db,
             bind: self.bind,
             redis_url,
+            redis_ca,
             node_id,
             admin_token,
             session_key,
@@ -792,6 +856,77 @@ mod tests {
         assert_eq!(err.var, "SURGE_SESSION_KEY");
         let err = parse(&["--database-url", db, "--redis-url", "http://x"]).expect_err("scheme");
         assert_eq!(err.var, "REDIS_URL");
+    }
+
+    // Guards against the TLS options being dropped on the way from the URL to the
+    // pools (tokio-postgres alone refuses verify-* and ignores sslrootcert), and
+    // against the replica silently taking the primary's settings when it has its own.
+    #[test]
+    fn database_urls_carry_their_own_tls_settings() {
+        use crate::store::tls::{Roots, SslMode};
+        let cfg = parse(&[
+            "--database-url",
+            "postgres://u@h:5432/d?sslmode=verify-full&sslrootcert=system",
+            "--database-read-url",
+            "postgres://u@r:5432/d?sslmode=require",
+        ])
+        .expect("valid");
+        assert_eq!(cfg.db.tls.primary.mode, SslMode::VerifyFull);
+        assert_eq!(cfg.db.tls.primary.roots, Roots::System);
+        assert_eq!(cfg.db.tls.replica.mode, SslMode::Require);
+        assert_eq!(
+            cfg.db.primary.get_ssl_mode(),
+            tokio_postgres::config::SslMode::Require
+        );
+        let err =
+            parse(&["--database-url", "postgres://u@h/d?sslmode=allow"]).expect_err("unknown mode");
+        assert_eq!(err.var, "DATABASE_URL");
+        assert!(err.message.contains("allow"), "{}", err.message);
+        let err = parse(&[
+            "--database-url",
+            "postgres://u@h/d",
+            "--database-read-url",
+            "postgres://u@r/d?sslmode=verify-ca&sslrootcert=/nonexistent/ca.pem",
+        ])
+        .expect_err("missing CA file");
+        assert_eq!(err.var, "DATABASE_READ_URL");
+        assert!(
+            err.message.contains("/nonexistent/ca.pem"),
+            "{}",
+            err.message
+        );
+    }
+
+    // Guards against a Redis CA that is silently unused (a redis:// URL is clear
+    // text) or unreadable, and against the URL's password reaching the message.
+    #[test]
+    fn a_redis_ca_needs_rediss_and_a_readable_file() {
+        let db = "postgres://u@h:5432/d";
+        let err = parse(&[
+            "--database-url",
+            db,
+            "--redis-url",
+            "redis://:hunter2-secret@h:6379",
+            "--redis-ca",
+            "/nonexistent/ca.pem",
+        ])
+        .expect_err("CA without TLS");
+        assert_eq!(err.var, "SURGE_REDIS_CA");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+        let err = parse(&[
+            "--database-url",
+            db,
+            "--redis-url",
+            "rediss://:hunter2-secret@h:6380",
+            "--redis-ca",
+            "/nonexistent/ca.pem",
+        ])
+        .expect_err("unreadable CA");
+        assert_eq!(err.var, "SURGE_REDIS_CA");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+        let cfg = parse(&["--database-url", db, "--redis-url", "rediss://h:6380"])
+            .expect("rediss without a CA uses the system roots");
+        assert_eq!(cfg.redis_ca, None);
     }
 
     #[test]

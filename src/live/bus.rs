@@ -31,7 +31,7 @@ use fred::{
         Builder, Client, ClientLike, Config, EventInterface, Options, PubsubInterface,
         ReconnectPolicy, Server, Value,
     },
-    types::{ClusterHash, CustomCommand, Message},
+    types::{config::TlsConnector, ClusterHash, CustomCommand, Message},
 };
 use serde::{Deserialize, Serialize};
 use tokio::{
@@ -152,8 +152,12 @@ pub trait BusSink: Send + Sync + 'static {
 #[derive(Debug, Clone)]
 pub struct BusConfig {
     /// Redis URL; `None` => in-process bus (single node): publish only counts, nothing
-    /// leaves the process.
+    /// leaves the process. A `rediss://` URL is spoken over TLS, the certificate and
+    /// its host name checked.
     pub redis_url: Option<crate::secret::Secret>,
+    /// The only CAs a `rediss://` server's certificate may chain to (a PEM file);
+    /// `None` trusts the system's roots.
+    pub redis_ca: Option<std::path::PathBuf>,
     /// Channel prefix, e.g. "surge", so that several deployments can share a Redis;
     /// tests use a random one.
     pub prefix: String,
@@ -178,6 +182,7 @@ impl BusConfig {
     pub fn for_node(cfg: &crate::config::ServeConfig) -> Self {
         Self {
             redis_url: cfg.redis_url.clone(),
+            redis_ca: cfg.redis_ca.clone(),
             prefix: cfg.live.bus_prefix.clone(),
             node_id: cfg.node_id.clone(),
             reconnect_min: cfg.live.bus_reconnect,
@@ -190,6 +195,7 @@ impl BusConfig {
     pub fn in_process(node_id: impl Into<String>) -> Self {
         Self {
             redis_url: None,
+            redis_ca: None,
             prefix: "surge".into(),
             node_id: node_id.into(),
             reconnect_min: Duration::from_millis(100),
@@ -333,8 +339,8 @@ impl Publisher {
                 }),
             });
         };
-        let client = builder(url, cfg)
-            .and_then(|b| b.build())
+        let client = builder(url, cfg)?
+            .build()
             .map_err(|e| anyhow::anyhow!("invalid bus Redis URL {}: {e}", redact(url)))?;
         let (initial, initial_rx) = watch::channel(Initial::Pending);
         let state = Arc::new(PublisherState {
@@ -441,8 +447,8 @@ impl Subscriber {
                 }),
             });
         };
-        let client = builder(url, cfg)
-            .and_then(|b| b.build_subscriber_client())
+        let client = builder(url, cfg)?
+            .build_subscriber_client()
             .map_err(|e| anyhow::anyhow!("invalid bus Redis URL {}: {e}", redact(url)))?;
         let (initial, initial_rx) = watch::channel(Initial::Pending);
         let state = Arc::new(SubscriberState {
@@ -662,9 +668,18 @@ fn setup_options() -> Options {
     }
 }
 
-/// A client builder for `url` with the bus's reconnect policy and time limits.
-fn builder(url: &str, cfg: &BusConfig) -> Result<Builder, fred::error::Error> {
-    let mut config = Config::from_url(url)?;
+/// A client builder for `url` with the bus's reconnect policy, time limits and, for
+/// `rediss://`, TLS (the stack of [`crate::store::tls`], shared with PostgreSQL).
+fn builder(url: &str, cfg: &BusConfig) -> anyhow::Result<Builder> {
+    let mut config = Config::from_url(url)
+        .map_err(|e| anyhow::anyhow!("invalid bus Redis URL {}: {e}", redact(url)))?;
+    if config.tls.is_some() {
+        let connector = crate::store::tls::redis_connector(cfg.redis_ca.as_deref())
+            .map_err(|e| anyhow::anyhow!("SURGE_REDIS_CA: {e}"))?;
+        config.tls = Some(TlsConnector::from(connector).into());
+    } else if cfg.redis_ca.is_some() {
+        anyhow::bail!("SURGE_REDIS_CA is set but the bus Redis URL is not rediss://");
+    }
     // Retry the first connection too, in the background, instead of failing start-up.
     config.fail_fast = false;
     let min = millis_u32(cfg.reconnect_min).max(1);

@@ -1,5 +1,5 @@
 //! Everything that talks to PostgreSQL: pools, migrations, catalog queries, demo data
-//! and the stock check.
+//! and the stock check; and the TLS of the links to PostgreSQL and Redis.
 
 pub mod campaigns;
 pub mod carts;
@@ -15,6 +15,7 @@ pub mod pool;
 pub mod queue;
 pub mod reports;
 pub mod seed;
+pub mod tls;
 
 pub use error::{is_transient, DbError};
 pub use pool::Db;

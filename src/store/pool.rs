@@ -5,14 +5,17 @@
 //! `idle_in_transaction_session_timeout`) and TCP keepalives on both ends, so that a node
 //! that freezes, or loses its network, in the middle of a transaction has its locks
 //! released by PostgreSQL within seconds instead of holding them until someone notices.
+//!
+//! Every pool speaks TLS as its URL's `sslmode` and `sslrootcert` say (see
+//! [`super::tls`]); the Journal's and the heartbeat's connections go where the
+//! primary's go and share its TLS settings.
 
 use std::time::Duration;
 
+use super::tls::PgTls;
+use crate::config::{DatabaseConfig, SessionLimits};
 use anyhow::Context as _;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use tokio_postgres::NoTls;
-
-use crate::config::{DatabaseConfig, SessionLimits};
 
 /// How long a request waits for a free connection before failing fast.
 const POOL_WAIT: Duration = Duration::from_secs(5);
@@ -46,15 +49,22 @@ impl Db {
     /// Builds the pools, with `journal_size` connections for the Journal.
     pub fn with_journal(cfg: &DatabaseConfig, journal_size: usize) -> anyhow::Result<Self> {
         let limits = cfg.session;
-        let primary =
-            build_pool(cfg.primary.clone(), cfg.pool_size, limits).context("primary pool")?;
+        let tls = &cfg.tls.primary;
+        let primary = build_pool(cfg.primary.clone(), tls, cfg.pool_size, limits)
+            .context("DATABASE_URL: primary pool")?;
         let journal_pg = cfg.journal_via.as_ref().unwrap_or(&cfg.primary).clone();
-        let journal = build_pool(journal_pg, journal_size, limits).context("journal pool")?;
-        let heartbeat = build_pool(cfg.primary.clone(), 1, limits).context("heartbeat pool")?;
+        let journal = build_pool(journal_pg, tls, journal_size, limits)
+            .context("DATABASE_URL: journal pool")?;
+        let heartbeat = build_pool(cfg.primary.clone(), tls, 1, limits)
+            .context("DATABASE_URL: heartbeat pool")?;
         let read = match &cfg.replica {
-            Some(replica) => {
-                build_pool(replica.clone(), cfg.read_pool_size, limits).context("replica pool")?
-            }
+            Some(replica) => build_pool(
+                replica.clone(),
+                &cfg.tls.replica,
+                cfg.read_pool_size,
+                limits,
+            )
+            .context("DATABASE_READ_URL: replica pool")?,
             None => primary.clone(),
         };
         Ok(Self {
@@ -92,17 +102,21 @@ impl Db {
 
 fn build_pool(
     mut pg: tokio_postgres::Config,
+    tls: &PgTls,
     size: usize,
     limits: SessionLimits,
 ) -> anyhow::Result<Pool> {
     pg.connect_timeout(CONNECT_TIMEOUT);
+    // The TLS settings decide, whatever the Config was built with.
+    pg.ssl_mode(tls.mode.wire());
+    let connector = tls.connector()?;
     if pg.get_application_name().is_none() {
         pg.application_name("surge");
     }
     limit(&mut pg, limits);
     let manager = Manager::from_config(
         pg,
-        NoTls,
+        connector,
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },

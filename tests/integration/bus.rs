@@ -44,6 +44,7 @@ impl BusSink for Collect {
 fn config(redis_url: &str, prefix: &str, node_id: &str) -> BusConfig {
     BusConfig {
         redis_url: Some(redis_url.into()),
+        redis_ca: None,
         prefix: prefix.to_owned(),
         node_id: node_id.to_owned(),
         reconnect_min: Duration::from_millis(50),

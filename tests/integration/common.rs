@@ -80,6 +80,9 @@ impl TestDb {
             read_pool_size: 2,
             session: surge::config::defaults::<surge::config::DatabaseArgs>().session(),
             journal_via: None,
+            // Clear text: the fault-injecting proxy (proxy.rs) reads the protocol.
+            // TLS has its own servers in tls.rs.
+            tls: surge::config::DatabaseTls::disabled(),
         }
     }
 }
@@ -274,6 +277,7 @@ impl TestApp {
             db: db_cfg,
             bind: "127.0.0.1:0".parse().expect("addr"),
             redis_url: opts.redis_url.clone().map(Into::into),
+            redis_ca: None,
             node_id: opts
                 .node_id
                 .clone()

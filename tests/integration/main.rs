@@ -24,3 +24,4 @@ mod rate_limits;
 mod reports;
 mod routes;
 mod storefront;
+mod tls;
