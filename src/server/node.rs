@@ -49,6 +49,9 @@ pub struct Node {
 impl Node {
     /// Builds every part and loads the catalog. Must run inside an actix `System`.
     pub async fn build(cfg: &ServeConfig) -> anyhow::Result<Node> {
+        // The recorder goes in first: a gauge set before it (the bus's first
+        // `bus_connected`) would be lost, and /metrics would lack it until it changed.
+        let metrics = telemetry::metrics_handle();
         let commerce = &cfg.commerce;
         let db = Db::with_journal(&cfg.db, commerce.journal_pool_size)?;
         prepare_database(&db, cfg).await?;
@@ -125,7 +128,7 @@ impl Node {
             admin_token: cfg.admin_token.clone(),
             health: Health::default(),
             assets,
-            metrics: telemetry::metrics_handle(),
+            metrics,
             node_id: cfg.node_id.clone(),
             sessions: SessionSigner::new(
                 cfg.session_key
