@@ -127,11 +127,11 @@ fn error_of(r: &Reply) -> Option<ErrorFields> {
         .map(|e| e.error)
 }
 
-/// Records an answer; a 4xx is also counted by its code.
+/// Records an answer; an error answer is also counted by its status and code.
 fn note(rec: &mut Recorder, label: &str, r: &Reply, expected: bool) -> Option<ErrorFields> {
     rec.reply(label, r, expected);
     let err = (r.status >= 400).then(|| error_of(r)).flatten();
-    if (400..500).contains(&r.status) {
+    if r.status >= 400 {
         let code = err.as_ref().map_or("-", |e| e.code.as_str());
         rec.count(&format!("{REFUSED}{label} {} {code}", r.status), 1);
     }
@@ -356,9 +356,10 @@ async fn await_push(
     .await;
 }
 
-/// Polls the buyer's place until admitted, sleeping about as long as its position
-/// needs at the admission rate (never less than [`POLL_MIN`], never more than the poll
-/// cap), and as long as a 429/503 asks. False when the deadline came first.
+/// Polls the buyer's place until admitted: it sleeps until the start, then about as
+/// long as its position needs at the admission rate (never less than [`POLL_MIN`],
+/// never more than the poll cap), and as long as a 429/503 asks. False when the
+/// deadline came first.
 async fn poll(
     s: &mut Session,
     ctx: &Ctx,
@@ -369,11 +370,12 @@ async fn poll(
     let path = format!("/api/campaigns/{}/queue", ctx.campaign_id);
     let mut position = r.join_position.unwrap_or_default();
     for attempt in 1..=MAX_ATTEMPTS {
+        // Nothing moves before the start, so nobody looks before it; after it, a look
+        // at least every poll cap, to follow the position.
         let to_start = (ctx.starts_at_ms as f64 - now_ms()).max(0.0);
-        let turn = position as f64 * 1000.0 / ctx.rate as f64;
-        let jitter = rng.below(5) as f64;
-        let wait = Duration::from_micros(((to_start + turn + jitter) * 1000.0) as u64)
-            .clamp(POLL_MIN, ctx.poll_max);
+        let turn = position as f64 * 1000.0 / ctx.rate as f64 + rng.below(5) as f64;
+        let turn = Duration::from_micros((turn * 1000.0) as u64).clamp(POLL_MIN, ctx.poll_max);
+        let wait = Duration::from_micros((to_start * 1000.0) as u64) + turn;
         if !sleep_within(wait, ctx.deadline).await {
             return false;
         }

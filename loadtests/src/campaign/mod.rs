@@ -524,7 +524,7 @@ fn conclude(
         ));
     }
 
-    // Refusals by code, and answers that are errors.
+    // Refusals (4xx) and failures (5xx) by code, and requests without an answer.
     let refusals: BTreeMap<String, u64> = run
         .rec
         .counters
@@ -537,7 +537,7 @@ fn conclude(
         .collect::<Vec<_>>()
         .join("; ");
     report.figure(
-        "refusals by code",
+        "error answers by endpoint, status and code",
         json!(refusals),
         if shown.is_empty() { "-".into() } else { shown },
     );
