@@ -65,7 +65,7 @@ LT_BIN := target/release/surge-loadtest
 LT_NODE := bash loadtests/node.sh target/release/surge
 LT_OUT := artifacts/loadtest
 
-.PHONY: loadtest-release loadtest-smoke bench-browse bench-flash-sale bench-fanout bench-cluster
+.PHONY: loadtest-release loadtest-smoke bench-browse bench-flash-sale bench-fanout bench-cluster bench-campaign
 
 loadtest-release: ## build surge and surge-loadtest (release)
 	@echo "==> building surge and surge-loadtest (release)"
@@ -104,3 +104,23 @@ bench-fanout: services loadtest-release ## 1,000 / 10,000 / 50,000 WebSocket sub
 
 bench-cluster: services loadtest-release ## 3 nodes + Redis + nginx, the flash sale through nginx and straight at the nodes
 	@source $(ENV_FILE) && LT_SKIP_BUILD=1 bash scripts/cluster.sh
+
+# The campaign bench: sizes and rates can be overridden, e.g. `make bench-campaign
+# CAMPAIGN_BUYERS=5000`. CAMPAIGN_JOIN_RATE is the join rate the start is planned for
+# (the report prints the rate measured; the run fails if the joins overrun the lead).
+# Joins queue on one row lock per campaign, so more than a few dozen in flight only
+# hold database connections the rest of the node needs.
+CAMPAIGN_BUYERS ?= 20000
+CAMPAIGN_UNITS ?= 1000
+CAMPAIGN_ADMIT ?= 500
+CAMPAIGN_SOCKETS ?= 2000
+CAMPAIGN_JOIN_RATE ?= 150
+CAMPAIGN_LEAD ?= 5s
+
+bench-campaign: services loadtest-release ## campaign with a waiting room: 20,000 buyers join, 1,000 units, 3 nodes behind nginx
+	@source $(ENV_FILE) && bash loadtests/cluster.sh target/release/surge campaign -- \
+	  $(LT_BIN) campaign --buyers $(CAMPAIGN_BUYERS) --units $(CAMPAIGN_UNITS) \
+	    --admit-per-second $(CAMPAIGN_ADMIT) --socket-sample $(CAMPAIGN_SOCKETS) \
+	    --join-rate $(CAMPAIGN_JOIN_RATE) --lead $(CAMPAIGN_LEAD) --concurrency 32 \
+	    --connections 1024 --threads 2 --duration 120s --strict \
+	    --report $(LT_OUT)/campaign.json

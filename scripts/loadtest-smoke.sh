@@ -2,7 +2,9 @@
 # CI smoke of the load-test instrument (surge-loadtest): every scenario for a few
 # seconds at a small size against a debug `surge serve` on a database of its own,
 # asserting correctness only, never speed: exact orders in the flash sales, a clean
-# stock invariant, no 5xx, no transport errors, every WebSocket delivery made.
+# stock invariant, no 5xx, no transport errors, every WebSocket delivery made, and in
+# the campaign no oversell, no undersell, no customer past the limit, no admission out
+# of the queue's order.
 #
 #   scripts/loadtest-smoke.sh
 #
@@ -61,6 +63,11 @@ step flash-sale flash-sale --buyers 300 --units 30 --concurrency 30 --duration 6
 # Two URLs of the same node: exercises "sold out on every node URL" and session moves.
 step flash-sale-2urls flash-sale --url "http://127.0.0.1:$PORT" --url "http://localhost:$PORT" \
   --buyers 200 --units 25 --concurrency 20 --duration 60s --ceiling-db-duration 0
+# A waiting room: every buyer joins before the start (planned for 30 joins/s, so a slow
+# CI machine still joins everyone at least 2 s ahead), 30 sockets wait for their push,
+# the rest poll; exact sale, limit by normalized email, fairness.
+step campaign campaign --buyers 300 --units 30 --admit-per-second 300 --socket-sample 30 \
+  --lead 2s --join-rate 30 --duration 30s --concurrency 30
 step fanout fanout --subscribers 50 --changes 4 --duration 60s --source-ips 127.0.0.2,127.0.0.3
 step mixed mixed --duration 2s --concurrency 4
 step ceiling-http ceiling-http --duration 1s --concurrency 4

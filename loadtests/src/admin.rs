@@ -1,4 +1,4 @@
-//! The admin API calls the scenarios need: a fresh product with one SKU.
+//! The admin API calls the scenarios need: a fresh product with one SKU, a campaign.
 
 use std::time::{Duration, Instant};
 
@@ -137,4 +137,66 @@ async fn wait_visible(
         }
     }
     Ok(())
+}
+
+/// A campaign made for one run.
+#[derive(Debug, Clone)]
+pub struct TestCampaign {
+    /// Its id.
+    pub id: String,
+    /// Its start, Unix ms, as the server stored it.
+    pub starts_at_ms: i64,
+}
+
+#[derive(Debug, Deserialize)]
+struct CampaignView {
+    id: String,
+    starts_at_ms: i64,
+}
+
+/// Schedules a campaign (`POST /api/admin/campaigns` on the first base URL, `body` as
+/// the contract takes it) and waits until every base URL serves it: a node learns of
+/// it through the bus, and a join on a node that has not would be refused.
+pub async fn campaign_visible(
+    client: &awc::Client,
+    bases: &[String],
+    token: &str,
+    body: &serde_json::Value,
+) -> anyhow::Result<TestCampaign> {
+    let base = &bases[0];
+    let req = client
+        .post(format!("{base}/api/admin/campaigns"))
+        .insert_header((header::AUTHORIZATION, format!("Bearer {token}")))
+        .insert_header((header::CONTENT_TYPE, "application/json"));
+    let reply = http::send(req, Some(Bytes::from(body.to_string())))
+        .await
+        .map_err(|f| anyhow::anyhow!("POST {base}/api/admin/campaigns: {}", f.detail))?;
+    if reply.status != 201 {
+        bail!(
+            "POST {base}/api/admin/campaigns: {}: {}",
+            reply.status,
+            String::from_utf8_lossy(&reply.body)
+        );
+    }
+    let view: CampaignView = serde_json::from_slice(&reply.body)
+        .map_err(|e| anyhow::anyhow!("POST {base}/api/admin/campaigns: unreadable answer: {e}"))?;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    for base in bases {
+        let url = format!("{base}/api/campaigns/{}", view.id);
+        loop {
+            let last = match http::get(client, &url).await {
+                Ok(r) if r.status == 200 => break,
+                Ok(r) => format!("status {}", r.status),
+                Err(f) => f.detail,
+            };
+            if Instant::now() >= deadline {
+                bail!("{url} does not show the new campaign ({last})");
+            }
+            actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    Ok(TestCampaign {
+        id: view.id,
+        starts_at_ms: view.starts_at_ms,
+    })
 }

@@ -30,6 +30,9 @@ pub enum Command {
     FlashSale(FlashSaleArgs),
     /// WebSocket subscribers to one SKU, then stock changes: delivery latency, RSS.
     Fanout(FanoutArgs),
+    /// A campaign with a waiting room and a per-customer limit: buyers join before the
+    /// start, wait their turn, buy one unit each; spread, fairness, exactness.
+    Campaign(CampaignArgs),
     /// A blend of browsing, cart changes and checkouts.
     Mixed(MixedArgs),
     /// A bare actix-web server (2 workers) answering static JSON, driven like `browse`.
@@ -46,6 +49,7 @@ impl Command {
             Command::Cart(a) => &a.common,
             Command::FlashSale(a) => &a.common,
             Command::Fanout(a) => &a.common,
+            Command::Campaign(a) => &a.common,
             Command::Mixed(a) => &a.common,
             Command::CeilingHttp(a) => &a.common,
             Command::CeilingDb(a) => &a.common,
@@ -214,6 +218,71 @@ pub struct FanoutArgs {
     /// How long to wait for late deliveries after the last change.
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     pub grace: Duration,
+}
+
+/// `campaign` options.
+#[derive(Debug, Clone, Args)]
+pub struct CampaignArgs {
+    /// Common options (`--duration`: the deadline of the sale, from the start;
+    /// `--concurrency`: joins in flight).
+    #[command(flatten)]
+    pub common: Common,
+    /// Buyers, each with its own session, all joining the queue before the start.
+    #[arg(long, default_value_t = 20_000)]
+    pub buyers: usize,
+    /// Units of the campaign's only SKU.
+    #[arg(long, default_value_t = 1_000)]
+    pub units: i64,
+    /// Sessions the waiting room admits per second.
+    #[arg(long, default_value_t = 500)]
+    pub admit_per_second: i64,
+    /// Units one customer (normalized email) may buy.
+    #[arg(long, default_value_t = 1)]
+    pub per_customer_limit: i64,
+    /// Percent of buyers whose email is a case or `+tag` variant of another buyer's.
+    #[arg(long, default_value_t = 5.0)]
+    pub shared_email_percent: f64,
+    /// Buyers that wait on a WebSocket for their `queue` push (the rest poll); one
+    /// socket each, so the open-file limit bounds it.
+    #[arg(long, default_value_t = 2_000)]
+    pub socket_sample: usize,
+    /// HTTP connections the waiting buyers share (a crowd has one each; the open-file
+    /// limit, shared with the sockets, bounds them here).
+    #[arg(long, default_value_t = 512)]
+    pub connections: usize,
+    /// Least time between the last join and the start.
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    pub lead: Duration,
+    /// When the campaign starts, from its creation; by default `--lead` plus an
+    /// allowance for the joins (`--join-rate`). The run fails if the joins are not done
+    /// `--lead` before it.
+    #[arg(long, value_parser = parse_duration)]
+    pub starts_in: Option<Duration>,
+    /// Joins per second the default `--starts-in` plans for.
+    #[arg(long, default_value_t = 100)]
+    pub join_rate: u64,
+    /// Longest pause of a polling buyer between two looks at its place.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub poll_max: Duration,
+    /// How long past its due time a socket buyer waits for its push before polling.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub socket_grace: Duration,
+    /// Bearer token of the admin API.
+    #[arg(long, env = "SURGE_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: String,
+    /// PostgreSQL of the nodes, for the audit after the sale.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: String,
+}
+
+impl CampaignArgs {
+    /// When the campaign starts, from its creation.
+    pub fn starts_in(&self) -> Duration {
+        self.starts_in.unwrap_or_else(|| {
+            let joins = self.buyers as f64 / self.join_rate.max(1) as f64;
+            self.lead + Duration::from_secs_f64(joins + 1.0)
+        })
+    }
 }
 
 /// `mixed` options.

@@ -103,6 +103,59 @@ pub async fn stock(client: &tokio_postgres::Client, sku: &str) -> anyhow::Result
     })
 }
 
+/// Units of `sku` per order email (orders not cancelled), for the per-customer audit.
+pub async fn units_by_email(
+    client: &tokio_postgres::Client,
+    sku: &str,
+) -> anyhow::Result<Vec<(String, i64)>> {
+    let rows = client
+        .query(
+            "SELECT o.email, SUM(l.quantity)::bigint
+               FROM order_lines l
+               JOIN orders o ON o.id = l.order_id AND o.created_at = l.created_at
+              WHERE l.sku = $1 AND o.status <> 'cancelled'
+              GROUP BY o.email",
+            &[&sku],
+        )
+        .await
+        .context("summing units per order email")?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// When the first and the last order with a line of `sku` committed, Unix ms.
+pub async fn order_span_ms(
+    client: &tokio_postgres::Client,
+    sku: &str,
+) -> anyhow::Result<Option<(f64, f64)>> {
+    let row = client
+        .query_one(
+            "SELECT (EXTRACT(EPOCH FROM MIN(created_at)) * 1000)::float8,
+                    (EXTRACT(EPOCH FROM MAX(created_at)) * 1000)::float8
+               FROM order_lines WHERE sku = $1",
+            &[&sku],
+        )
+        .await
+        .context("reading when the orders committed")?;
+    let (first, last): (Option<f64>, Option<f64>) = (row.get(0), row.get(1));
+    Ok(first.zip(last))
+}
+
+/// The stored slot of every session in a campaign's waiting room.
+pub async fn queue_slots(
+    client: &tokio_postgres::Client,
+    campaign: &str,
+) -> anyhow::Result<std::collections::HashMap<String, i64>> {
+    let id = uuid::Uuid::parse_str(campaign).context("the campaign id is not a UUID")?;
+    let rows = client
+        .query(
+            "SELECT session_id, slot FROM queue_entries WHERE campaign_id = $1",
+            &[&id],
+        )
+        .await
+        .context("reading the queue's slots")?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
 /// Every violation of the stock invariant, as `surge check` finds them.
 pub async fn violations(client: &tokio_postgres::Client) -> anyhow::Result<Vec<String>> {
     Ok(surge::store::check::violations(client)

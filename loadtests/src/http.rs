@@ -30,10 +30,17 @@ pub struct ClientOptions {
 /// An `awc` client. It asks for identity encoding (so bodies are compared byte for
 /// byte with the ceiling), follows no redirects, and pools keep-alive connections.
 pub fn client(opts: &ClientOptions) -> awc::Client {
+    client_keeping(opts, Duration::from_secs(30))
+}
+
+/// [`client`] with idle connections kept `keep_alive` only: for clients that pause
+/// between requests, shorter than the server's own keep-alive (actix-web: 5 s), so a
+/// request never goes out on a connection the server is closing.
+pub fn client_keeping(opts: &ClientOptions, keep_alive: Duration) -> awc::Client {
     let mut connector = Connector::new()
         .limit(opts.connections)
         .timeout(opts.timeout.min(Duration::from_secs(10)))
-        .conn_keep_alive(Duration::from_secs(30));
+        .conn_keep_alive(keep_alive);
     if let Some(ip) = opts.source {
         connector = connector.local_address(ip);
     }
@@ -58,6 +65,8 @@ pub struct Reply {
     pub set_cookies: Vec<String>,
     /// `Idempotent-Replayed: true` was present.
     pub replayed: bool,
+    /// The `Retry-After` header, in seconds, when present.
+    pub retry_after: Option<Duration>,
 }
 
 /// The `{"error":{...}}` body Surge answers errors with.
@@ -152,6 +161,11 @@ pub async fn send(req: ClientRequest, body: Option<Bytes>) -> Result<Reply, Fail
     let replayed = headers
         .get("idempotent-replayed")
         .is_some_and(|v| v.as_bytes() == b"true");
+    let retry_after = headers
+        .get(header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
     match resp.body().limit(BODY_LIMIT).await {
         Ok(body) => Ok(Reply {
             status,
@@ -159,6 +173,7 @@ pub async fn send(req: ClientRequest, body: Option<Bytes>) -> Result<Reply, Fail
             latency: started.elapsed(),
             set_cookies,
             replayed,
+            retry_after,
         }),
         Err(e) => Err(Failure {
             kind: "body".into(),
@@ -183,6 +198,7 @@ mod tests {
             latency: Duration::ZERO,
             set_cookies: Vec::new(),
             replayed: false,
+            retry_after: None,
         }
     }
 

@@ -5,6 +5,7 @@
 
 mod admin;
 mod browse;
+mod campaign;
 mod cart;
 mod catalog;
 mod ceiling;
@@ -33,6 +34,7 @@ fn main() -> ExitCode {
         Command::Browse(a) => a.common.duration * 2,
         Command::Cart(a) => a.common.duration + a.ceiling_db_duration,
         Command::FlashSale(a) => a.common.duration + a.ceiling_db_duration,
+        Command::Campaign(a) => a.starts_in() + a.common.duration,
         other => other.common().duration,
     };
     harness::watchdog(planned * 2 + Duration::from_secs(180));
@@ -55,6 +57,7 @@ async fn dispatch(command: Command) -> anyhow::Result<bool> {
         Command::Cart(a) => cart::run(a).await?,
         Command::FlashSale(a) => flash_sale::run(a).await?,
         Command::Fanout(a) => fanout::run(a).await?,
+        Command::Campaign(a) => campaign::run(a).await?,
         Command::Mixed(a) => mixed::run(a).await?,
         Command::CeilingHttp(a) => ceiling::http_main(a).await?,
         Command::CeilingDb(a) => ceiling::db_main(a).await?,

@@ -608,6 +608,7 @@ mod tests {
                 latency: Duration::from_millis(3),
                 set_cookies: Vec::new(),
                 replayed: false,
+                retry_after: None,
             },
             true,
         );

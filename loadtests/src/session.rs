@@ -70,6 +70,11 @@ impl Session {
         self.cookie.as_deref()
     }
 
+    /// The base URL it talks to.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
     /// Moves the session to another node (the cookie goes along).
     pub fn set_base(&mut self, base: Rc<str>) {
         self.base = base;
@@ -113,6 +118,12 @@ impl Session {
     /// `GET {base}{path}` with the session cookie.
     pub async fn get(&mut self, path: &str) -> Result<Reply, Failure> {
         let req = self.request(Method::GET, path);
+        self.call(req, None).await
+    }
+
+    /// `POST {base}{path}` with no body and the session cookie.
+    pub async fn post(&mut self, path: &str) -> Result<Reply, Failure> {
+        let req = self.request(Method::POST, path);
         self.call(req, None).await
     }
 
