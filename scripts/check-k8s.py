@@ -16,8 +16,9 @@ Run by scripts/check-k8s.sh, which provisions the pinned kubernetes-validate in 
 - Cross-checks: selectors match the pod labels, the HPA's Pods metric is one the
   adapter serves, ConfigMap/Secret references point at objects that exist (or at the
   Secret the README has the operator create), the PodMonitor scrapes a named port.
-- docker-compose.yml: structure (services, ports, environment, dependencies); the
-  script runs `docker compose config` too when Docker has the compose plugin.
+- docker-compose.yml: structure (services, ports, environment, dependencies), and
+  `nginx -t` of its nginx.conf when nginx is installed; scripts/check-k8s.sh runs
+  `docker compose config` too where Docker has the compose plugin.
 - The Dockerfile builds with --locked and runs as a numeric non-root user.
 """
 
@@ -27,6 +28,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 
 import yaml
 from kubernetes_validate import utils as kv
@@ -366,9 +368,30 @@ def check_compose():
         for needed in ("proxy_set_header Upgrade", "hash $cookie_surge_session consistent"):
             if needed not in conf:
                 fail(src, f"lacks `{needed}`")
+        nginx_test(src, conf, nodes)
     for name in ("postgres", "redis"):
         if "healthcheck" not in services[name]:
             fail(where, f"{name}: no healthcheck")
+
+
+def nginx_test(src, conf, nodes):
+    """`nginx -t` on the compose nginx.conf, when nginx is installed (make test installs
+    it). nginx resolves upstream names as it loads, so the nodes become loopback."""
+    nginx = shutil.which("nginx") or next(
+        (p for p in ("/usr/sbin/nginx", "/usr/bin/nginx") if os.access(p, os.X_OK)), None)
+    if not nginx:
+        print(f"==> nginx is not installed: `nginx -t` of {src} skipped", file=sys.stderr)
+        return
+    for n in nodes:
+        conf = conf.replace(f"server {n}:8080", "server 127.0.0.1:8080")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "nginx.conf")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(conf)
+        out = subprocess.run([nginx, "-t", "-q", "-p", tmp, "-c", path],
+                             capture_output=True, text=True, check=False)
+        if out.returncode != 0:
+            fail(src, f"nginx -t: {out.stderr.strip()}")
 
 
 def check_dockerfile():

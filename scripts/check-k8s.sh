@@ -7,8 +7,8 @@
 #
 # Without kubectl (and no Debian package to install it from) each manifest file is
 # validated on its own and the output says that rendering was skipped. Without Docker's
-# compose plugin `docker compose config` is skipped (said too); the structural check of
-# docker-compose.yml runs either way.
+# compose plugin (or the older docker-compose) compose's own check is skipped, and said
+# so; the structural check of docker-compose.yml runs either way.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -45,11 +45,15 @@ if have kubectl; then
   say "kubectl $(kubectl version --client 2>/dev/null | head -n 1 | sed 's/Client Version: //')"
 fi
 
+# Parsing and interpolating the compose file needs no Docker engine.
 if have docker && docker compose version >/dev/null 2>&1; then
   say "docker compose config"
   docker compose -f "$ROOT/docker-compose.yml" config --quiet
+elif have docker-compose; then
+  say "docker-compose config ($(docker-compose version --short 2>/dev/null || echo '?'))"
+  docker-compose -f "$ROOT/docker-compose.yml" config --quiet
 else
-  say "docker has no compose plugin here: \`docker compose config\` skipped (structural check only)"
+  say "neither \`docker compose\` nor docker-compose is installed: compose's own check skipped (structural check only)"
 fi
 
 exec "$VENV/bin/python" "$ROOT/scripts/check-k8s.py"
