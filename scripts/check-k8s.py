@@ -19,7 +19,9 @@ Run by scripts/check-k8s.sh, which provisions the pinned kubernetes-validate in 
 - docker-compose.yml: structure (services, ports, environment, dependencies), and
   `nginx -t` of its nginx.conf when nginx is installed; scripts/check-k8s.sh runs
   `docker compose config` too where Docker has the compose plugin.
-- The Dockerfile builds with --locked and runs as a numeric non-root user.
+- The Dockerfile builds with --locked, copies everything cargo needs into its build
+  stage (cargo loads the workspace from exactly those files), and runs as a numeric
+  non-root user.
 """
 
 import json
@@ -29,6 +31,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import tomllib
 
 import yaml
 from kubernetes_validate import utils as kv
@@ -397,6 +400,38 @@ def nginx_test(src, conf, nodes):
 def check_dockerfile():
     where = "k8s/Dockerfile"
     text = read(where)
+    # The builder stage's build context: what its COPY lines bring in.
+    builder = text.split("\nFROM ")[1] if "\nFROM " in text else text
+    copied = set()
+    for line in re.findall(r"^COPY\s+(?!--from)(.+)$", builder, re.M):
+        copied |= {os.path.normpath(p) for p in line.split()[:-1]}
+    # Everything cargo reads to build the binary: the root manifest, lock and build
+    # script, every workspace member, the declared benches, and what the binary embeds.
+    with open(os.path.join(ROOT, "Cargo.toml"), "rb") as f:
+        manifest = tomllib.load(f)
+    needed = {"Cargo.toml", "Cargo.lock", "build.rs", "src", "migrations", "static"}
+    needed |= {os.path.normpath(m) for m in manifest["workspace"]["members"] if m != "."}
+    if manifest.get("bench"):
+        needed.add("benches")
+    for path in sorted(needed - copied):
+        fail(where, f"the build stage does not COPY {path}")
+    cargo = shutil.which("cargo")
+    if cargo and not needed - copied:
+        with tempfile.TemporaryDirectory() as tmp:
+            for path in copied:
+                src = os.path.join(ROOT, path)
+                dst = os.path.join(tmp, path)
+                if os.path.isdir(src):
+                    shutil.copytree(src, dst)
+                elif os.path.exists(src):
+                    shutil.copy(src, dst)
+                else:
+                    fail(where, f"COPY {path}: no such file")
+            out = subprocess.run([cargo, "metadata", "--no-deps", "--format-version", "1"],
+                                 cwd=tmp, capture_output=True, text=True, check=False)
+            if out.returncode != 0:
+                fail(where, "cargo cannot load the workspace from what the Dockerfile "
+                            f"copies: {out.stderr.strip()}")
     if not re.search(r"cargo build [^\n]*--locked", text):
         fail(where, "cargo build without --locked")
     users = re.findall(r"^USER\s+(\S+)", text, re.M)
