@@ -307,23 +307,16 @@ fn dashboard_exprs(dashboard: &serde_json::Value) -> Vec<String> {
     out
 }
 
-/// A metric family of the exposition: its type and every label name of its samples.
-#[derive(Debug, Default)]
-struct Family {
-    kind: String,
-    labels: BTreeSet<String>,
-}
-
 /// Sample names of the Prometheus text exposition, with their label names, and the
 /// families' declared types (`# TYPE name histogram`).
-fn exposition(text: &str) -> (BTreeMap<String, BTreeSet<String>>, BTreeMap<String, Family>) {
+fn exposition(text: &str) -> (BTreeMap<String, BTreeSet<String>>, BTreeMap<String, String>) {
     let mut samples: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    let mut families: BTreeMap<String, Family> = BTreeMap::new();
+    let mut families: BTreeMap<String, String> = BTreeMap::new();
     for line in text.lines() {
         if let Some(rest) = line.strip_prefix("# TYPE ") {
             let mut parts = rest.split_whitespace();
             if let (Some(name), Some(kind)) = (parts.next(), parts.next()) {
-                families.entry(name.to_owned()).or_default().kind = kind.to_owned();
+                families.insert(name.to_owned(), kind.to_owned());
             }
             continue;
         }
@@ -338,15 +331,6 @@ fn exposition(text: &str) -> (BTreeMap<String, BTreeSet<String>>, BTreeMap<Strin
             for l in matcher_labels(&line[name_end + 1..end], line) {
                 labels.insert(l);
             }
-        }
-    }
-    for (name, labels) in &samples {
-        let family = ["_bucket", "_sum", "_count"]
-            .iter()
-            .find_map(|s| name.strip_suffix(s).filter(|f| families.contains_key(*f)))
-            .unwrap_or(name);
-        if let Some(f) = families.get_mut(family) {
-            f.labels.extend(labels.iter().cloned());
         }
     }
     (samples, families)
@@ -495,7 +479,7 @@ async fn monitoring_reads_only_what_a_node_exports() {
                 // summaries. The exposition's sample names already say which exist, and
                 // this names the family's type when one is misread.
                 if let Some(family) = sel.metric.strip_suffix("_bucket") {
-                    let kind = families.get(family).map(|f| f.kind.as_str());
+                    let kind = families.get(family).map(String::as_str);
                     if kind != Some("histogram") {
                         problems.push(format!("{file}: `{family}` is a {kind:?}, not a histogram"));
                     }
