@@ -37,6 +37,8 @@ test: services ## provision PostgreSQL + Redis and run the whole test suite (car
 	  bash scripts/test-tools.sh && \
 	  echo "==> architecture (docs/ARCHITECTURE.md)" && \
 	  bash scripts/check-architecture.sh && \
+	  echo "==> deployment (k8s/ rendered and validated offline, monitoring, docker-compose.yml)" && \
+	  bash scripts/check-k8s.sh && \
 	  echo "==> cargo test (PostgreSQL $$SURGE_TEST_PG_URL, Redis $$SURGE_TEST_REDIS_URL)" && \
 	  $(CARGO) test --workspace --locked && \
 	  echo "==> browser tests (headless Chromium)" && \
@@ -44,8 +46,9 @@ test: services ## provision PostgreSQL + Redis and run the whole test suite (car
 	  echo "==> load-test smoke (correctness only)" && \
 	  bash scripts/loadtest-smoke.sh
 
-lint: ## rustfmt check, clippy with warnings as errors, and the architecture check
+lint: ## rustfmt check, clippy with warnings as errors, the architecture and deployment checks
 	bash scripts/check-architecture.sh
+	bash scripts/check-k8s.sh
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 

@@ -9,6 +9,7 @@ mod catalog_sync;
 mod cluster;
 mod commerce;
 mod common;
+mod dashboards;
 mod leases;
 mod limits;
 mod live;
