@@ -316,7 +316,13 @@ mod tests {
     #[test]
     fn embedded_storefront_has_its_pages() {
         let assets = Assets::embedded();
-        for page in ["index.html", "product.html", "cart.html", "campaign.html", "monitor.html"] {
+        for page in [
+            "index.html",
+            "product.html",
+            "cart.html",
+            "campaign.html",
+            "monitor.html",
+        ] {
             assert!(assets.page(page).is_some(), "{page} missing");
         }
     }
@@ -376,7 +382,13 @@ mod tests {
     #[test]
     fn every_storefront_page_has_the_shared_header_and_footer() {
         let assets = Assets::embedded();
-        for page in ["index.html", "product.html", "cart.html", "campaign.html", "monitor.html"] {
+        for page in [
+            "index.html",
+            "product.html",
+            "cart.html",
+            "campaign.html",
+            "monitor.html",
+        ] {
             let text = page_text(&assets, page);
             assert!(
                 !text.contains("<!--#include"),

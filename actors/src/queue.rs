@@ -44,6 +44,17 @@ impl Standing {
     }
 }
 
+/// What [`Schedule::assign`] gave a batch of joiners.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Assigned<'s> {
+    /// Each joiner's slot, in the batch's order.
+    pub slots: Vec<i64>,
+    /// The joiners that had no slot, with the slot each now takes, in order.
+    pub new_sessions: Vec<(&'s str, i64)>,
+    /// The first free slot after the batch.
+    pub next_slot: i64,
+}
+
 impl Schedule {
     /// When the joiner of `rank` is admitted: the start plus `rank / rate` seconds,
     /// rounded up to the millisecond so no node admits early.
@@ -59,6 +70,41 @@ impl Schedule {
     /// (everyone earlier is then admitted, so the order holds).
     pub fn slot_for(&self, next_slot: i64, joined_at_ms: i64) -> i64 {
         next_slot.max(self.admitted_by(joined_at_ms) - 1).max(0)
+    }
+
+    /// Slots for a batch of joiners arriving at `joined_at_ms`, in their order, when
+    /// `next_slot` is the first free one: a joiner that `existing` knows keeps its slot,
+    /// a joiner named twice gets one slot, and each new one takes [`Self::slot_for`]
+    /// in turn, exactly as if they had joined one by one.
+    pub fn assign<'s>(
+        &self,
+        next_slot: i64,
+        joined_at_ms: i64,
+        joiners: &[&'s str],
+        existing: impl Fn(&str) -> Option<i64>,
+    ) -> Assigned<'s> {
+        let mut next = next_slot;
+        let mut fresh: Vec<(&'s str, i64)> = Vec::new();
+        let slots = joiners
+            .iter()
+            .map(|&who| {
+                if let Some(slot) = existing(who) {
+                    return slot;
+                }
+                if let Some(&(_, slot)) = fresh.iter().find(|(s, _)| *s == who) {
+                    return slot;
+                }
+                let slot = self.slot_for(next, joined_at_ms);
+                next = slot + 1;
+                fresh.push((who, slot));
+                slot
+            })
+            .collect();
+        Assigned {
+            slots,
+            new_sessions: fresh,
+            next_slot: next,
+        }
     }
 
     /// How many slots have been admitted by `now_ms` (lapsed ones included).
@@ -178,6 +224,24 @@ mod tests {
         assert_eq!(times[1], 10_050);
         assert_eq!(times[20], 11_000);
         assert!(times.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
+    fn a_batch_of_joins_gets_the_slots_of_joins_one_by_one() {
+        // Guards against a batched join reordering joiners, giving a joiner two slots,
+        // or moving one that had joined already.
+        let known = |s: &str| (s == "old").then_some(3);
+        let before = S.assign(7, 0, &["a", "old", "b", "a", "c"], known);
+        assert_eq!(before.slots, vec![7, 3, 8, 7, 9]);
+        assert_eq!(before.new_sessions, vec![("a", 7), ("b", 8), ("c", 9)]);
+        assert_eq!(before.next_slot, 10);
+        // Late to an empty room: the first takes the slot due now, the rest follow it,
+        // as repeated `slot_for` would give.
+        let late = 10_000 + 5_000;
+        let batch = S.assign(2, late, &["x", "y"], |_| None);
+        let first = S.slot_for(2, late);
+        assert_eq!(batch.slots, vec![first, S.slot_for(first + 1, late)]);
+        assert_eq!(batch.next_slot, first + 2);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
+    time::{Duration, Instant},
 };
 
 use deadpool_postgres::Pool;
@@ -18,8 +19,17 @@ use uuid::Uuid;
 use super::{hub::Hub, message::ServerMessage};
 use crate::{
     catalog::CatalogStore,
-    store::{queue, DbError},
+    store::{
+        queue::{self, Joins},
+        DbError,
+    },
 };
+
+/// How long a campaign's queue counts are reused by join and standing answers: their
+/// `waiting` may be this stale (their `position` never is: it is the slot's), and a
+/// polling crowd costs the database one read per campaign this often instead of one
+/// per poll.
+const COUNTS_FRESH_FOR: Duration = Duration::from_millis(250);
 
 /// Where a session stands in a campaign's queue, and how many wait.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,13 +48,19 @@ struct Watch {
     last: Option<(i64, bool)>,
 }
 
+/// A campaign's `(joined, next_slot)` and when they were read.
+type ReadCounts = (Instant, (i64, i64));
+
 /// The node's waiting room; slots are immutable once handed out, so each is cached.
 pub struct WaitingRoom {
     pool: Pool,
+    joins: Joins,
     hub: Hub,
     catalog: Arc<CatalogStore>,
     window_ms: i64,
     watched: Mutex<HashMap<(Uuid, String), Watch>>,
+    /// Per campaign: when its `(joined, next_slot)` was read, and the values.
+    counts: Mutex<HashMap<Uuid, ReadCounts>>,
 }
 
 impl WaitingRoom {
@@ -52,11 +68,13 @@ impl WaitingRoom {
     /// `window_ms` to reserve.
     pub fn new(pool: Pool, hub: Hub, catalog: Arc<CatalogStore>, window_ms: i64) -> Self {
         Self {
+            joins: Joins::spawn(pool.clone()),
             pool,
             hub,
             catalog,
             window_ms,
             watched: Mutex::new(HashMap::new()),
+            counts: Mutex::new(HashMap::new()),
         }
     }
 
@@ -77,6 +95,22 @@ impl WaitingRoom {
             .map(|w| w.slot)
     }
 
+    /// Forgets what the session was last told of the campaign, so the next push tells
+    /// a socket that just opened where it stands, even once admitted; `false` when the
+    /// session's slot is not cached.
+    fn rewatch(&self, campaign: Uuid, session: &str) -> bool {
+        let Ok(mut w) = self.watched.lock() else {
+            return false;
+        };
+        match w.get_mut(&(campaign, session.to_owned())) {
+            Some(watch) => {
+                watch.last = None;
+                true
+            }
+            None => false,
+        }
+    }
+
     fn watch(&self, campaign: Uuid, session: &str, slot: i64) {
         if let Ok(mut w) = self.watched.lock() {
             w.entry((campaign, session.to_owned()))
@@ -90,8 +124,10 @@ impl WaitingRoom {
         campaign: Uuid,
         slot: i64,
     ) -> Result<Ticket, DbError> {
+        let (_, next_slot) = self.counts_of(campaign).await?;
+        // A slot this node just handed out may be newer than the cached counts.
+        let next_slot = next_slot.max(slot + 1);
         let now = now_ms();
-        let (_, next_slot) = queue::counts(&self.pool, campaign).await?;
         Ok(Ticket {
             standing: schedule.standing(slot, now),
             waiting: schedule.waiting(next_slot, now),
@@ -110,7 +146,7 @@ impl WaitingRoom {
         };
         let slot = match self.cached(campaign.id, session) {
             Some(slot) => slot,
-            None => queue::join(&self.pool, campaign.id, session, &schedule).await?,
+            None => self.joins.join(campaign.id, session, &schedule).await?,
         };
         self.watch(campaign.id, session, slot);
         Ok(Some((schedule, slot)))
@@ -174,7 +210,7 @@ impl WaitingRoom {
             .iter()
             .filter(|c| c.admit_per_second.is_some() && c.state_at(now) != State::Ended);
         for campaign in open {
-            if self.cached(campaign.id, session).is_some() {
+            if self.rewatch(campaign.id, session) {
                 continue;
             }
             if let Some(slot) = queue::slot_of(&self.pool, campaign.id, session).await? {
@@ -184,11 +220,30 @@ impl WaitingRoom {
         Ok(())
     }
 
+    /// `(joined, next_slot)` of the campaign, read at most every [`COUNTS_FRESH_FOR`].
+    async fn counts_of(&self, campaign: Uuid) -> Result<(i64, i64), DbError> {
+        let cached = self
+            .counts
+            .lock()
+            .ok()
+            .and_then(|c| c.get(&campaign).copied())
+            .filter(|(at, _)| at.elapsed() < COUNTS_FRESH_FOR);
+        if let Some((_, counts)) = cached {
+            return Ok(counts);
+        }
+        let counts = queue::counts(&self.pool, campaign).await?;
+        if let Ok(mut c) = self.counts.lock() {
+            c.insert(campaign, (Instant::now(), counts));
+        }
+        Ok(counts)
+    }
+
     /// The campaign's waiting and admitted counts now; `None` without a waiting room.
     pub async fn counts(&self, campaign: &Campaign) -> Result<Option<(i64, i64)>, DbError> {
         let Some(schedule) = self.schedule(campaign) else {
             return Ok(None);
         };
+        // Read fresh: the campaign view and the report state the counts exactly.
         let (joined, next_slot) = queue::counts(&self.pool, campaign.id).await?;
         let waiting = schedule.waiting(next_slot, now_ms());
         Ok(Some((waiting, joined - waiting)))

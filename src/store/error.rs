@@ -17,6 +17,9 @@ pub enum DbError {
     /// A stored value breaks a rule the schema should have kept.
     #[error("unexpected value in the database: {0}")]
     Corrupt(String),
+    /// One failure of a batch, answered to each of its callers.
+    #[error(transparent)]
+    Shared(std::sync::Arc<DbError>),
 }
 
 impl DbError {
@@ -28,6 +31,7 @@ impl DbError {
             Self::Pool(_) => true,
             Self::Query(e) => is_transient(e),
             Self::Corrupt(_) => false,
+            Self::Shared(e) => e.is_transient(),
         }
     }
 }
@@ -35,12 +39,14 @@ impl DbError {
 /// Whether a statement failure is about the connection or the server's state: no
 /// SQLSTATE (the connection broke or timed out), or one of the classes 08 (connection),
 /// 40 (serialization failure, deadlock), 53 (insufficient resources), 57 (operator
-/// intervention, such as a shutdown or a cancelled statement) and 58 (system error).
+/// intervention, such as a shutdown or a cancelled statement) and 58 (system error),
+/// and `lock_not_available` (55P03: a lock wait ran past `lock_timeout`).
 pub fn is_transient(e: &tokio_postgres::Error) -> bool {
     e.code().is_none_or(|state| {
-        matches!(
-            state.code().get(..2),
-            Some("08" | "40" | "53" | "57" | "58")
-        )
+        state.code() == "55P03"
+            || matches!(
+                state.code().get(..2),
+                Some("08" | "40" | "53" | "57" | "58")
+            )
     })
 }

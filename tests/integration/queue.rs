@@ -182,14 +182,18 @@ async fn a_hundred_joiners_on_two_nodes_are_admitted_in_join_order_at_the_rate()
         let expected = starts + (i as i64 * 1000).div_euclid(RATE);
         assert_eq!(*at, expected, "joiner {i}");
     }
-    // And the observed admissions follow it: joiners 10 to 90 are first seen in about
-    // 80 / RATE seconds.
+    // And the observed admissions follow it: joiners 10 to 90 are first seen about
+    // 80 / RATE seconds apart. Each is first seen within one polling round of its
+    // admission, so the span is known to within one round either way; on a loaded
+    // machine a round is slower, and the tolerance is that round, not a guess.
     let seen = |i: usize| first_seen[i].expect("seen admitted");
-    let rate = 80.0 * 1000.0 / (seen(90) - seen(10)).max(1) as f64;
-    eprintln!("queue: observed {rate:.1} admissions per second over {rounds} rounds");
+    let span = seen(90) - seen(10);
+    let polling_ms = (seen(N - 1) - starts).max(1) / i64::from(rounds.max(1));
+    let expected_ms = 80 * 1000 / RATE;
+    eprintln!("queue: joiners 10..90 admitted over {span} ms (expected {expected_ms} ms), {rounds} rounds of ~{polling_ms} ms");
     assert!(
-        (15.0..=25.0).contains(&rate),
-        "admitted {rate:.1}/s, not about {RATE}/s"
+        (span - expected_ms).abs() <= polling_ms + 250,
+        "admitted over {span} ms, not about {expected_ms} ms (polling every ~{polling_ms} ms)"
     );
 
     // Each watched socket saw its position fall, then its admission.
@@ -302,5 +306,78 @@ async fn an_unused_turn_lapses_after_its_window() {
     assert_eq!(error_code(&body), "queue_lapsed");
     let (status, body) = second.set(SKU, 1).await;
     assert_eq!(status, 200, "{body}");
+    app.stop().await;
+}
+
+/// Guards against batched joins handing two sessions one slot, leaving a hole in the
+/// order, or moving a session that joined already: 300 joins at once on two nodes
+/// take exactly the slots 0..300, and joining again changes none of them.
+#[actix_web::test]
+async fn a_crowd_joining_at_once_on_two_nodes_takes_dense_distinct_places() {
+    const SKU: &str = "QUEUE-4";
+    const N: usize = 300;
+    let (a, b) = two_nodes().await;
+    make_sku(&a, SKU, 10).await;
+    let id = queued_campaign(&a, &[&b], SKU, now_ms() + 600_000, 20).await;
+    let http = shared_client();
+    let nodes = [&a, &b];
+    let mut buyers: Vec<Buyer> = (0..N)
+        .map(|i| Buyer::new(&nodes[i % 2].base, http.clone()))
+        .collect();
+    let places = |bodies: Vec<serde_json::Value>| -> Vec<i64> {
+        bodies
+            .iter()
+            .map(|b| b["position"].as_i64().expect("position"))
+            .collect()
+    };
+    let first =
+        places(futures_util::future::join_all(buyers.iter_mut().map(|b| join(b, &id))).await);
+    let mut sorted = first.clone();
+    sorted.sort_unstable();
+    assert_eq!(
+        sorted,
+        (0..N as i64).collect::<Vec<_>>(),
+        "places not dense"
+    );
+    let again =
+        places(futures_util::future::join_all(buyers.iter_mut().map(|b| join(b, &id))).await);
+    assert_eq!(first, again, "a second join moved a session");
+    let (_, view) = a.get_json(&format!("/api/campaigns/{id}")).await;
+    assert_eq!(view["queue"]["waiting"], N, "{view}");
+    b.stop().await;
+    a.stop().await;
+}
+
+/// Guards against a socket opened after its session's turn came never hearing it: the
+/// node told the session once, on a socket that has since closed.
+#[actix_web::test]
+async fn a_socket_opened_after_the_turn_hears_it() {
+    const SKU: &str = "QUEUE-5";
+    let app = TestApp::spawn(Options {
+        seed_demo: false,
+        ..Options::default()
+    })
+    .await;
+    make_sku(&app, SKU, 10).await;
+    let starts = now_ms() + 1_000;
+    let id = queued_campaign(&app, &[], SKU, starts, 50).await;
+    let mut buyer = Buyer::new(&app.base, shared_client());
+    join(&mut buyer, &id).await;
+    let cookie = buyer.cookie.clone().expect("cookie");
+    let early = ws_connect(&app.base, Some(&cookie)).await;
+    let heard = queue_messages(early, Duration::from_secs(10)).await;
+    assert_eq!(
+        heard.last().map(|m| m["admitted"] == true),
+        Some(true),
+        "{heard:?}"
+    );
+    // The turn has come and been pushed; a new socket of the session hears it too.
+    let late = ws_connect(&app.base, Some(&cookie)).await;
+    let heard = queue_messages(late, Duration::from_secs(5)).await;
+    assert_eq!(
+        heard.last().map(|m| m["admitted"] == true),
+        Some(true),
+        "{heard:?}"
+    );
     app.stop().await;
 }
