@@ -111,8 +111,8 @@ bench-cluster: services loadtest-release ## 3 nodes + Redis + nginx, the flash s
 # The campaign bench: sizes and rates can be overridden, e.g. `make bench-campaign
 # CAMPAIGN_BUYERS=5000`. CAMPAIGN_JOIN_RATE is the join rate the start is planned for
 # (the report prints the rate measured; the run fails if the joins overrun the lead).
-# Joins queue on one row lock per campaign, so more than a few dozen in flight only
-# hold database connections the rest of the node needs.
+# Each node batches the joins that arrive while one commits (docs/QUEUE.md), so joins
+# in flight cost one database connection per node, however many there are.
 CAMPAIGN_BUYERS ?= 20000
 CAMPAIGN_UNITS ?= 1000
 CAMPAIGN_ADMIT ?= 500
