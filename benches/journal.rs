@@ -255,6 +255,8 @@ async fn http_latency(url: &str) -> anyhow::Result<()> {
             lease_recall: Duration::from_millis(300),
             reaper_period: Duration::from_secs(5),
             cart_idle: Duration::from_secs(300),
+            max_cart_actors: 10_000,
+            cart_retention: Duration::from_secs(86_400),
             journal_max_batch: 512,
             journal_max_wait: Duration::from_millis(2),
             journal_pool_size: 2,

@@ -388,6 +388,16 @@ pub struct LiveArgs {
     #[arg(long, env = "SURGE_WS_MAX_SUBSCRIPTIONS", value_name = "SURGE_WS_MAX_SUBSCRIPTIONS", default_value_t = 200,
           value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub ws_max_subscriptions: u32,
+    /// Sockets one client IP may hold open at once on a node (more are refused with 429).
+    #[arg(long, env = "SURGE_WS_MAX_PER_IP", value_name = "SURGE_WS_MAX_PER_IP", default_value_t = 64,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub ws_max_per_ip: u32,
+    /// Seconds a connection may leave sent data unacknowledged, or face a closed receive
+    /// window, before the kernel drops it (TCP_USER_TIMEOUT): a socket that stops reading
+    /// cannot hold the node's memory and its place for ever. 0 keeps the system's default.
+    #[arg(long, env = "SURGE_SEND_TIMEOUT_SECS", value_name = "SURGE_SEND_TIMEOUT_SECS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(0..=3600))]
+    pub send_timeout_secs: u64,
     /// Client messages per second per socket (more closes with 1008).
     #[arg(long, env = "SURGE_WS_RATE", value_name = "SURGE_WS_RATE", default_value_t = 20,
           value_parser = clap::value_parser!(u32).range(1..=100_000))]
@@ -454,6 +464,8 @@ pub struct LiveConfig {
     pub bus_prefix: String,
     /// First reconnect delay of the bus.
     pub bus_reconnect: Duration,
+    /// TCP_USER_TIMEOUT of every accepted connection; `None` keeps the system's.
+    pub send_timeout: Option<Duration>,
 }
 
 impl LiveArgs {
@@ -495,6 +507,7 @@ impl LiveArgs {
                 timeout: Duration::from_secs(self.ws_timeout_secs),
                 allowed_origins: origins,
                 mailbox: crate::ws::protocol::WsLimits::MAILBOX,
+                max_per_ip: self.ws_max_per_ip as usize,
             },
             coalesce: Duration::from_millis(self.coalesce_ms),
             hub_shards: self.hub_shards.map(usize::from).unwrap_or_else(|| {
@@ -503,6 +516,8 @@ impl LiveArgs {
             resync: Duration::from_secs(self.stock_resync_secs),
             bus_prefix: self.bus_prefix.clone(),
             bus_reconnect: Duration::from_millis(self.bus_reconnect_ms),
+            send_timeout: (self.send_timeout_secs > 0)
+                .then(|| Duration::from_secs(self.send_timeout_secs)),
         })
     }
 }
@@ -550,6 +565,17 @@ pub struct CommerceArgs {
     #[arg(long, env = "SURGE_CART_IDLE_SECS", value_name = "SURGE_CART_IDLE_SECS", default_value_t = 300,
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub cart_idle_secs: u64,
+    /// Most cart actors live at once on a node; past it the least recently used one is
+    /// passivated (its cart is in PostgreSQL and comes back on its next request).
+    /// A live cart with a line costs about 2.5 KiB: the default bounds them near 130 MiB.
+    #[arg(long, env = "SURGE_MAX_CART_ACTORS", value_name = "SURGE_MAX_CART_ACTORS", default_value_t = 50_000,
+          value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    pub max_cart_actors: u32,
+    /// Seconds an empty cart row is kept after its last change before the purge job
+    /// deletes it.
+    #[arg(long, env = "SURGE_CART_RETENTION_SECS", value_name = "SURGE_CART_RETENTION_SECS", default_value_t = 86_400,
+          value_parser = clap::value_parser!(u64).range(60..=31_536_000))]
+    pub cart_retention_secs: u64,
     /// Most writes in one Journal transaction.
     #[arg(long, env = "SURGE_JOURNAL_MAX_BATCH", value_name = "SURGE_JOURNAL_MAX_BATCH", default_value_t = 512,
           value_parser = clap::value_parser!(u32).range(1..=100_000))]
@@ -596,6 +622,10 @@ pub struct CommerceConfig {
     pub reaper_period: Duration,
     /// Idle cart lifetime.
     pub cart_idle: Duration,
+    /// Most live cart actors.
+    pub max_cart_actors: usize,
+    /// Age after its last change at which an empty cart row is purged.
+    pub cart_retention: Duration,
     /// Journal batch size.
     pub journal_max_batch: usize,
     /// Journal linger.
@@ -624,6 +654,8 @@ impl CommerceArgs {
             lease_recall: Duration::from_millis(self.lease_recall_ms),
             reaper_period: Duration::from_secs(self.reaper_period_secs),
             cart_idle: Duration::from_secs(self.cart_idle_secs),
+            max_cart_actors: self.max_cart_actors as usize,
+            cart_retention: Duration::from_secs(self.cart_retention_secs),
             journal_max_batch: self.journal_max_batch as usize,
             journal_max_wait: Duration::from_millis(self.journal_max_wait_ms),
             journal_pool_size: usize::from(self.journal_pool_size),

@@ -164,6 +164,7 @@ fn serve_http(
     state: web::Data<AppState>,
 ) -> anyhow::Result<(Server, SocketAddr)> {
     let body_limit = cfg.body_limit;
+    let send_timeout = cfg.live.send_timeout;
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
@@ -177,6 +178,18 @@ fn serve_http(
                     .add(("Referrer-Policy", "strict-origin-when-cross-origin")),
             )
             .wrap(TracingLogger::<http::request_span::LeanSpan>::new())
+    })
+    .on_connect(move |conn, _| {
+        if let (Some(timeout), Some(tcp)) = (
+            send_timeout,
+            conn.downcast_ref::<actix_web::rt::net::TcpStream>(),
+        ) {
+            // A peer that stops reading stalls the connection's writer, and the socket
+            // actor with it: only the kernel can let such a connection go.
+            if let Err(err) = socket2::SockRef::from(tcp).set_tcp_user_timeout(Some(timeout)) {
+                tracing::debug!(error = %err, "TCP_USER_TIMEOUT not set");
+            }
+        }
     })
     .workers(cfg.workers)
     .disable_signals()

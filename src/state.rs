@@ -85,6 +85,8 @@ pub struct AppState {
     pub live: crate::live::Live,
     /// Socket limits.
     pub ws_limits: crate::ws::protocol::WsLimits,
+    /// Open sockets per client IP, held to `ws_limits.max_per_ip`.
+    pub ws_sockets: crate::ws::protocol::SocketsPerIp,
     /// Rate limits on writes and new sessions, and who a request counts against.
     pub rate_limits: crate::rate_limit::RateLimits,
     /// Campaign waiting rooms.

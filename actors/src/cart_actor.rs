@@ -1,12 +1,15 @@
 //! `CartActor`: one per active session. It owns a [`Cart`], loaded from PostgreSQL when
 //! the actor starts, and turns each change into a durable Journal write before it
 //! answers. Messages are handled one at a time, start to finish, so a shopper's
-//! requests never interleave. The actor stops after an idle spell once its cart is empty.
+//! requests never interleave. The actor stops after an idle spell once its cart is empty,
+//! and [`CartRegistry`] passivates the least recently used one when the node holds its
+//! cap of live carts: everything a cart holds is in PostgreSQL already, so a passivated
+//! cart comes back as it was on its session's next request.
 
 use std::{
     collections::HashMap,
     error::Error,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, MutexGuard},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -17,6 +20,7 @@ use uuid::Uuid;
 
 use crate::{
     cart::{CampaignLine, Cart, CartError, CartLimits, CartLine},
+    lru::Lru,
     money::Money,
     ports::{
         Journal, JournalError, OrderLine, OrderSummary, PlaceOrder, Rejection, SetLine, Store,
@@ -99,6 +103,9 @@ pub struct CartDeps {
     pub limits: CartLimits,
     /// An empty cart's actor stops after this long without a request.
     pub idle: Duration,
+    /// Most cart actors live at once on this node; past it the least recently used is
+    /// passivated, so memory stays bounded whatever the number of sessions.
+    pub max_live: usize,
     /// Live updates to the shopper's sockets.
     pub events: Arc<dyn CartEvents>,
 }
@@ -117,7 +124,9 @@ pub struct CartView {
 }
 
 impl CartView {
-    fn of(cart: &Cart) -> Self {
+    /// The view of `cart`: also what a handler answers for a cart it read without an
+    /// actor (an empty one, say).
+    pub fn of(cart: &Cart) -> Self {
         let total = cart.total().ok().flatten();
         Self {
             lines: cart.lines.values().cloned().collect(),
@@ -204,11 +213,16 @@ impl CartActor {
             async move { store.claim_cart(session).await }
                 .into_actor(self)
                 .map(|result, act, ctx| match result {
-                    Ok(cart) => {
+                    Ok(Some(cart)) => {
                         act.deps.events.cart_claimed(&act.session_id, cart.version);
                         act.cart = Some(cart);
                         act.persisted = true;
                         act.schedule_expiry(ctx);
+                    }
+                    Ok(None) => {
+                        // No row: like a fresh session, the row comes with the first line.
+                        act.cart = Some(Cart::new(Uuid::new_v4(), 0));
+                        act.persisted = false;
                     }
                     Err(err) => {
                         tracing::warn!(error = &err as &dyn Error, "could not load cart");
@@ -288,6 +302,15 @@ impl Handler<SetQuantity> for CartActor {
         self.last_used = Instant::now();
         let now = now_ms();
         let ttl = self.deps.limits.reservation_ttl_ms;
+        if msg.quantity == 0 {
+            // Removing a line that is not there changes nothing: no write, no row.
+            if let Ok(cart) = self.cart() {
+                if cart.quantity_of(&msg.sku) == 0 {
+                    let view = CartView::of(cart);
+                    return AtomicResponse::new(Box::pin(fut::ready(Ok(view))));
+                }
+            }
+        }
         let planned = self.cart().and_then(|cart| {
             let delta = if msg.quantity == 0 {
                 -cart.quantity_of(&msg.sku)
@@ -611,10 +634,35 @@ impl Handler<Evict> for CartActor {
     }
 }
 
-/// The live carts of this node, by session.
+/// The registry needs the room: stop, the cart's state being in PostgreSQL already.
+/// Handled between two requests (every write holds the mailbox until it is answered),
+/// so no write of this actor is in flight when it stops.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Passivate;
+
+impl Handler<Passivate> for CartActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Passivate, ctx: &mut Self::Context) {
+        // Out of the registry before the stop, so a request queued behind this message
+        // is refused as closed and its retry starts a fresh actor.
+        self.registry.forget(&self.session_id, &ctx.address());
+        metrics::counter!("cart_passivations_total").increment(1);
+        ctx.stop();
+    }
+}
+
+/// The live actors and the order of their last use.
+struct Live {
+    addrs: HashMap<String, Addr<CartActor>>,
+    recency: Lru<String>,
+}
+
+/// The live carts of this node, by session, at most [`CartDeps::max_live`] of them.
 #[derive(Clone)]
 pub struct CartRegistry {
-    live: Arc<Mutex<HashMap<String, Addr<CartActor>>>>,
+    live: Arc<Mutex<Live>>,
     deps: Arc<CartDeps>,
 }
 
@@ -622,22 +670,66 @@ impl CartRegistry {
     /// An empty registry.
     pub fn new(deps: CartDeps) -> Self {
         Self {
-            live: Arc::new(Mutex::new(HashMap::new())),
+            live: Arc::new(Mutex::new(Live {
+                addrs: HashMap::new(),
+                recency: Lru::new(deps.max_live),
+            })),
             deps: Arc::new(deps),
         }
     }
 
-    /// The session's actor, started (and its cart loaded) on first use.
+    fn lock(&self) -> MutexGuard<'_, Live> {
+        self.live
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The session's actor if one is live on this node (a use, for recency), without
+    /// starting one: a handler that can answer from a plain value asks this first.
+    pub fn live(&self, session_id: &str) -> Option<Addr<CartActor>> {
+        let mut live = self.lock();
+        let addr = live
+            .addrs
+            .get(session_id)
+            .filter(|a| a.connected())
+            .cloned()?;
+        let key = session_id.to_owned();
+        if let Some(victim) = live.recency.touch(&key) {
+            Self::passivate(&live, &victim);
+        }
+        Some(addr)
+    }
+
+    /// Cart actors live on this node now (a passivated one counts until it stops).
+    pub fn live_count(&self) -> usize {
+        self.lock().addrs.len()
+    }
+
+    /// Asks the actor of `victim` to stop; it leaves the registry as it does.
+    fn passivate(live: &Live, victim: &str) {
+        if let Some(addr) = live.addrs.get(victim) {
+            addr.do_send(Passivate);
+        }
+    }
+
+    /// The session's actor, started (and its cart loaded) on first use; starting one
+    /// past the cap passivates the least recently used.
     ///
     /// `fresh` says the session was created by this request, so no cart exists yet and
     /// nothing needs loading.
     pub fn get(&self, session_id: &str, fresh: bool) -> Addr<CartActor> {
-        let mut live = self
-            .live
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(addr) = live.get(session_id).filter(|a| a.connected()) {
-            return addr.clone();
+        let mut live = self.lock();
+        let key = session_id.to_owned();
+        if let Some(addr) = live
+            .addrs
+            .get(session_id)
+            .filter(|a| a.connected())
+            .cloned()
+        {
+            if let Some(victim) = live.recency.touch(&key) {
+                Self::passivate(&live, &victim);
+            }
+            return addr;
         }
         let actor = CartActor {
             session_id: session_id.to_owned(),
@@ -651,30 +743,26 @@ impl CartRegistry {
             expiry: None,
         };
         let addr = actor.start();
-        live.insert(session_id.to_owned(), addr.clone());
+        live.addrs.insert(key.clone(), addr.clone());
+        if let Some(victim) = live.recency.touch(&key) {
+            Self::passivate(&live, &victim);
+        }
         addr
     }
 
     /// Drops a stopped actor, unless a newer one already took its place.
     fn forget(&self, session_id: &str, addr: &Addr<CartActor>) {
-        let mut live = self
-            .live
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if live.get(session_id).is_some_and(|a| a == addr) {
-            live.remove(session_id);
+        let mut live = self.lock();
+        if live.addrs.get(session_id).is_some_and(|a| a == addr) {
+            live.addrs.remove(session_id);
+            live.recency.remove(&session_id.to_owned());
         }
     }
 
     /// Another node claimed the session's cart at `version`: this node's actor stops if
     /// its copy is older (it leaves the registry as it stops).
     pub fn evict(&self, session_id: &str, version: i64) {
-        let addr = self
-            .live
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(session_id)
-            .cloned();
+        let addr = self.lock().addrs.get(session_id).cloned();
         if let Some(addr) = addr {
             addr.do_send(Evict { version });
         }
@@ -696,9 +784,9 @@ mod tests {
     struct ClaimsAt(AtomicI64);
 
     impl Store for ClaimsAt {
-        fn claim_cart(&self, _: String) -> BoxFut<Result<Cart, StoreError>> {
+        fn claim_cart(&self, _: String) -> BoxFut<Result<Option<Cart>, StoreError>> {
             let version = self.0.load(Ordering::SeqCst);
-            Box::pin(async move { Ok(Cart::new(Uuid::from_u128(1), version)) })
+            Box::pin(async move { Ok(Some(Cart::new(Uuid::from_u128(1), version))) })
         }
 
         fn order_for_key(
@@ -731,6 +819,10 @@ mod tests {
     }
 
     fn registry(version: i64) -> CartRegistry {
+        registry_of(version, 1024)
+    }
+
+    fn registry_of(version: i64, max_live: usize) -> CartRegistry {
         let journal: Arc<dyn Journal> = Arc::new(NoWrites);
         let store: Arc<dyn Store> = Arc::new(ClaimsAt(AtomicI64::new(version)));
         let shards = Shards::start(
@@ -760,8 +852,76 @@ mod tests {
                 checkout_margin_ms: 1_000,
             },
             idle: Duration::from_secs(60),
+            max_live,
             events: Arc::new(NoEvents),
         })
+    }
+
+    async fn stops(addr: &Addr<CartActor>) -> bool {
+        for _ in 0..100 {
+            if !addr.connected() {
+                return true;
+            }
+            actix::clock::sleep(Duration::from_millis(10)).await;
+        }
+        false
+    }
+
+    /// Guards against the cap being a hint: a third session on a registry of two
+    /// passivates the least recently used actor (not the one just used), which leaves
+    /// the registry, and its session's next request gets a fresh actor.
+    #[actix::test]
+    async fn past_the_cap_the_least_recently_used_cart_is_passivated() {
+        let carts = registry_of(3, 2);
+        let s1 = carts.get("s1", false);
+        let s2 = carts.get("s2", false);
+        for addr in [&s1, &s2] {
+            addr.send(GetCart)
+                .await
+                .expect("delivered")
+                .expect("loaded");
+        }
+        assert!(
+            carts.live("s1").is_some(),
+            "s1 is used again: s2 is now the stalest"
+        );
+        let s3 = carts.get("s3", false);
+        assert!(stops(&s2).await, "the least recently used actor stops");
+        assert!(s1.connected() && s3.connected(), "the others stay");
+        assert_eq!(carts.live_count(), 2);
+        assert!(carts.live("s2").is_none(), "it left the registry");
+        let again = carts.get("s2", false);
+        assert!(again != s2);
+        assert_eq!(
+            again
+                .send(GetCart)
+                .await
+                .expect("delivered")
+                .map(|v| v.version),
+            Ok(3),
+            "its cart is loaded again"
+        );
+        assert!(stops(&s1).await, "and s1, now the stalest, gave way");
+    }
+
+    /// Guards against a DELETE of a line that is not there costing a Journal write
+    /// (the Journal here refuses every write, so any attempt would fail the request).
+    #[actix::test]
+    async fn removing_an_absent_line_writes_nothing() {
+        let carts = registry(4);
+        let addr = carts.get("s1", true);
+        let view = addr
+            .send(SetQuantity {
+                sku: "A".into(),
+                quantity: 0,
+                unit_price: Money::new(100, crate::money::Currency::parse("EUR").expect("valid")),
+                campaign: None,
+            })
+            .await
+            .expect("delivered")
+            .expect("answered without a write");
+        assert!(view.lines.is_empty());
+        assert_eq!(view.version, 0, "a fresh cart stays unsaved");
     }
 
     /// Guards against a late takeover evicting a newer owner: this node claimed the

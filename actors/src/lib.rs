@@ -8,6 +8,7 @@ pub mod campaign;
 pub mod cart;
 pub mod cart_actor;
 pub mod journal_plan;
+pub mod lru;
 pub mod money;
 pub mod order;
 pub mod ports;

@@ -346,8 +346,10 @@ impl StoreError {
 
 /// Reads the actors need from PostgreSQL.
 pub trait Store: Send + Sync + 'static {
-    /// Loads (creating if needed) the cart of a session and makes this node its owner.
-    fn claim_cart(&self, session_id: String) -> BoxFut<Result<Cart, StoreError>>;
+    /// Makes this node the owner of the session's cart and loads it; `None` when the
+    /// session has no cart row (nothing was ever reserved, or it was purged), which
+    /// stays so: the row is written with the cart's first line, never by a read.
+    fn claim_cart(&self, session_id: String) -> BoxFut<Result<Option<Cart>, StoreError>>;
     /// The order placed by `session_id` with `key`, if any.
     fn order_for_key(
         &self,

@@ -318,26 +318,15 @@ impl Db {
     }
 
     /// `store::carts::claim_cart`: this node owns the session's cart now; its version
-    /// rises, and its lines are loaded from the reservations.
-    fn claim(&mut self, node: &str, session: &str, new_id: Uuid) -> Cart {
-        let id = match self.carts.iter_mut().find(|(_, c)| c.session == session) {
-            Some((id, c)) => {
-                c.owner = node.to_owned();
-                c.version += 1;
-                *id
-            }
-            None => {
-                self.carts.insert(
-                    new_id,
-                    CartRow {
-                        session: session.to_owned(),
-                        version: 0,
-                        owner: node.to_owned(),
-                    },
-                );
-                new_id
-            }
-        };
+    /// rises when it changes owner, and its lines are loaded from the reservations.
+    /// A session without a cart row gets `None`: a claim writes no row.
+    fn claim(&mut self, node: &str, session: &str) -> Option<Cart> {
+        let (id, c) = self.carts.iter_mut().find(|(_, c)| c.session == session)?;
+        if c.owner != node {
+            c.owner = node.to_owned();
+            c.version += 1;
+        }
+        let id = *id;
         let mut cart = Cart::new(id, self.carts[&id].version);
         for (sku, &(quantity, expires_at_ms)) in self.reservations_of(id) {
             cart.lines.insert(
@@ -350,7 +339,7 @@ impl Db {
                 },
             );
         }
-        cart
+        Some(cart)
     }
 
     /// `store::leases::reap`: read the rows, plan with the real reaper arithmetic,
@@ -516,8 +505,7 @@ impl World {
                 cart: Cart::new(id, 0),
                 persisted: false,
             }
-        } else {
-            let cart = self.db.claim(&node_id(n), &session_id(session), id);
+        } else if let Some(cart) = self.db.claim(&node_id(n), &session_id(session)) {
             if evict {
                 // The takeover carries the claimed version: only older copies stop.
                 for (m, other) in self.nodes.iter_mut().enumerate() {
@@ -533,6 +521,12 @@ impl World {
             CartCopy {
                 cart,
                 persisted: true,
+            }
+        } else {
+            // Seen before but never written: still no row, as for a fresh session.
+            CartCopy {
+                cart: Cart::new(id, 0),
+                persisted: false,
             }
         };
         self.nodes[n].carts.insert(session, copy.clone());

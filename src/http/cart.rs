@@ -1,13 +1,19 @@
-//! Cart, checkout and order endpoints. Each request goes to the session's `CartActor`,
-//! which answers only after its change is committed in PostgreSQL. Every route here
-//! belongs to a shopper's session.
+//! Cart, checkout and order endpoints. Each request that changes a cart goes to the
+//! session's `CartActor`, which answers only after its change is committed in
+//! PostgreSQL. A session costs nothing until it writes: a request that a cart with
+//! nothing in it answers by itself (a read, removing a line that is not there, a
+//! checkout of nothing) is answered from a plain value when the session has no live
+//! actor, without starting one or writing a row. Every route here belongs to a
+//! shopper's session.
 
 use actix::{Addr, MailboxError};
 use actix_web::{delete, get, middleware::from_fn, post, put, web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use surge_actors::{
-    cart::CartError,
-    cart_actor::{now_ms, CartActor, CartFailure, Checkout, GetCart, SetQuantity, Unreachable},
+    cart::{Cart, CartError},
+    cart_actor::{
+        now_ms, CartActor, CartFailure, CartView, Checkout, GetCart, SetQuantity, Unreachable,
+    },
     money::{Currency, Money},
     ports::Rejection,
     shard::TakeError,
@@ -21,7 +27,7 @@ use crate::{
     error::{ApiError, ErrorBody},
     session::{Session, Sessions},
     state::AppState,
-    store::orders,
+    store::{carts, orders},
     views::{cart_body, CartBody, OrderBody},
 };
 
@@ -168,6 +174,31 @@ where
     Err(ApiError::Unavailable)
 }
 
+/// Where a session's cart is held now.
+enum Held {
+    /// An actor of this node has it: ask the actor.
+    Live,
+    /// No actor has it here: this is the cart as PostgreSQL holds it (empty when the
+    /// session has no cart row, which a fresh session never has).
+    AtRest(Cart),
+}
+
+async fn held(state: &AppState, session: &Session) -> Result<Held, ApiError> {
+    if state.carts.live(session.id.as_str()).is_some() {
+        return Ok(Held::Live);
+    }
+    let none = || Cart::new(uuid::Uuid::nil(), 0);
+    if session.fresh {
+        return Ok(Held::AtRest(none()));
+    }
+    let cart = carts::peek(&state.db.primary, session.id.as_str()).await?;
+    Ok(Held::AtRest(cart.unwrap_or_else(none)))
+}
+
+fn cart_answer(state: &AppState, view: CartView) -> HttpResponse {
+    HttpResponse::Ok().json(cart_body(&state.catalog.snapshot(), view))
+}
+
 /// The caller's cart.
 #[utoipa::path(tag = "cart", responses((status = 200, description = "The cart", body = CartBody), (status = 400, description = "Invalid session cookie", body = ErrorBody), (status = 429, description = "`rate_limited`: a new session over the client IP's limit; see Retry-After", body = ErrorBody)))]
 #[get("")]
@@ -175,8 +206,15 @@ pub async fn get_cart(
     state: web::Data<AppState>,
     session: Session,
 ) -> Result<HttpResponse, ApiError> {
+    // An empty cart needs no actor; one with lines gets its actor, which claims the
+    // cart for this node and expires its reservations on time.
+    if let Held::AtRest(cart) = held(&state, &session).await? {
+        if cart.lines.is_empty() {
+            return Ok(cart_answer(&state, CartView::of(&cart)));
+        }
+    }
     let view = ask(&state, &session, || GetCart).await?;
-    Ok(HttpResponse::Ok().json(cart_body(&state.catalog.snapshot(), view)))
+    Ok(cart_answer(&state, view))
 }
 
 /// New quantity of a cart line.
@@ -274,6 +312,12 @@ pub async fn delete_item(
 ) -> Result<HttpResponse, ApiError> {
     // A release is never priced nor gated: a shopper can always let go of a line.
     let (sku, price) = sold_sku(&state, &sku)?;
+    // A line that is not there is already removed: nothing to write, no actor to start.
+    if let Held::AtRest(cart) = held(&state, &session).await? {
+        if cart.quantity_of(sku.as_str()) == 0 {
+            return Ok(cart_answer(&state, CartView::of(&cart)));
+        }
+    }
     let view = ask(&state, &session, || SetQuantity {
         sku: sku.to_string(),
         quantity: 0,
@@ -281,7 +325,7 @@ pub async fn delete_item(
         campaign: None,
     })
     .await?;
-    Ok(HttpResponse::Ok().json(cart_body(&state.catalog.snapshot(), view)))
+    Ok(cart_answer(&state, view))
 }
 
 /// Checkout request.
@@ -337,6 +381,23 @@ pub async fn checkout(
 ) -> Result<HttpResponse, ApiError> {
     let key = idempotency_key(&req)?;
     let email = Email::parse(body.email.trim())?;
+    // Nothing to order: a repeat of a key already used replays its order (a fresh
+    // session has used none), anything else is refused, and no actor starts for it.
+    if let Held::AtRest(cart) = held(&state, &session).await? {
+        if cart.lines.is_empty() {
+            let earlier = if session.fresh {
+                None
+            } else {
+                carts::order_for_session_key(&state.db.primary, session.id.as_str(), &key).await?
+            };
+            return match earlier {
+                Some(order) => Ok(HttpResponse::Created()
+                    .insert_header(("Idempotent-Replayed", "true"))
+                    .json(order)),
+                None => Err(failure(CartFailure::Invalid(CartError::Empty))),
+            };
+        }
+    }
     let (order, replayed) = ask(&state, &session, || Checkout {
         key: key.clone(),
         email: email.to_string(),

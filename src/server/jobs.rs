@@ -16,7 +16,7 @@ use crate::{
     state::AppState,
     store::{
         leases::{self, Scope},
-        migrate, reports,
+        migrate, purge, reports,
     },
 };
 
@@ -31,6 +31,14 @@ const QUEUE_PUSH_PERIOD: Duration = Duration::from_millis(200);
 /// How often refusal counts are written and monitored campaigns reported: the report
 /// a merchant watches trails the shoppers by about this much.
 const REPORT_PERIOD: Duration = Duration::from_secs(1);
+/// How often the purge of empty carts, old idempotency keys and gone nodes runs.
+const PURGE_PERIOD: Duration = Duration::from_secs(60);
+/// Rows one purge statement deletes at most: short statements, short locks.
+const PURGE_BATCH: i64 = 1000;
+/// Statements one purge run makes at most per table, so a backlog drains over several
+/// runs instead of holding a connection for long.
+const PURGE_MAX_BATCHES: usize = 20;
+
 /// No job runs more often than this, whatever its configuration says.
 const MIN_PERIOD: Duration = Duration::from_millis(50);
 
@@ -117,9 +125,52 @@ impl Jobs {
     }
 }
 
+/// Runs `batch` until it deletes fewer than [`PURGE_BATCH`] rows (or
+/// [`PURGE_MAX_BATCHES`] times); returns the rows deleted.
+async fn drain<F, Fut>(mut batch: F) -> anyhow::Result<u64>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<u64, crate::store::DbError>>,
+{
+    let mut total = 0;
+    for _ in 0..PURGE_MAX_BATCHES {
+        let n = batch().await?;
+        total += n;
+        if n < PURGE_BATCH.unsigned_abs() {
+            break;
+        }
+    }
+    Ok(total)
+}
+
+/// One purge run: empty carts older than `cart_age`, idempotency keys past their
+/// retention, and the rows of nodes gone (holding no lease) for
+/// [`purge::GONE_NODE_AGE`]. Safe on every node at once.
+pub async fn purge_once(
+    pool: &deadpool_postgres::Pool,
+    cart_age: Duration,
+) -> anyhow::Result<(u64, u64, u64)> {
+    let client = pool.get().await?;
+    let carts = drain(|| purge::empty_carts(&client, cart_age, PURGE_BATCH)).await?;
+    let keys = drain(|| purge::idempotency_keys(&client, PURGE_BATCH)).await?;
+    let nodes = drain(|| purge::gone_nodes(&client, purge::GONE_NODE_AGE, PURGE_BATCH)).await?;
+    for (table, n) in [
+        ("carts", carts),
+        ("idempotency_keys", keys),
+        ("nodes", nodes),
+    ] {
+        metrics::counter!("purged_rows_total", "table" => table).increment(n);
+    }
+    if carts + keys + nodes > 0 {
+        tracing::debug!(carts, keys, nodes, "purged");
+    }
+    Ok((carts, keys, nodes))
+}
+
 /// Starts the node's jobs: order partitions, the lease heartbeat, the reaper of dead
-/// nodes' leases and lapsed reservations, campaign announcements, queue positions,
-/// refusal counts and campaign monitors, and the stock and catalog resync (which reloads the catalog only when its version
+/// nodes' leases and lapsed reservations, the purge of what anonymous and departed
+/// traffic leaves, campaign announcements, queue positions, refusal counts and campaign
+/// monitors, and the stock and catalog resync (which reloads the catalog only when its version
 /// moved, or a reload is owed).
 pub fn spawn(cfg: &ServeConfig, state: &web::Data<AppState>) -> Jobs {
     let mut jobs = Jobs::new();
@@ -181,6 +232,14 @@ pub fn spawn(cfg: &ServeConfig, state: &web::Data<AppState>) -> Jobs {
                 }
                 Ok(())
             }
+        }
+    });
+
+    jobs.every("purge", PURGE_PERIOD, First::AfterPeriod, {
+        let (primary, age) = (primary.clone(), cfg.commerce.cart_retention);
+        move || {
+            let primary = primary.clone();
+            async move { purge_once(&primary, age).await.map(|_| ()) }
         }
     });
 

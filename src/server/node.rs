@@ -95,6 +95,7 @@ impl Node {
             shards: shards.clone(),
             limits,
             idle: commerce.cart_idle,
+            max_live: commerce.max_cart_actors,
             events: Arc::new(live.clone()),
         });
 
@@ -141,6 +142,7 @@ impl Node {
             limits,
             live,
             ws_limits: cfg.live.limits.clone(),
+            ws_sockets: crate::ws::protocol::SocketsPerIp::default(),
             rate_limits: RateLimits::new(&cfg.rate_limits),
             queue,
             reports,

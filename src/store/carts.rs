@@ -1,4 +1,6 @@
-//! The reads the actors need ([`Store`]), on PostgreSQL.
+//! The reads the actors need ([`Store`]), on PostgreSQL, and the plain reads of a cart
+//! that handlers answer from when no actor is needed. None of them writes a cart row:
+//! the Journal makes it with the cart's first line.
 
 use std::collections::BTreeMap;
 
@@ -11,6 +13,8 @@ use surge_actors::{
 };
 use tokio_postgres::GenericClient;
 use uuid::Uuid;
+
+use super::error::DbError;
 
 /// [`Store`] on a connection pool.
 #[derive(Clone)]
@@ -27,7 +31,7 @@ impl PgStore {
 }
 
 impl Store for PgStore {
-    fn claim_cart(&self, session_id: String) -> BoxFut<Result<Cart, StoreError>> {
+    fn claim_cart(&self, session_id: String) -> BoxFut<Result<Option<Cart>, StoreError>> {
         let (pool, node) = (self.pool.clone(), self.node_id.clone());
         Box::pin(async move {
             let client = pool.get().await.map_err(StoreError::connect)?;
@@ -45,19 +49,9 @@ impl Store for PgStore {
         let pool = self.pool.clone();
         Box::pin(async move {
             let client = pool.get().await.map_err(StoreError::connect)?;
-            let row = client
-                .query_opt(
-                    "SELECT order_id FROM idempotency_keys WHERE session_id = $1 AND key = $2",
-                    &[&session_id, &key],
-                )
+            order_for_key(&**client, &session_id, &key)
                 .await
-                .map_err(StoreError::query)?;
-            match row {
-                None => Ok(None),
-                Some(r) => super::orders::find(&**client, r.get(0), &session_id)
-                    .await
-                    .map_err(StoreError::query),
-            }
+                .map_err(StoreError::query)
         })
     }
 
@@ -77,24 +71,94 @@ impl Store for PgStore {
     }
 }
 
-/// Makes this node the owner of the session's cart (creating it) and loads its lines.
-/// The version rises, so writes still in flight from a previous owner are refused.
+/// The order `session_id` placed with Idempotency-Key `key`, if any.
+async fn order_for_key(
+    client: &impl GenericClient,
+    session_id: &str,
+    key: &str,
+) -> Result<Option<OrderSummary>, DbError> {
+    let row = client
+        .query_opt(
+            "SELECT order_id FROM idempotency_keys WHERE session_id = $1 AND key = $2",
+            &[&session_id, &key],
+        )
+        .await?;
+    match row {
+        None => Ok(None),
+        Some(r) => super::orders::find(client, r.get(0), session_id).await,
+    }
+}
+
+/// Makes this node the owner of the session's cart and loads its lines; `None` when
+/// the session has no cart row, which a claim does not create. The version rises when
+/// the owner changes, so writes still in flight from a previous owner are refused; a
+/// claim by the owner itself (a cart passivated and loaded again, whose actor stopped
+/// between two requests) keeps the version, so the cart comes back exactly as it was.
 async fn claim_cart(
     client: &impl GenericClient,
     node: &str,
     session_id: &str,
-) -> anyhow::Result<Cart> {
+) -> anyhow::Result<Option<Cart>> {
     let row = client
-        .query_one(
-            "INSERT INTO carts (id, session_id, owner_node) VALUES ($1, $2, $3)
-             ON CONFLICT (session_id) DO UPDATE
-                SET owner_node = EXCLUDED.owner_node, version = carts.version + 1, updated_at = now()
-             RETURNING id, version",
-            &[&Uuid::new_v4(), &session_id, &node],
+        .query_opt(
+            "UPDATE carts
+                SET version = version + (owner_node IS DISTINCT FROM $2)::int,
+                    owner_node = $2,
+                    updated_at = now()
+              WHERE session_id = $1
+          RETURNING id, version",
+            &[&session_id, &node],
         )
         .await
         .context("claiming the cart")?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
     let (id, version): (Uuid, i64) = (row.get(0), row.get(1));
+    Ok(Some(Cart {
+        id,
+        version,
+        lines: lines(client, id).await?,
+    }))
+}
+
+/// The session's cart as PostgreSQL holds it, without claiming it or writing anything;
+/// `None` when the session has no cart row. What a handler answers from when the
+/// session has no live actor and the answer needs none (an empty cart, a line that is
+/// not there).
+pub async fn peek(pool: &Pool, session_id: &str) -> Result<Option<Cart>, DbError> {
+    let client = pool.get().await?;
+    let row = client
+        .query_opt(
+            "SELECT id, version FROM carts WHERE session_id = $1",
+            &[&session_id],
+        )
+        .await?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let (id, version): (Uuid, i64) = (row.get(0), row.get(1));
+    let lines = lines(&**client, id)
+        .await
+        .map_err(|e| DbError::Corrupt(format!("{e:#}")))?;
+    Ok(Some(Cart { id, version, lines }))
+}
+
+/// The order `session_id` placed with `key`, for a checkout answered without an actor.
+pub async fn order_for_session_key(
+    pool: &Pool,
+    session_id: &str,
+    key: &str,
+) -> Result<Option<OrderSummary>, DbError> {
+    let client = pool.get().await?;
+    order_for_key(&**client, session_id, key).await
+}
+
+/// A cart's lines, from its reservations.
+async fn lines(
+    client: &impl GenericClient,
+    id: Uuid,
+) -> anyhow::Result<BTreeMap<String, CartLine>> {
     let rows = client
         .query(
             "SELECT sku, quantity, (extract(epoch FROM expires_at) * 1000)::bigint, unit_price_minor, currency
@@ -118,5 +182,5 @@ async fn claim_cart(
             },
         );
     }
-    Ok(Cart { id, version, lines })
+    Ok(lines)
 }

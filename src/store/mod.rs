@@ -12,6 +12,7 @@ pub mod leases;
 pub mod migrate;
 pub mod orders;
 pub mod pool;
+pub mod purge;
 pub mod queue;
 pub mod reports;
 pub mod seed;

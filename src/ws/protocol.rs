@@ -1,6 +1,11 @@
 //! The live protocol's messages and limits, without IO (see docs/PROTOCOL.md).
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use serde::Deserialize;
 
@@ -151,6 +156,71 @@ pub struct WsLimits {
     pub mailbox: usize,
     /// Origins allowed to open sockets; empty allows any.
     pub allowed_origins: Vec<String>,
+    /// Sockets one client IP may hold open at once on a node (more are refused 429).
+    pub max_per_ip: usize,
+}
+
+/// Open sockets per client IP, so that one client cannot hold a node's sockets (and
+/// their memory) without bound. A socket holds a [`SocketSlot`] for its life; the slot
+/// gives its place back when dropped, whichever way the socket ends.
+#[derive(Debug, Clone, Default)]
+pub struct SocketsPerIp {
+    open: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+/// One socket's place in its client IP's count.
+#[derive(Debug)]
+pub struct SocketSlot {
+    ip: IpAddr,
+    open: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl SocketsPerIp {
+    /// A place for one more socket of `ip`, or `None` when it holds `max` already.
+    pub fn acquire(&self, ip: IpAddr, max: usize) -> Option<SocketSlot> {
+        let mut open = self
+            .open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = open.entry(ip).or_insert(0);
+        if *n >= max {
+            if *n == 0 {
+                open.remove(&ip);
+            }
+            return None;
+        }
+        *n += 1;
+        Some(SocketSlot {
+            ip,
+            open: Arc::clone(&self.open),
+        })
+    }
+
+    /// Sockets `ip` holds open now.
+    pub fn open(&self, ip: IpAddr) -> usize {
+        self.open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&ip)
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for SocketSlot {
+    fn drop(&mut self) {
+        let mut open = self
+            .open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                // An IP with no socket costs no entry.
+                open.remove(&self.ip);
+            }
+        }
+    }
 }
 
 impl WsLimits {
@@ -249,6 +319,33 @@ mod tests {
         }
     }
 
+    /// Guards against a client IP passing its cap, against a closed socket keeping its
+    /// place, and against the map keeping an entry for every IP ever seen.
+    #[test]
+    fn sockets_per_ip_are_capped_and_given_back() {
+        let sockets = SocketsPerIp::default();
+        let a: IpAddr = "10.0.0.1".parse().expect("ip");
+        let b: IpAddr = "10.0.0.2".parse().expect("ip");
+        let first = sockets.acquire(a, 2).expect("first");
+        let second = sockets.acquire(a, 2).expect("second");
+        assert!(sockets.acquire(a, 2).is_none(), "a third is over the cap");
+        assert!(
+            sockets.acquire(b, 2).is_some(),
+            "another IP has its own count"
+        );
+        drop(first);
+        assert_eq!(sockets.open(a), 1);
+        let third = sockets
+            .acquire(a, 2)
+            .expect("a closed socket's place is free again");
+        drop((second, third));
+        assert!(sockets.acquire(a, 0).is_none());
+        assert!(
+            sockets.open.lock().expect("lock").is_empty(),
+            "no entry is left for IPs without sockets"
+        );
+    }
+
     #[test]
     fn welcome_carries_the_configured_limits() {
         let limits = WsLimits {
@@ -260,6 +357,7 @@ mod tests {
             timeout: Duration::from_secs(30),
             mailbox: WsLimits::MAILBOX,
             allowed_origins: Vec::new(),
+            max_per_ip: 8,
         };
         let json = serde_json::to_value(welcome(&limits, 250)).expect("JSON");
         assert_eq!(

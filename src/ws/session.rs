@@ -9,12 +9,16 @@ use std::{
 };
 
 use actix::prelude::*;
-use actix_web::{get, http::header, web, HttpRequest, HttpResponse};
+use actix_web::{
+    get,
+    http::{header, StatusCode},
+    web, HttpRequest, HttpResponse,
+};
 use actix_web_actors::ws;
 
-use super::protocol::{self, ClientMessage, RateLimit};
+use super::protocol::{self, ClientMessage, RateLimit, SocketSlot};
 use crate::{
-    error::ApiError,
+    error::{error_response, ApiError},
     live::{
         hub::{Kick, Push, SocketId},
         message::ServerMessage,
@@ -33,7 +37,13 @@ pub struct WsSession {
     subs: HashSet<String>,
     last_seen: Instant,
     rate: RateLimit,
+    /// This socket's place in its client IP's count, given back when the actor goes.
+    _slot: Option<SocketSlot>,
 }
+
+/// Seconds a client over its socket cap is asked to wait: sockets close on their own
+/// schedule, so this is a pacing hint rather than a promise.
+const SOCKET_CAP_RETRY_SECS: u32 = 5;
 
 fn send(ctx: &mut ws::WebsocketContext<WsSession>, message: &ServerMessage) {
     if let Some(text) = message.encode() {
@@ -231,13 +241,35 @@ pub async fn ws_route(
             return Err(ApiError::Forbidden.into());
         }
     }
+    let limits = &state.ws_limits;
+    // Counted before anything else is done for the socket; a peer without an address
+    // (not TCP) has nothing to count against.
+    let slot = match state.rate_limits.proxies().client_of(&req) {
+        Some(ip) => match state.ws_sockets.acquire(ip, limits.max_per_ip) {
+            Some(slot) => Some(slot),
+            None => {
+                metrics::counter!("ws_refused_total", "reason" => "per_ip_cap").increment(1);
+                let mut resp = error_response(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too_many_sockets",
+                    &format!(
+                        "this address holds {} open sockets, the most allowed; close one first",
+                        limits.max_per_ip
+                    ),
+                );
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, SOCKET_CAP_RETRY_SECS.into());
+                return Ok(resp);
+            }
+        },
+        None => None,
+    };
     if !session.fresh {
         // A failure costs only the queue pushes; the socket still opens.
         if let Err(err) = state.queue.follow(session.id.as_str()).await {
             tracing::warn!(error = %err, "queue positions not followed for a socket");
         }
     }
-    let limits = &state.ws_limits;
     let actor = WsSession {
         id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
         session_id: session.id.into(),
@@ -245,6 +277,7 @@ pub async fn ws_route(
         state: state.clone(),
         subs: HashSet::new(),
         last_seen: Instant::now(),
+        _slot: slot,
     };
     ws::WsResponseBuilder::new(actor, &req, stream)
         .frame_size(limits.max_frame)

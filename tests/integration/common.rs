@@ -210,6 +210,8 @@ pub fn test_commerce() -> CommerceConfig {
         lease_recall: Duration::from_millis(300),
         reaper_period: Duration::from_secs(1),
         cart_idle: Duration::from_secs(60),
+        max_cart_actors: 10_000,
+        cart_retention: Duration::from_secs(86_400),
         journal_max_batch: 512,
         journal_max_wait: Duration::from_millis(2),
         journal_pool_size: 2,

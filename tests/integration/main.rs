@@ -2,6 +2,7 @@
 //! One binary for all of them, so the suite links once.
 
 mod admin;
+mod bounded;
 mod bus;
 mod campaigns;
 mod catalog;

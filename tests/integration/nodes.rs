@@ -77,6 +77,11 @@ impl Node {
         }
     }
 
+    /// The process id, to read the process's own figures (`/proc/<pid>/status`).
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Sends `signal` (`STOP`, `CONT`, ...) to the process.
     pub(crate) fn signal(&self, signal: &str) {
         let status = Command::new("kill")
