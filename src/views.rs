@@ -117,6 +117,10 @@ pub use surge_actors::campaign::State as CampaignState;
 pub struct CampaignSkuView {
     /// The SKU.
     pub sku: String,
+    /// Its product's name, so a campaign of loose SKUs still reads as goods.
+    pub name: String,
+    /// ISO 4217 code of both prices.
+    pub currency: String,
     /// The variant's own price, minor units.
     pub price_minor: i64,
     /// The price within the window, if the campaign sets one.
@@ -158,11 +162,16 @@ pub fn campaign_view(
         skus: campaign
             .skus
             .iter()
-            .map(|(sku, sale_price_minor)| CampaignSkuView {
-                sku: sku.clone(),
-                price_minor: catalog.variant(sku).map_or(0, |(_, v)| v.price_minor),
-                sale_price_minor: *sale_price_minor,
-                available: stock.get(sku),
+            .map(|(sku, sale_price_minor)| {
+                let variant = catalog.variant(sku);
+                CampaignSkuView {
+                    sku: sku.clone(),
+                    name: variant.map_or_else(|| sku.clone(), |(p, _)| p.name.clone()),
+                    currency: variant.map(|(_, v)| v.currency.clone()).unwrap_or_default(),
+                    price_minor: variant.map_or(0, |(_, v)| v.price_minor),
+                    sale_price_minor: *sale_price_minor,
+                    available: stock.get(sku),
+                }
             })
             .collect(),
         queue: campaign

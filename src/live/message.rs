@@ -216,6 +216,8 @@ mod tests {
                     hold_secs: None,
                     skus: vec![crate::views::CampaignSkuView {
                         sku: "TEE-M".into(),
+                        name: "Tee".into(),
+                        currency: "EUR".into(),
                         price_minor: 1500,
                         sale_price_minor: Some(999),
                         available: 3,

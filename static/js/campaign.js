@@ -453,9 +453,9 @@ function applyCampaign(data, product = null) {
     const variant = variants.get(s.sku);
     state.items.set(s.sku, {
       sku: s.sku,
-      name: product ? product.name : s.sku,
+      name: s.name || (product ? product.name : s.sku),
       attrs: variant ? attributesText(variant.attributes) : '',
-      currency: variant ? variant.currency : (product && product.currency) || '',
+      currency: s.currency || (variant ? variant.currency : (product && product.currency) || ''),
       price_minor: s.price_minor,
       sale_price_minor: s.sale_price_minor,
       available,

@@ -47,6 +47,11 @@ async fn a_campaign_opens_at_its_start_on_every_node_prices_at_the_sale_price_an
     assert_eq!(created["per_customer_limit"], 2);
     assert_eq!(created["queue"]["admit_per_second"], 50);
     assert_eq!(created["skus"][0]["sale_price_minor"], 700);
+    // A campaign of loose SKUs still names its goods and their currency.
+    assert_eq!(created["skus"][0]["currency"], "EUR");
+    assert!(created["skus"][0]["name"]
+        .as_str()
+        .is_some_and(|n| !n.is_empty()));
     let id = created["id"].as_str().expect("id").to_owned();
     let mut sockets = [
         ws_connect(&a.base, None).await,
