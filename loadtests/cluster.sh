@@ -19,7 +19,8 @@
 # Needs SURGE_PG_URL and REDIS_URL (as in .local/services.env) and nginx (installed
 # from Debian's packages when missing, as root or with sudo -n). The nodes run with
 # SURGE_LOG=warn unless set and rate limits off (every buyer comes from 127.0.0.1)
-# unless SURGE_RATE_LIMITS=on; other SURGE_* variables of the caller reach them. Logs
+# unless SURGE_RATE_LIMITS=on, with no cap on sockets per IP unless SURGE_WS_MAX_PER_IP
+# is set; other SURGE_* variables of the caller reach them. Logs
 # go to artifacts/loadtest/NAME-node-N.log and .local/nginx-NAME-<pid>/logs/.
 
 set -euo pipefail
@@ -80,6 +81,7 @@ for i in 1 2 3; do
     SURGE_SESSION_KEY="$SESSION_KEY" SURGE_BUS_PREFIX="surge-lt-$SLUG-$$" \
     SURGE_DRAIN_DELAY_SECS=0 SURGE_LOG="${SURGE_LOG:-warn}" REDIS_URL="$REDIS_URL" \
     SURGE_RATE_LIMITS="${SURGE_RATE_LIMITS:-off}" \
+    SURGE_WS_MAX_PER_IP="${SURGE_WS_MAX_PER_IP:-1000000}" \
     "$SURGE_BIN" serve
   NODE_PIDS+=("$BG_PID")
   NODE_URLS+=("http://127.0.0.1:$port")

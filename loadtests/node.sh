@@ -15,7 +15,8 @@
 # Needs SURGE_PG_URL (the PostgreSQL server without a database, as in
 # .local/services.env). The node runs with SURGE_LOG=warn unless SURGE_LOG is set, and
 # without Redis (in-process bus) unless LT_KEEP_REDIS=1, and with rate limits off (its
-# buyers all come from one IP) unless SURGE_RATE_LIMITS=on; other SURGE_* variables of the
+# buyers all come from one IP) unless SURGE_RATE_LIMITS=on, and with no cap on sockets per IP
+# unless SURGE_WS_MAX_PER_IP is set; other SURGE_* variables of the
 # caller (SURGE_WORKERS, SURGE_SHARDS, ...) reach it unchanged. Its log goes to
 # artifacts/loadtest/NAME-surge.log.
 #
@@ -50,6 +51,7 @@ lt_node_start() {
   start_bg "the node" "$log" env "${keep_redis[@]}" SURGE_BIND="127.0.0.1:$port" \
     SURGE_ADMIN_TOKEN="$token" SURGE_NODE_ID="lt-$name-$$" SURGE_DRAIN_DELAY_SECS=0 \
     SURGE_RATE_LIMITS="${SURGE_RATE_LIMITS:-off}" \
+    SURGE_WS_MAX_PER_IP="${SURGE_WS_MAX_PER_IP:-1000000}" \
     SURGE_LOG="${SURGE_LOG:-warn}" "$surge_bin" serve
   LT_NODE_PID=$BG_PID
   wait_ready "http://127.0.0.1:$port" 60 "$LT_NODE_PID" "$log" || return 1

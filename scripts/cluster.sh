@@ -11,7 +11,8 @@
 # Environment: CLUSTER_BUYERS (20000), CLUSTER_UNITS (1000), CLUSTER_CONCURRENCY (1000),
 # CLUSTER_DEADLINE (120s), LT_SKIP_BUILD=1 (use the release binaries as built).
 # SURGE_* variables of the caller (SURGE_WORKERS, SURGE_SHARDS, ...) reach the nodes;
-# rate limits are off (every buyer comes from 127.0.0.1) unless SURGE_RATE_LIMITS=on.
+# rate limits are off (every buyer comes from 127.0.0.1) unless SURGE_RATE_LIMITS=on, and
+# sockets per IP are not capped unless SURGE_WS_MAX_PER_IP is set.
 # Installs Debian's nginx with apt-get when it is missing (as root, or with sudo -n).
 # Reports: artifacts/loadtest/cluster-*.json; logs: artifacts/loadtest/cluster-*.log.
 set -euo pipefail
@@ -91,6 +92,7 @@ for i in 1 2 3; do
     SURGE_SESSION_KEY="$SESSION_KEY" SURGE_BUS_PREFIX="surge-cluster-$$" \
     SURGE_DRAIN_DELAY_SECS=0 SURGE_LOG="${SURGE_LOG:-warn}" REDIS_URL="$REDIS_URL" \
     SURGE_RATE_LIMITS="${SURGE_RATE_LIMITS:-off}" \
+    SURGE_WS_MAX_PER_IP="${SURGE_WS_MAX_PER_IP:-1000000}" \
     "$SURGE_BIN" serve
   NODE_PIDS+=("$BG_PID")
 done
