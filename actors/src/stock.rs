@@ -313,14 +313,23 @@ pub enum Phase {
     /// Nothing in flight: a short take starts a grant.
     #[default]
     Idle,
-    /// A grant is in flight; `after_recall` marks the last try before answering.
+    /// A grant is in flight.
     Granting {
-        /// This grant follows a recall: its outcome is final.
-        after_recall: bool,
+        /// Recalls made before it; at [`MAX_RECALLS`] its outcome is final.
+        recalls: u8,
     },
     /// Waiting for other nodes to return units.
-    Recalling,
+    Recalling {
+        /// Which recall this is, from 1.
+        round: u8,
+    },
 }
+
+/// Recalls a short SKU makes before it answers with the truth. More than one, because
+/// with three or more nodes the first return to commit may fall short while another
+/// holder's is a moment behind, or a holder that was itself granting had nothing free
+/// yet; few, because each costs up to the recall wait before the shopper hears.
+pub const MAX_RECALLS: u8 = 3;
 
 /// One node's stock of one SKU.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -363,9 +372,7 @@ impl SkuStock {
             };
         }
         self.waiters.push_back((id, n));
-        self.phase = Phase::Granting {
-            after_recall: false,
-        };
+        self.phase = Phase::Granting { recalls: 0 };
         Take::NeedLease {
             want: self.want(policy),
         }
@@ -391,7 +398,10 @@ impl SkuStock {
     /// whether to grant again, recall, or answer the rest with the truth.
     pub fn granted(&mut self, g: GrantOutcome, policy: &LeasePolicy, now: u64) -> Settled {
         self.granted_at = now;
-        let final_try = matches!(self.phase, Phase::Granting { after_recall: true });
+        let recalls = match self.phase {
+            Phase::Granting { recalls } => recalls,
+            _ => 0,
+        };
         if g.epoch == self.epoch {
             self.lease += g.granted;
         } else {
@@ -406,15 +416,15 @@ impl SkuStock {
         let next = match self.waiters.front() {
             None => Next::Idle,
             Some(_) if g.remaining > 0 => {
-                self.phase = Phase::Granting {
-                    after_recall: final_try,
-                };
+                self.phase = Phase::Granting { recalls };
                 Next::Grant {
                     want: self.want(policy),
                 }
             }
-            Some(_) if g.held_live > 0 && !final_try => {
-                self.phase = Phase::Recalling;
+            Some(_) if g.held_live > 0 && recalls < MAX_RECALLS => {
+                self.phase = Phase::Recalling {
+                    round: recalls + 1,
+                };
                 let demand: i64 = self.waiters.iter().map(|(_, n)| n).sum();
                 Next::Recall {
                     want: demand - self.lease,
@@ -465,17 +475,17 @@ impl SkuStock {
         out
     }
 
-    /// The recall wait ended (a stock event came, or time ran out): grant once more,
-    /// for the last time before answering.
+    /// The recall wait ended (a stock event came, or time ran out): grant once more;
+    /// after the [`MAX_RECALLS`]th recall, for the last time before answering.
     pub fn recall_over(&mut self, policy: &LeasePolicy) -> Next {
-        if self.phase != Phase::Recalling {
+        let Phase::Recalling { round } = self.phase else {
             return Next::Idle;
-        }
+        };
         if self.waiters.is_empty() {
             self.phase = Phase::Idle;
             return Next::Idle;
         }
-        self.phase = Phase::Granting { after_recall: true };
+        self.phase = Phase::Granting { recalls: round };
         Next::Grant {
             want: self.want(policy),
         }
@@ -747,9 +757,10 @@ mod tests {
         assert_eq!(s.lease, 0, "the node holds no more than its demand");
     }
 
-    /// Guards against a false sold-out while other nodes hold free units.
+    /// Guards against a false sold-out while other nodes hold free units, and against
+    /// a short SKU recalling for ever instead of answering.
     #[test]
-    fn a_short_grant_recalls_once_then_answers_the_truth() {
+    fn a_short_grant_recalls_a_few_times_then_answers_the_truth() {
         let p = policy();
         let mut s = SkuStock::default();
         assert!(matches!(s.take(0, 3, &p, 0), Take::NeedLease { .. }));
@@ -765,12 +776,20 @@ mod tests {
         assert_eq!(settled.next, Next::Recall { want: 2 });
         assert_eq!(s.take(1, 1, &p, 1), Take::Wait, "a recall parks newcomers");
         assert_eq!(s.recall_over(&p), Next::Grant { want: 3 });
-        // Nobody answered the recall: the units are live elsewhere.
-        let settled = s.granted(GrantOutcome { granted: 0, ..g }, &p, 2);
+        // Nobody answered: the units are live elsewhere. Ask again, up to the bound.
+        let nothing = GrantOutcome { granted: 0, ..g };
+        for round in 2..=MAX_RECALLS {
+            let settled = s.granted(nothing, &p, u64::from(round));
+            assert!(settled.answers.is_empty(), "round {round}");
+            assert_eq!(settled.next, Next::Recall { want: 3 }, "round {round}");
+            assert_eq!(s.recall_over(&p), Next::Grant { want: 3 });
+        }
+        let settled = s.granted(nothing, &p, 9);
         assert_eq!(
             settled.answers,
             vec![(0, Err(Refusal::Contended)), (1, Ok(Some(1)))]
         );
+        assert_eq!(settled.next, Next::Idle);
         assert!(!s.db_empty, "units exist elsewhere: not sold out");
 
         let mut s = SkuStock::default();
