@@ -422,9 +422,7 @@ impl SkuStock {
                 }
             }
             Some(_) if g.held_live > 0 && recalls < MAX_RECALLS => {
-                self.phase = Phase::Recalling {
-                    round: recalls + 1,
-                };
+                self.phase = Phase::Recalling { round: recalls + 1 };
                 let demand: i64 = self.waiters.iter().map(|(_, n)| n).sum();
                 Next::Recall {
                     want: demand - self.lease,
