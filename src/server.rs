@@ -133,28 +133,58 @@ impl Application {
         self.bus.stop().await;
         self.state.live.hub().stop();
         if graceful {
-            if let Ok(mut client) = self.state.db.primary.get().await {
-                // Whatever the lease rows still hold after the shards returned theirs
-                // was never in memory (a drift the books must not keep): return it
-                // before leaving, so no unit stays stranded on a node that is gone.
-                match leases::reap(&mut client, leases::Scope::Own(&self.state.node_id)).await {
-                    Ok(r) if r.lease_units > 0 => tracing::warn!(
-                        units = r.lease_units,
-                        "units left in this node's lease rows after the shards returned theirs; returned"
-                    ),
-                    Ok(_) => {}
-                    Err(err) => tracing::warn!(
-                        error = format!("{err:#}"),
-                        "could not return this node's last lease rows; the reaper will"
-                    ),
-                }
-                if let Err(err) = leases::leave(&client, &self.state.node_id).await {
-                    tracing::warn!(error = format!("{err:#}"), "could not deregister the node");
-                }
-            }
+            return_and_leave(&self.state).await;
         }
         self.state.db.close();
         tracing::info!(?drain, "stopped");
+    }
+}
+
+/// Returns whatever this node's lease rows still hold after the shards returned theirs
+/// (never in memory: a drift the books must not keep), so no unit stays stranded on a
+/// node that is gone, then deregisters the node. A pooled connection opened by an HTTP
+/// worker can die with that worker's runtime at shutdown, so a statement that finds
+/// its connection closed is tried again on another, a few times.
+async fn return_and_leave(state: &AppState) {
+    const TRIES: usize = 3;
+    for attempt in 1..=TRIES {
+        let mut client = match state.db.primary.get().await {
+            Ok(client) => client,
+            Err(err) => {
+                tracing::warn!(error = %err, "no connection to return this node's last lease rows; the reaper will");
+                return;
+            }
+        };
+        let outcome = match leases::reap(&mut client, leases::Scope::Own(&state.node_id)).await {
+            Ok(r) => {
+                if r.lease_units > 0 {
+                    tracing::warn!(
+                        units = r.lease_units,
+                        "units left in this node's lease rows after the shards returned theirs; returned"
+                    );
+                }
+                leases::leave(&client, &state.node_id)
+                    .await
+                    .map_err(|e| e.context("deregistering the node"))
+            }
+            Err(err) => Err(err.context("returning this node's last lease rows")),
+        };
+        match outcome {
+            Ok(()) => return,
+            Err(_) if client.is_closed() && attempt < TRIES => {
+                tracing::debug!(
+                    attempt,
+                    "a pooled connection had closed at shutdown; another"
+                );
+            }
+            Err(err) => {
+                tracing::warn!(
+                    error = format!("{err:#}"),
+                    "could not return this node's lease rows or deregister it; the reaper will"
+                );
+                return;
+            }
+        }
     }
 }
 
