@@ -96,3 +96,17 @@ pub async fn observe(
     }
     Ok(res)
 }
+
+/// `HEAD` of every `GET` route: the request is routed as the `GET` it mirrors, so the
+/// answer has the same status and headers, and the HTTP layer sends no body for a
+/// `HEAD`. A `HEAD` of a path without `GET` meets the same `405` as any other method
+/// the path does not serve (see [`crate::http::not_found`]).
+pub async fn methods(
+    mut req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    if req.method() == Method::HEAD {
+        req.head_mut().method = Method::GET;
+    }
+    next.call(req).await
+}
