@@ -94,3 +94,23 @@ pub async fn not_found(req: HttpRequest) -> HttpResponse {
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{defaults, CommerceArgs};
+
+    /// Guards against a constraint or link of the description silently dropped
+    /// because the schema, parameter or operation it names was renamed.
+    #[test]
+    fn every_constraint_and_link_finds_its_place() {
+        let doc = super::api_document(&defaults::<CommerceArgs>().validate());
+        assert_eq!(doc.unapplied(), &[] as &[String]);
+        assert_eq!(
+            doc.allowed_methods("/api/cart/items/X-1").as_deref(),
+            Some("PUT, DELETE")
+        );
+        assert_eq!(doc.allowed_methods("/api/cart").as_deref(), Some("GET, HEAD"));
+        assert_eq!(doc.allowed_methods("/api/cart/items/"), None, "a parameter is never empty");
+        assert_eq!(doc.allowed_methods("/api/cart/nope"), None);
+    }
+}

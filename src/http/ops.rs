@@ -101,9 +101,14 @@ pub struct MetricsPlacement {
     )
 )]
 #[get("/metrics")]
-pub async fn metrics(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+pub async fn metrics(
+    req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     if req.app_data::<MetricsPlacement>().is_some_and(|m| m.elsewhere) {
-        return crate::http::not_found(req).await;
+        return crate::error::error_response(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "/metrics is served on its own listener",
+        );
     }
     render_metrics(state).await
 }
