@@ -887,8 +887,13 @@ mod tests {
         let err = parse(&["--database-url", db, "--session-key", "short"]).expect_err("short");
         assert_eq!(err.var, "SURGE_SESSION_KEY");
         let long = "k".repeat(32);
-        let err = parse(&["--database-url", db, "--session-key", &format!("{long},short")])
-            .expect_err("a short key in the list");
+        let err = parse(&[
+            "--database-url",
+            db,
+            "--session-key",
+            &format!("{long},short"),
+        ])
+        .expect_err("a short key in the list");
         assert_eq!(err.var, "SURGE_SESSION_KEY");
         let err = parse(&["--database-url", db, "--session-key", &format!("{long},")])
             .expect_err("an empty key in the list");

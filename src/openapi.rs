@@ -53,9 +53,19 @@ impl Modify for SecuritySchemes {
     }
 }
 
-/// Links from an operation's answer to the operations it leads to, as
+/// A link from an operation's answer to an operation it leads to:
 /// `(path, method, status, link name, target operationId, parameters)`.
-const LINKS: &[(&str, &str, &str, &str, &str, &[(&str, &str)])] = &[
+type Link = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static [(&'static str, &'static str)],
+);
+
+/// The links of the document.
+const LINKS: &[Link] = &[
     (
         "/api/products",
         "get",

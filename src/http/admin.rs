@@ -169,7 +169,9 @@ impl ProductUpsert {
                 return Err(invalid("currency must be a 3-letter ISO code such as EUR"));
             }
             if !(0..=MAX_PRICE_MINOR).contains(&v.price_minor) {
-                return Err(invalid(format!("price_minor must be an integer from 0 to {MAX_PRICE_MINOR}")));
+                return Err(invalid(format!(
+                    "price_minor must be an integer from 0 to {MAX_PRICE_MINOR}"
+                )));
             }
             if !(0..=MAX_STOCK).contains(&v.stock) {
                 return Err(invalid(format!("stock must be 0-{MAX_STOCK}")));

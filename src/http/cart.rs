@@ -304,7 +304,7 @@ pub async fn delete_item(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CheckoutBody {
-    /// Where the confirmation goes: visible ASCII, `name@domain.tld`, as sent (not trimmed).
+    /// Where the confirmation goes: visible ASCII, `name@domain.tld`; spaces around it are dropped.
     pub email: String,
 }
 

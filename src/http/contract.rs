@@ -37,11 +37,12 @@ pub const MAX_NAME_CHARS: usize = 200;
 pub const TEXT_PATTERN: &str = "^[^\\x00]*$";
 
 /// A shopper's email as checkout takes it: visible ASCII, one `@`, at most 64
-/// characters before it, and a domain with an inner dot. [`Email::parse`] accepts all
-/// of these (and normalizes them); the pattern is the narrower rule, so it is the one
-/// the API states and checks.
+/// characters before it, and a domain with an inner dot, with spaces around it allowed
+/// (a pasted address often has them; they are dropped). [`Email::parse`] accepts all of
+/// these once the spaces are gone (and normalizes them); the pattern is the narrower
+/// rule, so it is the one the API states and checks.
 pub const EMAIL_PATTERN: &str =
-    "^[!-?A-~]{1,64}@[!-\\-/-?A-~][!-?A-~]*\\.[!-?A-~]*[!-\\-/-?A-~]$";
+    "^ *[!-?A-~]{1,64}@[!-\\-/-?A-~][!-?A-~]*\\.[!-?A-~]*[!-\\-/-?A-~] *$";
 
 /// Longest email, in characters.
 pub const MAX_EMAIL_CHARS: usize = 254;
@@ -67,8 +68,8 @@ pub fn is_text(text: &str) -> bool {
     !text.contains('\0')
 }
 
-/// The checkout email, checked against [`EMAIL_PATTERN`] as sent (nothing trimmed, so
-/// that what the description refuses is refused).
+/// The checkout email, checked against [`EMAIL_PATTERN`] as sent (so that what the
+/// description refuses is refused), without the spaces around it.
 pub fn checkout_email(raw: &str) -> Result<Email, ApiError> {
     static RE: OnceLock<Regex> = OnceLock::new();
     if raw.chars().count() > MAX_EMAIL_CHARS || !regex(&RE, EMAIL_PATTERN).is_match(raw) {
@@ -77,7 +78,7 @@ pub fn checkout_email(raw: &str) -> Result<Email, ApiError> {
             "email must be visible ASCII, name@domain.tld, at most 254 characters",
         ));
     }
-    Ok(Email::parse(raw)?)
+    Ok(Email::parse(raw.trim_matches(' '))?)
 }
 
 /// Every constraint of the description, from the constants the handlers use.
@@ -107,7 +108,7 @@ pub fn constraints(max_line_quantity: i64) -> Vec<Constraint> {
             "/api/products",
             "get",
             "limit",
-            json!({"type": "integer", "minimum": 1, "maximum": products::MAX_LIMIT,
+            json!({"minimum": 1, "maximum": products::MAX_LIMIT, "type": "integer",
                    "default": products::DEFAULT_LIMIT}),
         ),
         param(
@@ -176,7 +177,11 @@ pub fn constraints(max_line_quantity: i64) -> Vec<Constraint> {
             "price_minor",
             json!({"minimum": 0, "maximum": admin::MAX_PRICE_MINOR}),
         ),
-        prop("VariantUpsert", "currency", json!({"pattern": "^[A-Z]{3}$"})),
+        prop(
+            "VariantUpsert",
+            "currency",
+            json!({"pattern": "^[A-Z]{3}$"}),
+        ),
         prop(
             "VariantUpsert",
             "stock",
@@ -282,8 +287,8 @@ mod tests {
         let long = "a".repeat(128);
         let too_long = "a".repeat(129);
         for s in [
-            "a", "a-b", "0", "tee-2", &long, &too_long, "", "-a", "A", "a_b", "a b", "é",
-            "a-", "a--b",
+            "a", "a-b", "0", "tee-2", &long, &too_long, "", "-a", "A", "a_b", "a b", "é", "a-",
+            "a--b",
         ] {
             assert_eq!(re.is_match(s), Slug::parse(s).is_ok(), "{s:?}");
         }
@@ -302,12 +307,17 @@ mod tests {
         assert!(!is_name("a\0"));
         assert!(!is_name(&"x".repeat(201)));
         assert!(is_name(&"é".repeat(200)), "characters, not bytes");
-        for ok in ["a@b.c", "first.last+tag@example.co.uk", "x@a.b.c"] {
+        for ok in [
+            "a@b.c",
+            "first.last+tag@example.co.uk",
+            "x@a.b.c",
+            " a@b.c  ",
+        ] {
             assert!(checkout_email(ok).is_ok(), "{ok}");
         }
         for bad in [
-            "", "a", "a@b", "@b.c", "a@.b", "a@b.", "a@@b.c", " a@b.c", "a@b.c ", "a b@c.d",
-            "ü@b.c",
+            "", "a", "a@b", "@b.c", "a@.b", "a@b.", "a@@b.c", "\ta@b.c", "a@b.c\n", "  ",
+            "a b@c.d", "ü@b.c",
         ] {
             assert!(checkout_email(bad).is_err(), "{bad:?}");
         }

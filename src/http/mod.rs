@@ -80,7 +80,11 @@ pub async fn not_found(req: HttpRequest) -> HttpResponse {
             let mut resp = error_response(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method_not_allowed",
-                &format!("{} is not served at {}; use {allow}", req.method(), req.path()),
+                &format!(
+                    "{} is not served at {}; use {allow}",
+                    req.method(),
+                    req.path()
+                ),
             );
             if let Ok(value) = header::HeaderValue::from_str(&allow) {
                 resp.headers_mut().insert(header::ALLOW, value);
@@ -109,8 +113,15 @@ mod tests {
             doc.allowed_methods("/api/cart/items/X-1").as_deref(),
             Some("PUT, DELETE")
         );
-        assert_eq!(doc.allowed_methods("/api/cart").as_deref(), Some("GET, HEAD"));
-        assert_eq!(doc.allowed_methods("/api/cart/items/"), None, "a parameter is never empty");
+        assert_eq!(
+            doc.allowed_methods("/api/cart").as_deref(),
+            Some("GET, HEAD")
+        );
+        assert_eq!(
+            doc.allowed_methods("/api/cart/items/"),
+            None,
+            "a parameter is never empty"
+        );
         assert_eq!(doc.allowed_methods("/api/cart/nope"), None);
     }
 }

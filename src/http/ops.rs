@@ -101,9 +101,11 @@ pub struct MetricsPlacement {
     )
 )]
 #[get("/metrics")]
-pub async fn metrics(
-    req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
-    if req.app_data::<MetricsPlacement>().is_some_and(|m| m.elsewhere) {
+pub async fn metrics(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    if req
+        .app_data::<MetricsPlacement>()
+        .is_some_and(|m| m.elsewhere)
+    {
         return crate::error::error_response(
             StatusCode::NOT_FOUND,
             "not_found",

@@ -149,7 +149,11 @@ pub async fn list_products(
     }
     let catalog = state.catalog.snapshot();
     let page = catalog
-        .page(q.trim(), query.cursor.as_deref().filter(|c| !c.is_empty()), limit)
+        .page(
+            q.trim(),
+            query.cursor.as_deref().filter(|c| !c.is_empty()),
+            limit,
+        )
         .map_err(|PageError::InvalidCursor| {
             ApiError::bad_request("invalid_cursor", "cursor is not valid")
         })?;

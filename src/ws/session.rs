@@ -237,7 +237,11 @@ fn origin_allowed(origin: Option<&str>, host: Option<&str>, allowed: &[String]) 
     let Some(host) = host else {
         return false;
     };
-    let strip = |a: &str| a.strip_suffix(default_port).unwrap_or(a).to_ascii_lowercase();
+    let strip = |a: &str| {
+        a.strip_suffix(default_port)
+            .unwrap_or(a)
+            .to_ascii_lowercase()
+    };
     !authority.is_empty() && strip(authority) == strip(host.trim())
 }
 
@@ -249,8 +253,14 @@ pub async fn ws_route(
     state: web::Data<AppState>,
     session: Session,
 ) -> Result<HttpResponse, actix_web::Error> {
-    let origin = req.headers().get(header::ORIGIN).map(|v| v.to_str().unwrap_or(""));
-    let host = req.headers().get(header::HOST).and_then(|v| v.to_str().ok());
+    let origin = req
+        .headers()
+        .get(header::ORIGIN)
+        .map(|v| v.to_str().unwrap_or(""));
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok());
     if !origin_allowed(origin, host, &state.ws_limits.allowed_origins) {
         metrics::counter!("ws_refused_total", "reason" => "origin").increment(1);
         return Err(ApiError::Forbidden.into());
@@ -286,18 +296,50 @@ mod tests {
     fn the_default_origin_policy_is_the_pages_own_origin() {
         let none: &[String] = &[];
         let host = Some("shop.example.com:8080");
-        assert!(origin_allowed(Some("http://shop.example.com:8080"), host, none));
-        assert!(origin_allowed(Some("HTTP://Shop.Example.com:8080/"), host, none));
-        assert!(!origin_allowed(Some("http://evil.example:8080"), host, none));
-        assert!(!origin_allowed(Some("http://shop.example.com:8081"), host, none));
+        assert!(origin_allowed(
+            Some("http://shop.example.com:8080"),
+            host,
+            none
+        ));
+        assert!(origin_allowed(
+            Some("HTTP://Shop.Example.com:8080/"),
+            host,
+            none
+        ));
+        assert!(!origin_allowed(
+            Some("http://evil.example:8080"),
+            host,
+            none
+        ));
+        assert!(!origin_allowed(
+            Some("http://shop.example.com:8081"),
+            host,
+            none
+        ));
         assert!(!origin_allowed(Some("null"), host, none));
         assert!(!origin_allowed(Some(""), host, none));
-        assert!(!origin_allowed(Some("http://shop.example.com:8080"), None, none));
+        assert!(!origin_allowed(
+            Some("http://shop.example.com:8080"),
+            None,
+            none
+        ));
         assert!(origin_allowed(None, host, none), "no Origin: not a browser");
         // A default port may or may not be written on either side.
-        assert!(origin_allowed(Some("https://shop.example.com"), Some("shop.example.com:443"), none));
-        assert!(origin_allowed(Some("https://shop.example.com:443"), Some("shop.example.com"), none));
-        assert!(!origin_allowed(Some("http://shop.example.com"), Some("shop.example.com:443"), none));
+        assert!(origin_allowed(
+            Some("https://shop.example.com"),
+            Some("shop.example.com:443"),
+            none
+        ));
+        assert!(origin_allowed(
+            Some("https://shop.example.com:443"),
+            Some("shop.example.com"),
+            none
+        ));
+        assert!(!origin_allowed(
+            Some("http://shop.example.com"),
+            Some("shop.example.com:443"),
+            none
+        ));
     }
 
     /// Guards against an allow-list that lets the request's own Host stand in for it.
@@ -305,7 +347,11 @@ mod tests {
     fn an_allow_list_replaces_the_default() {
         let allowed = vec!["https://shop.example.com".to_owned()];
         let host = Some("node-1:8080");
-        assert!(origin_allowed(Some("https://shop.example.com"), host, &allowed));
+        assert!(origin_allowed(
+            Some("https://shop.example.com"),
+            host,
+            &allowed
+        ));
         assert!(!origin_allowed(Some("http://node-1:8080"), host, &allowed));
         assert!(origin_allowed(None, host, &allowed));
     }

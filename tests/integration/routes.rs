@@ -217,13 +217,29 @@ async fn head_mirrors_every_get_and_other_methods_get_405_with_allow() {
             .map(|m| m.to_uppercase())
             .collect();
         // A product that exists, so its HEAD is a 200 with a body to leave out.
-        let url = app.url(&concrete(path).replacen("/api/products/a", &format!("/api/products/{slug}"), 1));
+        let url = app.url(&concrete(path).replacen(
+            "/api/products/a",
+            &format!("/api/products/{slug}"),
+            1,
+        ));
         if documented.iter().any(|m| m == "GET") {
             // Uncompressed, so the client has no empty gzip stream to decode.
             let identity = ("accept-encoding", "identity");
-            let mut get = app.http.get(&url).insert_header(identity).send().await.expect("GET");
+            let mut get = app
+                .http
+                .get(&url)
+                .insert_header(identity)
+                .send()
+                .await
+                .expect("GET");
             let get_body = get.body().limit(1 << 22).await.expect("GET body");
-            let mut head = app.http.head(&url).insert_header(identity).send().await.expect("HEAD");
+            let mut head = app
+                .http
+                .head(&url)
+                .insert_header(identity)
+                .send()
+                .await
+                .expect("HEAD");
             assert_eq!(head.status(), get.status(), "HEAD {path}");
             assert_eq!(stable_headers(&head), stable_headers(&get), "HEAD {path}");
             let head_body = head.body().await.expect("HEAD body");
@@ -245,7 +261,10 @@ async fn head_mirrors_every_get_and_other_methods_get_405_with_allow() {
             expected_allow.push("HEAD".into());
         }
         expected_allow.sort();
-        for method in all.iter().filter(|m| !expected_allow.iter().any(|d| d == *m)) {
+        for method in all
+            .iter()
+            .filter(|m| !expected_allow.iter().any(|d| d == *m))
+        {
             let m = awc::http::Method::from_bytes(method.as_bytes()).expect("method");
             let mut resp = app
                 .http
@@ -272,11 +291,23 @@ async fn head_mirrors_every_get_and_other_methods_get_405_with_allow() {
             }
         }
     }
-    assert!(heads >= 10, "every GET of the description was tried ({heads})");
+    assert!(
+        heads >= 10,
+        "every GET of the description was tried ({heads})"
+    );
     // Paths nobody documents stay 404, whatever the method.
-    for (method, path) in [("POST", "/nope"), ("PATCH", "/api/cart/nope"), ("HEAD", "/nope")] {
+    for (method, path) in [
+        ("POST", "/nope"),
+        ("PATCH", "/api/cart/nope"),
+        ("HEAD", "/nope"),
+    ] {
         let m = awc::http::Method::from_bytes(method.as_bytes()).expect("method");
-        let resp = app.http.request(m, app.url(path)).send().await.expect("req");
+        let resp = app
+            .http
+            .request(m, app.url(path))
+            .send()
+            .await
+            .expect("req");
         assert_eq!(resp.status().as_u16(), 404, "{method} {path}");
     }
     app.stop().await;
@@ -290,7 +321,10 @@ async fn the_description_states_the_enforced_limits() {
     let (_, doc) = app.get_json("/openapi.json").await;
     let schemas = &doc["components"]["schemas"];
     let quantity = &schemas["QuantityBody"]["properties"]["quantity"];
-    assert_eq!((quantity["minimum"].as_i64(), quantity["maximum"].as_i64()), (Some(1), Some(app.state().limits.max_line_quantity)));
+    assert_eq!(
+        (quantity["minimum"].as_i64(), quantity["maximum"].as_i64()),
+        (Some(1), Some(app.state().limits.max_line_quantity))
+    );
     assert_eq!(
         schemas["VariantUpsert"]["properties"]["sku"]["pattern"],
         surge::ws::protocol::SKU_PATTERN
@@ -303,22 +337,44 @@ async fn the_description_states_the_enforced_limits() {
             .unwrap_or_else(|| panic!("{method} {path} has no parameter {name}"))
     };
     let key = param("/api/checkout", "post", "Idempotency-Key");
-    assert_eq!((key["in"].as_str(), key["required"].as_bool()), (Some("header"), Some(true)));
-    assert_eq!(param("/api/orders/{id}", "get", "id")["schema"]["format"], "uuid");
+    assert_eq!(
+        (key["in"].as_str(), key["required"].as_bool()),
+        (Some("header"), Some(true))
+    );
+    assert_eq!(
+        param("/api/orders/{id}", "get", "id")["schema"]["format"],
+        "uuid"
+    );
     let limit = param("/api/products", "get", "limit")["schema"].clone();
-    assert_eq!((limit["type"].as_str(), limit["maximum"].as_i64()), (Some("integer"), Some(100)));
+    assert_eq!(
+        (limit["type"].as_str(), limit["maximum"].as_i64()),
+        (Some("integer"), Some(100))
+    );
     assert!(doc["components"]["securitySchemes"]["admin_token"].is_object());
-    assert_eq!(doc["components"]["securitySchemes"]["session_cookie"]["in"], "cookie");
+    assert_eq!(
+        doc["components"]["securitySchemes"]["session_cookie"]["in"],
+        "cookie"
+    );
     for (path, item) in doc["paths"].as_object().expect("paths") {
         for (method, op) in item.as_object().expect("item") {
             if path.starts_with("/api/admin/") {
-                assert_eq!(op["security"], serde_json::json!([{"admin_token": []}]), "{method} {path}");
+                assert_eq!(
+                    op["security"],
+                    serde_json::json!([{"admin_token": []}]),
+                    "{method} {path}"
+                );
                 for status in ["401", "403", "404", "503"] {
-                    assert!(op["responses"][status].is_object(), "{method} {path} documents {status}");
+                    assert!(
+                        op["responses"][status].is_object(),
+                        "{method} {path} documents {status}"
+                    );
                 }
             }
             if op["requestBody"].is_object() {
-                assert!(op["responses"]["413"].is_object(), "{method} {path} documents 413");
+                assert!(
+                    op["responses"]["413"].is_object(),
+                    "{method} {path} documents 413"
+                );
             }
         }
     }
@@ -329,9 +385,16 @@ async fn the_description_states_the_enforced_limits() {
 
 /// The status of `/metrics` at `base`.
 async fn metrics_status(http: &awc::Client, base: &str) -> (u16, String) {
-    let mut resp = http.get(format!("{base}/metrics")).send().await.expect("metrics");
+    let mut resp = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("metrics");
     let body = resp.body().await.unwrap_or_default();
-    (resp.status().as_u16(), String::from_utf8_lossy(&body).into_owned())
+    (
+        resp.status().as_u16(),
+        String::from_utf8_lossy(&body).into_owned(),
+    )
 }
 
 #[actix_web::test]
@@ -342,7 +405,12 @@ async fn metrics_move_to_their_own_listener_when_asked() {
     let (status, text) = metrics_status(&public.http, &public.base).await;
     assert_eq!(status, 200, "unset: /metrics on the public listener");
     assert!(text.contains("http_requests_total"), "{text}");
-    assert!(public.server.as_ref().expect("server").metrics_addr().is_none());
+    assert!(public
+        .server
+        .as_ref()
+        .expect("server")
+        .metrics_addr()
+        .is_none());
     public.stop().await;
 
     let app = TestApp::spawn(crate::common::Options {
@@ -353,13 +421,29 @@ async fn metrics_move_to_their_own_listener_when_asked() {
     .await;
     let (status, body) = metrics_status(&app.http, &app.base).await;
     assert_eq!(status, 404, "set: not on the public listener: {body}");
-    let private = app.server.as_ref().and_then(|s| s.metrics_addr()).expect("bound");
+    let private = app
+        .server
+        .as_ref()
+        .and_then(|s| s.metrics_addr())
+        .expect("bound");
     let private = format!("http://{private}");
     let (status, text) = metrics_status(&app.http, &private).await;
     assert_eq!(status, 200);
-    assert!(text.contains("http_requests_total"), "the same registry: {text}");
-    let resp = app.http.get(format!("{private}/api/products")).send().await.expect("req");
-    assert_eq!(resp.status().as_u16(), 404, "the private listener serves /metrics only");
+    assert!(
+        text.contains("http_requests_total"),
+        "the same registry: {text}"
+    );
+    let resp = app
+        .http
+        .get(format!("{private}/api/products"))
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(
+        resp.status().as_u16(),
+        404,
+        "the private listener serves /metrics only"
+    );
     let (status, _) = app.get_json("/healthz").await;
     assert_eq!(status, 200, "the public listener serves the rest");
     let http = app.http.clone();
@@ -399,7 +483,11 @@ async fn sockets_open_from_the_pages_own_origin_only() {
         403,
         "another host name of the same node is another origin"
     );
-    assert_eq!(handshake(&app.base, None).await, 101, "no Origin: not a browser");
+    assert_eq!(
+        handshake(&app.base, None).await,
+        101,
+        "no Origin: not a browser"
+    );
     app.stop().await;
 
     let mut live = crate::common::test_live();
@@ -411,7 +499,14 @@ async fn sockets_open_from_the_pages_own_origin_only() {
     })
     .await;
     let own = app.base.clone();
-    assert_eq!(handshake(&app.base, Some("https://shop.example.com")).await, 101);
-    assert_eq!(handshake(&app.base, Some(&own)).await, 403, "the list replaces the default");
+    assert_eq!(
+        handshake(&app.base, Some("https://shop.example.com")).await,
+        101
+    );
+    assert_eq!(
+        handshake(&app.base, Some(&own)).await,
+        403,
+        "the list replaces the default"
+    );
     app.stop().await;
 }
