@@ -96,9 +96,9 @@ status=0
   --report junit --report-junit-path "$OUT/junit.xml" || status=$?
 
 # A 5xx the checks did not see (a panic, a failed background job) still shows in the log.
-if grep -q ' ERROR \|panicked' "$LOG"; then
+if grep -Eq 'ERROR|panicked' "$LOG"; then
   say "the node logged errors during the run:"
-  grep ' ERROR \|panicked' "$LOG" | head -n 20 >&2
+  grep -E 'ERROR|panicked' "$LOG" | head -n 20 >&2
   status=1
 fi
 if [ "$status" -eq 0 ]; then
