@@ -207,7 +207,6 @@ fn serve_http(
             })
             .configure(|c| http::routes(c, body_limit, document.clone()))
             .default_service(web::to(http::not_found))
-            .wrap(from_fn(http::middleware::methods))
             .wrap(from_fn(http::middleware::observe))
             .wrap(Compress::default())
             .wrap(
