@@ -30,7 +30,7 @@ run: services ## build, provision PostgreSQL + Redis, migrate, seed the demo sto
 	  echo "==> serving on http://$${SURGE_BIND:-127.0.0.1:8080} (Ctrl-C to stop)" && \
 	  exec ./target/release/surge serve
 
-test: services ## provision PostgreSQL + Redis and run the whole test suite (cargo, browser, load-test smoke)
+test: services ## provision PostgreSQL + Redis and run the whole test suite (cargo, Schemathesis, browser, load-test smoke)
 	@source $(ENV_FILE) && \
 	  export SURGE_TEST_PG_URL="$$SURGE_PG_URL" SURGE_TEST_REDIS_URL="$$REDIS_URL" && \
 	  unset DATABASE_URL REDIS_URL && \
@@ -41,6 +41,8 @@ test: services ## provision PostgreSQL + Redis and run the whole test suite (car
 	  bash scripts/check-k8s.sh && \
 	  echo "==> cargo test (PostgreSQL $$SURGE_TEST_PG_URL, Redis $$SURGE_TEST_REDIS_URL)" && \
 	  $(CARGO) test --workspace --locked && \
+	  echo "==> API contract (Schemathesis against a live node)" && \
+	  bash scripts/schemathesis.sh && \
 	  echo "==> browser tests (headless Chromium)" && \
 	  bash scripts/browser-test.sh && \
 	  echo "==> load-test smoke (correctness only)" && \

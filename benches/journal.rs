@@ -233,6 +233,7 @@ async fn http_latency(url: &str) -> anyhow::Result<()> {
             tls: surge::config::DatabaseTls::disabled(),
         },
         bind: "127.0.0.1:0".parse()?,
+        metrics_bind: None,
         redis_url: None,
         redis_ca: None,
         node_id: "bench-http".into(),

@@ -233,6 +233,9 @@ pub struct ServeArgs {
         default_value = "127.0.0.1:8080"
     )]
     pub bind: SocketAddr,
+    /// Address and port of a listener of its own for /metrics (which the public listener then no longer serves); unset serves /metrics on SURGE_BIND.
+    #[arg(long, env = "SURGE_METRICS_BIND", value_name = "SURGE_METRICS_BIND")]
+    pub metrics_bind: Option<SocketAddr>,
     /// Redis for the cross-node bus; without it the bus runs in-process (one node).
     #[arg(
         long,
@@ -255,7 +258,7 @@ pub struct ServeArgs {
         hide_env_values = true
     )]
     pub admin_token: Option<Secret>,
-    /// Key that signs session cookies (at least 32 bytes); random per process when unset.
+    /// Comma-separated keys of session cookies (each at least 32 bytes): the first signs, all verify; random per process when unset.
     #[arg(
         long,
         env = "SURGE_SESSION_KEY",
@@ -406,7 +409,7 @@ pub struct LiveArgs {
     #[arg(long, env = "SURGE_WS_BURST", value_name = "SURGE_WS_BURST", default_value_t = 40,
           value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub ws_burst: u32,
-    /// Comma-separated origins allowed to open sockets (e.g. https://shop.example.com); empty allows any.
+    /// Comma-separated origins allowed to open sockets (e.g. https://shop.example.com); empty allows the page's own origin (the Host the request names).
     #[arg(
         long,
         env = "SURGE_WS_ALLOWED_ORIGINS",
@@ -702,6 +705,8 @@ pub struct ServeConfig {
     pub db: DatabaseConfig,
     /// Listen address.
     pub bind: SocketAddr,
+    /// The private listener of /metrics; `None` serves it on `bind`.
+    pub metrics_bind: Option<SocketAddr>,
     /// Redis URL for the cross-node bus (it may carry a password).
     pub redis_url: Option<Secret>,
     /// The only CAs trusted for a `rediss://` bus; `None` for the system's roots.
@@ -710,7 +715,8 @@ pub struct ServeConfig {
     pub node_id: String,
     /// Admin bearer token; `None` disables the admin API.
     pub admin_token: Option<Secret>,
-    /// Session-cookie signing key; `None` means generate one at startup.
+    /// Session-cookie keys, comma-separated, the signing key first; `None` means
+    /// generate one at startup.
     pub session_key: Option<Secret>,
     /// Whether session cookies are marked Secure.
     pub cookie_secure: bool,
@@ -785,14 +791,20 @@ impl ServeArgs {
         };
         let session_key = match self.session_key.as_ref().map(Secret::expose) {
             None => None,
-            Some(k) if k.len() < 32 => {
+            Some(k) if split_keys(k).any(|k| k.len() < 32) => {
                 return Err(ConfigError::new(
                     "SURGE_SESSION_KEY",
-                    "must be at least 32 bytes",
+                    "every comma-separated key must be at least 32 bytes",
                 ))
             }
             Some(k) => Some(Secret::new(k)),
         };
+        if self.metrics_bind == Some(self.bind) {
+            return Err(ConfigError::new(
+                "SURGE_METRICS_BIND",
+                "must differ from SURGE_BIND",
+            ));
+        }
         if let Some(dir) = &self.static_dir {
             if !dir.is_dir() {
                 return Err(ConfigError::new(
@@ -804,6 +816,7 @@ impl ServeArgs {
         Ok(ServeConfig {
             db,
             bind: self.bind,
+            metrics_bind: self.metrics_bind,
             redis_url,
             redis_ca,
             node_id,
@@ -821,6 +834,25 @@ impl ServeArgs {
             live: self.live.validate()?,
             rate_limits: self.rate_limits.validate()?,
         })
+    }
+}
+
+/// The keys of a `SURGE_SESSION_KEY` list, trimmed, in order.
+fn split_keys(list: &str) -> impl Iterator<Item = &str> {
+    list.split(',').map(str::trim)
+}
+
+impl ServeConfig {
+    /// The session-cookie keys, the signing key first; empty when none is set.
+    pub fn session_keys(&self) -> Vec<Vec<u8>> {
+        self.session_key
+            .as_ref()
+            .map(|list| {
+                split_keys(list.expose())
+                    .map(|k| k.as_bytes().to_vec())
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 }
 
@@ -885,6 +917,18 @@ mod tests {
         let err = parse(&["--database-url", db, "--admin-token", "short"]).expect_err("short");
         assert_eq!(err.var, "SURGE_ADMIN_TOKEN");
         let err = parse(&["--database-url", db, "--session-key", "short"]).expect_err("short");
+        assert_eq!(err.var, "SURGE_SESSION_KEY");
+        let long = "k".repeat(32);
+        let err = parse(&[
+            "--database-url",
+            db,
+            "--session-key",
+            &format!("{long},short"),
+        ])
+        .expect_err("a short key in the list");
+        assert_eq!(err.var, "SURGE_SESSION_KEY");
+        let err = parse(&["--database-url", db, "--session-key", &format!("{long},")])
+            .expect_err("an empty key in the list");
         assert_eq!(err.var, "SURGE_SESSION_KEY");
         let err = parse(&["--database-url", db, "--redis-url", "http://x"]).expect_err("scheme");
         assert_eq!(err.var, "REDIS_URL");

@@ -47,6 +47,16 @@ pub enum ApiError {
         /// Human-readable detail.
         message: String,
     },
+    /// The request meets every constraint of the API description but contradicts
+    /// itself or the rules no schema can state (two currencies in one product, a
+    /// window that ends before it starts); nothing changed.
+    #[error("{message}")]
+    Unprocessable {
+        /// Machine-readable code, e.g. `invalid_campaign`.
+        code: &'static str,
+        /// Human-readable detail.
+        message: String,
+    },
     /// The body is larger than the configured limit.
     #[error("request body is larger than {limit} bytes")]
     PayloadTooLarge {
@@ -248,6 +258,7 @@ impl ApiError {
             Self::Forbidden => "forbidden",
             Self::NotFound(_) => "not_found",
             Self::Conflict { code, .. } => code,
+            Self::Unprocessable { code, .. } => code,
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::Busy { .. } => "busy",
             Self::RateLimited { .. } => "rate_limited",
@@ -356,6 +367,7 @@ impl ResponseError for ApiError {
             Self::Forbidden => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Conflict { .. } => StatusCode::CONFLICT,
+            Self::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Busy { .. } | Self::RateLimited { .. } | Self::Queued { .. } => {
                 StatusCode::TOO_MANY_REQUESTS

@@ -28,6 +28,13 @@ pub enum Drain {
     Immediate,
 }
 
+/// A running listener besides the public one.
+struct Listener {
+    addr: SocketAddr,
+    handle: ServerHandle,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
 /// A node that is accepting requests.
 pub struct Application {
     addr: SocketAddr,
@@ -35,6 +42,7 @@ pub struct Application {
     bus: Bus,
     handle: ServerHandle,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
+    metrics: Option<Listener>,
     jobs: Jobs,
     drain_delay: Duration,
     grace: Duration,
@@ -49,6 +57,18 @@ impl Application {
             tracing::info!("SURGE_ADMIN_TOKEN is not set: the admin API is off");
         }
         let (server, addr) = serve_http(&cfg, node.state.clone())?;
+        let metrics = match cfg.metrics_bind {
+            Some(bind) => {
+                let (server, addr) = serve_metrics(bind, node.state.clone())?;
+                tracing::info!(%addr, "/metrics is served on its own listener only");
+                Some(Listener {
+                    addr,
+                    handle: server.handle(),
+                    task: actix_web::rt::spawn(server),
+                })
+            }
+            None => None,
+        };
         let handle = server.handle();
         let server = actix_web::rt::spawn(server);
         let jobs = jobs::spawn(&cfg, &node.state);
@@ -59,6 +79,7 @@ impl Application {
             bus: node.bus,
             handle,
             server,
+            metrics,
             jobs,
             drain_delay: cfg.drain_delay,
             grace: cfg.shutdown_grace,
@@ -68,6 +89,11 @@ impl Application {
     /// The bound address (useful with port 0).
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The address of the private /metrics listener, when `SURGE_METRICS_BIND` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(|m| m.addr)
     }
 
     /// The bound port.
@@ -118,6 +144,13 @@ impl Application {
         self.handle.stop(graceful).await;
         if let Err(err) = self.server.await {
             tracing::warn!(%err, "server task ended abnormally");
+        }
+        // Scrapes go on through the drain; the metrics listener closes last.
+        if let Some(metrics) = self.metrics {
+            metrics.handle.stop(graceful).await;
+            if let Err(err) = metrics.task.await {
+                tracing::warn!(%err, "metrics server task ended abnormally");
+            }
         }
         self.jobs.stop(self.grace).await;
         if graceful {
@@ -195,10 +228,15 @@ fn serve_http(
 ) -> anyhow::Result<(Server, SocketAddr)> {
     let body_limit = cfg.body_limit;
     let send_timeout = cfg.live.send_timeout;
+    let metrics_elsewhere = cfg.metrics_bind.is_some();
+    let document = http::api_document(&cfg.commerce);
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
-            .configure(|c| http::routes(c, body_limit))
+            .app_data(http::ops::MetricsPlacement {
+                elsewhere: metrics_elsewhere,
+            })
+            .configure(|c| http::routes(c, body_limit, document.clone()))
             .default_service(web::to(http::not_found))
             .wrap(from_fn(http::middleware::observe))
             .wrap(Compress::default())
@@ -231,6 +269,31 @@ fn serve_http(
         .first()
         .copied()
         .context("the server bound no address")?;
+    Ok((server.run(), addr))
+}
+
+/// The private /metrics listener (`SURGE_METRICS_BIND`): one worker, nothing else
+/// served, so that it costs nothing beside the public one.
+fn serve_metrics(
+    bind: SocketAddr,
+    state: web::Data<AppState>,
+) -> anyhow::Result<(Server, SocketAddr)> {
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .route("/metrics", web::get().to(http::ops::render_metrics))
+            .route("/metrics", web::head().to(http::ops::render_metrics))
+            .default_service(web::to(http::not_found))
+    })
+    .workers(1)
+    .disable_signals()
+    .bind(bind)
+    .with_context(|| format!("binding SURGE_METRICS_BIND={bind}"))?;
+    let addr = server
+        .addrs()
+        .first()
+        .copied()
+        .context("the metrics server bound no address")?;
     Ok((server.run(), addr))
 }
 

@@ -1,6 +1,10 @@
 //! Signed session cookies. The cookie carries a random session id and an HMAC-SHA256
 //! of it under `SURGE_SESSION_KEY`, so a client cannot forge or alter one; the server
 //! keeps no session table.
+//!
+//! `SURGE_SESSION_KEY` may list several keys: the first signs new cookies and every one
+//! of them verifies, so a key can be rotated (new key first, old one after it, until
+//! the old cookies are gone) without logging every shopper out.
 
 use actix_web::cookie::{Cookie, SameSite};
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine as _};
@@ -13,42 +17,50 @@ pub const COOKIE: &str = "surge_session";
 
 /// Signs and verifies session cookies.
 pub struct SessionSigner {
-    key: Vec<u8>,
+    /// The signing key first, then the keys that only verify; never empty.
+    keys: Vec<Vec<u8>>,
     secure: bool,
 }
 
 impl SessionSigner {
-    /// A signer with `key`, or a random key (sessions then end with the process).
-    pub fn new(key: Option<Vec<u8>>, secure: bool) -> Self {
-        let key = key.unwrap_or_else(|| {
+    /// A signer whose first key signs and all of whose keys verify; with no key, a
+    /// random one (sessions then end with the process).
+    pub fn new(keys: Vec<Vec<u8>>, secure: bool) -> Self {
+        let keys = if keys.is_empty() {
             let a = uuid::Uuid::new_v4();
             let b = uuid::Uuid::new_v4();
-            [a.as_bytes().as_slice(), b.as_bytes().as_slice()].concat()
-        });
-        Self { key, secure }
+            vec![[a.as_bytes().as_slice(), b.as_bytes().as_slice()].concat()]
+        } else {
+            keys
+        };
+        Self { keys, secure }
     }
 
-    fn mac(&self, id: &SessionId) -> Hmac<Sha256> {
+    fn mac(key: &[u8], id: &SessionId) -> Hmac<Sha256> {
         // HMAC takes keys of any length.
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.key)
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key)
             .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
         mac.update(id.as_str().as_bytes());
         mac
     }
 
-    /// The cookie value for a session id.
+    /// The cookie value for a session id, signed with the first key.
     pub fn sign(&self, id: &SessionId) -> String {
-        let tag = self.mac(id).finalize().into_bytes();
+        let key = self.keys.first().map_or(&[][..], Vec::as_slice);
+        let tag = Self::mac(key, id).finalize().into_bytes();
         format!("{id}.{}", URL_SAFE_NO_PAD.encode(tag))
     }
 
-    /// The session id of a cookie value, if the signature holds (checked in constant time).
+    /// The session id of a cookie value, if its signature holds under any of the keys
+    /// (each checked in constant time).
     pub fn verify(&self, value: &str) -> Option<SessionId> {
         let (id, tag) = value.split_once('.')?;
         let id = SessionId::parse(id).ok()?;
         let tag = URL_SAFE_NO_PAD.decode(tag).ok()?;
-        self.mac(&id).verify_slice(&tag).ok()?;
-        Some(id)
+        self.keys
+            .iter()
+            .any(|key| Self::mac(key, &id).verify_slice(&tag).is_ok())
+            .then_some(id)
     }
 
     /// The session cookie with this value and the site's attributes.
@@ -68,11 +80,11 @@ mod tests {
 
     #[test]
     fn signatures_hold_and_tampering_fails() {
-        let s = SessionSigner::new(Some(b"k".repeat(32)), false);
+        let s = SessionSigner::new(vec![b"k".repeat(32)], false);
         let id = SessionId::random();
         let value = s.sign(&id);
         assert_eq!(s.verify(&value), Some(id.clone()));
-        let other = SessionSigner::new(Some(b"x".repeat(32)), false);
+        let other = SessionSigner::new(vec![b"x".repeat(32)], false);
         assert_eq!(other.verify(&value), None, "another key");
         let mut altered = value.clone().into_bytes();
         altered[0] = if altered[0] == b'a' { b'b' } else { b'a' };
@@ -84,5 +96,23 @@ mod tests {
         assert_eq!(s.verify(&format!("{id}.AAAA")), None, "forged tag");
         assert_eq!(s.verify(id.as_str()), None, "no tag");
         assert_eq!(s.verify("../etc.x"), None);
+    }
+
+    /// Guards against a key rotation that logs every shopper out (an old key no longer
+    /// verifying) or that keeps signing with the retiring key.
+    #[test]
+    fn the_first_key_signs_and_every_key_verifies() {
+        let (old, new) = (b"o".repeat(32), b"n".repeat(32));
+        let before = SessionSigner::new(vec![old.clone()], false);
+        let id = SessionId::random();
+        let old_cookie = before.sign(&id);
+        let rotated = SessionSigner::new(vec![new.clone(), old], false);
+        assert_eq!(rotated.verify(&old_cookie), Some(id.clone()), "old cookie");
+        let new_cookie = rotated.sign(&id);
+        assert_ne!(new_cookie, old_cookie, "signed with the new key");
+        let only_new = SessionSigner::new(vec![new], false);
+        assert_eq!(only_new.verify(&new_cookie), Some(id.clone()));
+        assert_eq!(only_new.verify(&old_cookie), None, "the old key is retired");
+        assert_eq!(before.verify(&new_cookie), None);
     }
 }

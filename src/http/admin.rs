@@ -10,7 +10,7 @@ use actix_web::{
 };
 use serde::{Deserialize, Serialize};
 use surge_actors::{
-    campaign::Window,
+    campaign::{Invalid, Window},
     cart_actor::now_ms,
     order::OrderStatus,
     validated::{Sku, Slug},
@@ -18,7 +18,7 @@ use surge_actors::{
 use utoipa::ToSchema;
 use utoipa_actix_web::{scope, service_config::ServiceConfig};
 
-use super::products::ProductView;
+use super::{contract, products::ProductView};
 use crate::{
     commerce::{
         orders::{self as order_status, StatusError},
@@ -102,19 +102,31 @@ pub struct VariantUpsert {
     #[serde(default)]
     pub attributes: BTreeMap<String, String>,
     /// Price in minor units.
+    #[serde(deserialize_with = "contract::int")]
     pub price_minor: i64,
     /// ISO 4217 code, e.g. EUR.
     pub currency: String,
     /// Initial stock of a new SKU; ignored for an existing one (use restock).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "contract::int")]
     pub stock: i64,
 }
 
-const MAX_VARIANTS: usize = 100;
-const MAX_ATTRIBUTES: usize = 10;
-const MAX_PRICE_MINOR: i64 = 1_000_000_000_000;
-const MAX_STOCK: i64 = 1_000_000_000;
-const MAX_RESTOCK: i64 = 1_000_000;
+/// Most variants of one product.
+pub const MAX_VARIANTS: usize = 100;
+/// Most attributes of one variant.
+pub const MAX_ATTRIBUTES: usize = 10;
+/// Longest attribute name, in characters.
+pub const MAX_ATTRIBUTE_NAME_CHARS: usize = 32;
+/// Longest attribute value, in characters.
+pub const MAX_ATTRIBUTE_VALUE_CHARS: usize = 64;
+/// Longest product description, in characters.
+pub const MAX_DESCRIPTION_CHARS: usize = 5000;
+/// Highest price, minor units.
+pub const MAX_PRICE_MINOR: i64 = 1_000_000_000_000;
+/// Most initial stock of a new SKU.
+pub const MAX_STOCK: i64 = 1_000_000_000;
+/// Most units one restock adds.
+pub const MAX_RESTOCK: i64 = 1_000_000;
 
 fn invalid(message: impl Into<String>) -> ApiError {
     ApiError::bad_request("invalid_product", message)
@@ -128,12 +140,18 @@ impl ProductUpsert {
                 "slug must be 1-128 lowercase letters, digits or dashes",
             ));
         }
-        let name = self.name.trim().to_owned();
-        if name.is_empty() || name.chars().count() > 200 {
-            return Err(invalid("name must be 1-200 characters"));
+        if !contract::is_name(&self.name) {
+            return Err(invalid(
+                "name must be 1-200 characters, not only spaces, without control characters",
+            ));
         }
-        if self.description.chars().count() > 5000 {
-            return Err(invalid("description must be at most 5000 characters"));
+        let name = self.name.trim().to_owned();
+        if self.description.chars().count() > MAX_DESCRIPTION_CHARS
+            || !contract::is_text(&self.description)
+        {
+            return Err(invalid(format!(
+                "description must be at most {MAX_DESCRIPTION_CHARS} characters, without NUL"
+            )));
         }
         if self.variants.is_empty() || self.variants.len() > MAX_VARIANTS {
             return Err(invalid(format!(
@@ -147,29 +165,42 @@ impl ProductUpsert {
             if Sku::parse(&v.sku).is_err() {
                 return Err(invalid(format!("sku {:?} is not valid", v.sku)));
             }
-            if !seen.insert(v.sku.clone()) {
-                return Err(invalid(format!("sku {} appears twice", v.sku)));
-            }
             if v.currency.len() != 3 || !v.currency.bytes().all(|b| b.is_ascii_uppercase()) {
                 return Err(invalid("currency must be a 3-letter ISO code such as EUR"));
             }
-            if v.currency != currency {
-                return Err(invalid("all variants of a product share one currency"));
-            }
             if !(0..=MAX_PRICE_MINOR).contains(&v.price_minor) {
-                return Err(invalid("price_minor must be a non-negative integer"));
+                return Err(invalid(format!(
+                    "price_minor must be an integer from 0 to {MAX_PRICE_MINOR}"
+                )));
             }
             if !(0..=MAX_STOCK).contains(&v.stock) {
                 return Err(invalid(format!("stock must be 0-{MAX_STOCK}")));
             }
             if v.attributes.len() > MAX_ATTRIBUTES
                 || v.attributes.iter().any(|(k, val)| {
-                    k.is_empty() || k.chars().count() > 32 || val.chars().count() > 64
+                    k.is_empty()
+                        || k.chars().count() > MAX_ATTRIBUTE_NAME_CHARS
+                        || val.chars().count() > MAX_ATTRIBUTE_VALUE_CHARS
+                        || !contract::is_text(k)
+                        || !contract::is_text(val)
                 })
             {
                 return Err(invalid(format!(
-                    "at most {MAX_ATTRIBUTES} attributes, names 1-32 and values up to 64 characters"
+                    "at most {MAX_ATTRIBUTES} attributes, names 1-{MAX_ATTRIBUTE_NAME_CHARS} and values up to {MAX_ATTRIBUTE_VALUE_CHARS} characters, without NUL"
                 )));
+            }
+            // Each field is valid: what is left is the product contradicting itself.
+            if !seen.insert(v.sku.clone()) {
+                return Err(ApiError::Unprocessable {
+                    code: "invalid_product",
+                    message: format!("sku {} appears twice", v.sku),
+                });
+            }
+            if v.currency != currency {
+                return Err(ApiError::Unprocessable {
+                    code: "invalid_product",
+                    message: "all variants of a product share one currency".into(),
+                });
             }
             variants.push(VariantInput {
                 sku: v.sku,
@@ -196,12 +227,14 @@ impl ProductUpsert {
     responses(
         (status = 201, description = "Created", body = ProductView),
         (status = 200, description = "Updated", body = ProductView),
-        (status = 400, description = "Invalid product", body = ErrorBody),
+        (status = 400, description = "`invalid_product`: a field breaks its schema; bad JSON", body = ErrorBody),
         (status = 401, description = "No token", body = ErrorBody),
         (status = 403, description = "Wrong token", body = ErrorBody),
         (status = 404, description = "Admin API disabled", body = ErrorBody),
-        (status = 409, description = "A SKU belongs to another product", body = ErrorBody),
+        (status = 409, description = "`sku_taken`: a SKU belongs to another product", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 422, description = "`invalid_product`: a SKU appears twice, or the variants' currencies differ", body = ErrorBody),
+        (status = 503, description = "Database unavailable; nothing changed, see Retry-After", body = ErrorBody),
     )
 )]
 #[post("/products")]
@@ -232,6 +265,7 @@ pub async fn upsert_product(
 #[serde(deny_unknown_fields)]
 pub struct Restock {
     /// 1 to 1,000,000.
+    #[serde(deserialize_with = "contract::int")]
     pub quantity: i64,
 }
 
@@ -254,10 +288,12 @@ pub struct StockView {
     security(("admin_token" = [])),
     responses(
         (status = 200, description = "Restocked", body = StockView),
-        (status = 400, description = "Bad quantity", body = ErrorBody),
+        (status = 400, description = "Bad quantity or JSON", body = ErrorBody),
         (status = 401, description = "No token", body = ErrorBody),
         (status = 403, description = "Wrong token", body = ErrorBody),
         (status = 404, description = "Unknown SKU, or admin API disabled", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 503, description = "Database unavailable; nothing changed, see Retry-After", body = ErrorBody),
     )
 )]
 #[post("/inventory/{sku}/restock")]
@@ -292,7 +328,6 @@ pub async fn restock(
 /// A new order status.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-#[schema(as = OrderStatus)]
 pub struct StatusChange {
     /// `placed`, `paid`, `shipped`, `delivered` or `cancelled`.
     pub status: String,
@@ -308,9 +343,13 @@ pub struct StatusChange {
     security(("admin_token" = [])),
     responses(
         (status = 200, description = "The order", body = crate::views::OrderBody),
-        (status = 400, description = "Unknown status", body = ErrorBody),
-        (status = 404, description = "No such order", body = ErrorBody),
+        (status = 400, description = "Unknown status, or bad JSON", body = ErrorBody),
+        (status = 401, description = "No token", body = ErrorBody),
+        (status = 403, description = "Wrong token", body = ErrorBody),
+        (status = 404, description = "No such order, or admin API disabled", body = ErrorBody),
         (status = 409, description = "`invalid_transition`: the order's lifecycle does not allow the move; `status` is its current status, unchanged", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 503, description = "Database unavailable; nothing changed, see Retry-After", body = ErrorBody),
     )
 )]
 #[post("/orders/{id}/status")]
@@ -346,19 +385,21 @@ pub struct CampaignBody {
     #[serde(default)]
     pub product_slug: Option<String>,
     /// Start, Unix milliseconds (0 to 253402300799999).
+    #[serde(deserialize_with = "contract::int")]
     pub starts_at_ms: i64,
     /// End, Unix milliseconds (after the start).
+    #[serde(deserialize_with = "contract::int")]
     pub ends_at_ms: i64,
     /// Price within the window per SKU, minor units (positive).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "contract::int_map")]
     pub sale_price_minor: BTreeMap<String, i64>,
     /// Units one customer may buy across the campaign's SKUs.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "contract::int_opt")]
     pub per_customer_limit: Option<i64>,
     /// How long one hold of the campaign's SKUs lasts from the line's first
     /// reservation, seconds (positive); setting the line again never extends it.
     /// Default: the reservation TTL.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "contract::int_opt")]
     pub hold_secs: Option<i64>,
     /// A waiting room admitting this many sessions per second.
     #[serde(default)]
@@ -368,8 +409,10 @@ pub struct CampaignBody {
 /// A campaign's waiting room.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = CampaignQueueBody)]
 pub struct QueueBody {
     /// Sessions admitted per second (positive).
+    #[serde(deserialize_with = "contract::int")]
     pub admit_per_second: i64,
 }
 
@@ -382,9 +425,14 @@ pub struct QueueBody {
     security(("admin_token" = [])),
     responses(
         (status = 201, description = "Scheduled", body = CampaignView),
-        (status = 400, description = "Invalid campaign (`invalid_campaign`): a timestamp out of range, an empty window, a price, limit, hold or rate that is not positive, a sale price for a SKU not in the campaign", body = ErrorBody),
+        (status = 400, description = "`invalid_campaign`: a field breaks its schema (a timestamp out of range; a price, limit, hold or rate that is not positive or too large; an empty `skus`); bad JSON", body = ErrorBody),
+        (status = 401, description = "No token", body = ErrorBody),
+        (status = 403, description = "Wrong token", body = ErrorBody),
         (status = 404, description = "Unknown SKU or product, or admin API disabled", body = ErrorBody),
         (status = 409, description = "`campaign_overlap`: a SKU is in another campaign whose window overlaps", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 422, description = "`invalid_campaign`: the window ends before it starts (or when it starts); a sale price for a SKU not in the campaign; both or neither of `skus` and `product_slug`; a product without active variants", body = ErrorBody),
+        (status = 503, description = "Database unavailable; nothing changed, see Retry-After", body = ErrorBody),
     )
 )]
 #[post("/campaigns")]
@@ -394,17 +442,27 @@ pub async fn create_campaign(
     body: web::Json<CampaignBody>,
 ) -> Result<HttpResponse, ApiError> {
     let invalid = |message: String| ApiError::bad_request("invalid_campaign", message);
-    let name = body.name.trim();
-    if name.is_empty() || name.chars().count() > 200 {
-        return Err(invalid("name must be 1-200 characters".into()));
+    let contradicts = |message: String| ApiError::Unprocessable {
+        code: "invalid_campaign",
+        message,
+    };
+    if !contract::is_name(&body.name) {
+        return Err(invalid(
+            "name must be 1-200 characters, not only spaces, without control characters".into(),
+        ));
     }
-    let window =
-        Window::new(body.starts_at_ms, body.ends_at_ms).map_err(|e| invalid(e.to_string()))?;
+    let name = body.name.trim();
+    if body.skus.as_ref().is_some_and(Vec::is_empty) {
+        return Err(invalid("skus names at least one sku".into()));
+    }
+    let window = Window::new(body.starts_at_ms, body.ends_at_ms).map_err(ApiError::from_invalid)?;
     let selection = match (&body.skus, &body.product_slug) {
-        (Some(_), Some(_)) => return Err(invalid("give skus or product_slug, not both".into())),
+        (Some(_), Some(_)) => {
+            return Err(contradicts("give skus or product_slug, not both".into()))
+        }
         (Some(skus), None) => Selection::Skus(skus),
         (None, Some(slug)) => Selection::Product(slug),
-        (None, None) => Selection::Nothing,
+        (None, None) => return Err(contradicts("give skus or product_slug".into())),
     };
     let (campaign, version) = campaigns::insert(
         &state.db.primary,
@@ -438,6 +496,7 @@ pub async fn create_campaign(
         (status = 401, description = "No token", body = ErrorBody),
         (status = 403, description = "Wrong token", body = ErrorBody),
         (status = 404, description = "No such campaign, or admin API disabled", body = ErrorBody),
+        (status = 503, description = "Database unavailable, see Retry-After", body = ErrorBody),
     )
 )]
 #[get("/campaigns/{id}/report")]
@@ -457,6 +516,27 @@ pub async fn campaign_report(
         .ok_or_else(not_found)?;
     let report = state.reports.report(&campaign).await?;
     Ok(HttpResponse::Ok().json(report))
+}
+
+impl ApiError {
+    /// A campaign's own rule broken: `400` for what its schema states (ranges, signs),
+    /// `422` for what no schema can (one field against another, or against the store).
+    fn from_invalid(e: Invalid) -> Self {
+        let message = e.to_string();
+        match e {
+            Invalid::EmptyWindow | Invalid::SalePriceForOtherSku(_) | Invalid::NoSkus => {
+                ApiError::Unprocessable {
+                    code: "invalid_campaign",
+                    message,
+                }
+            }
+            Invalid::TimestampOutOfRange
+            | Invalid::SalePrice(_)
+            | Invalid::Limit
+            | Invalid::Hold
+            | Invalid::AdmitRate => ApiError::bad_request("invalid_campaign", message),
+        }
+    }
 }
 
 impl From<UpsertError> for ApiError {
@@ -492,7 +572,7 @@ impl From<CampaignError> for ApiError {
                 code: "campaign_overlap",
                 message: format!("{sku} is in campaign {other} at an overlapping time"),
             },
-            CampaignError::Invalid(e) => ApiError::bad_request("invalid_campaign", e.to_string()),
+            CampaignError::Invalid(e) => ApiError::from_invalid(e),
             CampaignError::Db(e) => e.into(),
         }
     }

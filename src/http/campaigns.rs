@@ -23,6 +23,7 @@ pub fn routes(cfg: &mut ServiceConfig) {
     responses(
         (status = 200, description = "The campaign", body = CampaignView),
         (status = 404, description = "No such campaign", body = ErrorBody),
+        (status = 503, description = "The queue's numbers are unavailable; see Retry-After", body = ErrorBody),
     )
 )]
 #[get("/api/campaigns/{id}")]

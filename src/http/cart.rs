@@ -17,7 +17,7 @@ use surge_actors::{
     money::{Currency, Money},
     ports::Rejection,
     shard::TakeError,
-    validated::{Email, Sku},
+    validated::Sku,
 };
 use utoipa::ToSchema;
 use utoipa_actix_web::{scope, service_config::ServiceConfig};
@@ -200,7 +200,15 @@ fn cart_answer(state: &AppState, view: CartView) -> HttpResponse {
 }
 
 /// The caller's cart.
-#[utoipa::path(tag = "cart", responses((status = 200, description = "The cart", body = CartBody), (status = 400, description = "Invalid session cookie", body = ErrorBody), (status = 429, description = "`rate_limited`: a new session over the client IP's limit; see Retry-After", body = ErrorBody)))]
+#[utoipa::path(
+    tag = "cart",
+    responses(
+        (status = 200, description = "The cart", body = CartBody),
+        (status = 400, description = "`invalid_session`: the session cookie is not valid (it is cleared)", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: a new session over the client IP's limit; `busy`: shedding load; see Retry-After", body = ErrorBody),
+        (status = 503, description = "The cart could not be loaded; see Retry-After", body = ErrorBody),
+    )
+)]
 #[get("")]
 pub async fn get_cart(
     state: web::Data<AppState>,
@@ -222,6 +230,7 @@ pub async fn get_cart(
 #[serde(deny_unknown_fields)]
 pub struct QuantityBody {
     /// 1 to the configured maximum (default 10).
+    #[serde(deserialize_with = "super::contract::int")]
     pub quantity: i64,
 }
 
@@ -260,6 +269,7 @@ fn priced_sku(state: &AppState, raw: &str) -> Result<(Sku, Money), ApiError> {
         (status = 200, description = "The cart after the change (committed)", body = CartBody),
         (status = 400, description = "Bad quantity, JSON or session", body = ErrorBody),
         (status = 404, description = "Unknown SKU", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
         (status = 409, description = "insufficient_stock, with `available`: PostgreSQL and every node's lease together; price_changed, with the committed `price_minor` and `currency` of `sku`; campaign_not_started, with `starts_at_ms`, and campaign_ended: the SKU's campaign is not open, nothing reserved; limit_exceeded, with `remaining` and `campaign_id`: the cart would hold more of the campaign's SKUs than its per-customer limit. A campaign line's hold runs from its first reservation and is not extended by setting it again; queue_lapsed: the session's turn in the campaign's queue passed unused", body = ErrorBody),
         (status = 429, description = "`busy`: shedding load; `rate_limited`: over the session's or client IP's write limit, or a new session over the IP's; `queued`: waiting in the campaign's queue, with `position`, `waiting` and `retry_after_ms`; see Retry-After", body = ErrorBody),
         (status = 503, description = "Nothing committed; retry after `Retry-After` (`unavailable`, `stock_recovering`: a stopped node holds the units, `stock_contended`: live nodes hold them)", body = ErrorBody),
@@ -302,7 +312,13 @@ pub async fn put_item(
 #[utoipa::path(
     tag = "cart",
     params(("sku" = String, Path, description = "The SKU")),
-    responses((status = 200, description = "The cart after the change", body = CartBody), (status = 404, description = "Unknown SKU", body = ErrorBody), (status = 429, description = "`rate_limited`: over the session's or client IP's write limit; see Retry-After", body = ErrorBody))
+    responses(
+        (status = 200, description = "The cart after the change", body = CartBody),
+        (status = 400, description = "`invalid_session`: the session cookie is not valid (it is cleared)", body = ErrorBody),
+        (status = 404, description = "Unknown SKU", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: over the session's or client IP's write limit; `busy`: shedding load; see Retry-After", body = ErrorBody),
+        (status = 503, description = "Nothing committed; see Retry-After", body = ErrorBody),
+    )
 )]
 #[delete("/items/{sku}")]
 pub async fn delete_item(
@@ -332,7 +348,7 @@ pub async fn delete_item(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CheckoutBody {
-    /// Where the confirmation goes.
+    /// Where the confirmation goes: visible ASCII, `name@domain.tld`; spaces around it are dropped.
     pub email: String,
 }
 
@@ -363,10 +379,11 @@ fn idempotency_key(req: &HttpRequest) -> Result<String, ApiError> {
 #[utoipa::path(
     tag = "cart",
     request_body = CheckoutBody,
-    params(("Idempotency-Key" = String, Header, description = "Client-chosen key; a repeat returns the same order")),
+    params(("Idempotency-Key" = String, Header, description = "Client-chosen key, 1-255 visible ASCII characters; a repeat returns the same order")),
     responses(
         (status = 201, description = "The order (committed); a replay carries `Idempotent-Replayed: true`", body = OrderBody),
         (status = 400, description = "Missing key, bad email, bad JSON or session", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
         (status = 409, description = "reservation_expired (with `lines`), cart_empty, limit_exceeded (with `remaining` and `campaign_id`: the customer, by normalized email, would pass the campaign's per-customer limit counting every earlier order; the reservation stays), or price_changed (with the committed `price_minor` and `currency` of `sku`: set the line again at that price)", body = ErrorBody),
         (status = 429, description = "`busy`: shedding load; `rate_limited`: over the session's or client IP's write limit, or a new session over the IP's; see Retry-After", body = ErrorBody),
         (status = 503, description = "Nothing committed; retry with the same key", body = ErrorBody),
@@ -380,7 +397,7 @@ pub async fn checkout(
     body: web::Json<CheckoutBody>,
 ) -> Result<HttpResponse, ApiError> {
     let key = idempotency_key(&req)?;
-    let email = Email::parse(body.email.trim())?;
+    let email = super::contract::checkout_email(&body.email)?;
     // Nothing to order: a repeat of a key already used replays its order (a fresh
     // session has used none), anything else is refused, and no actor starts for it.
     if let Held::AtRest(cart) = held(&state, &session).await? {
@@ -415,7 +432,13 @@ pub async fn checkout(
 #[utoipa::path(
     tag = "cart",
     params(("id" = String, Path, description = "Order id")),
-    responses((status = 200, description = "The order", body = OrderBody), (status = 404, description = "No such order for this session", body = ErrorBody))
+    responses(
+        (status = 200, description = "The order", body = OrderBody),
+        (status = 400, description = "`invalid_session`: the session cookie is not valid (it is cleared)", body = ErrorBody),
+        (status = 404, description = "No such order for this session", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: a new session over the client IP's limit; see Retry-After", body = ErrorBody),
+        (status = 503, description = "Database unavailable; see Retry-After", body = ErrorBody),
+    )
 )]
 #[get("/{id}")]
 pub async fn get_order(

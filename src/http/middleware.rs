@@ -1,4 +1,4 @@
-//! Request metrics and the request-id response header.
+//! Request metrics, the request-id response header, and `HEAD` of every `GET`.
 
 use std::{
     collections::HashMap,
@@ -78,12 +78,21 @@ fn route(req: &HttpRequest) -> Arc<RouteMetrics> {
 
 /// Counts requests and records their latency by route pattern (not raw path, so that
 /// label cardinality stays bounded), method and status; echoes the request id.
+///
+/// It also gives every `GET` route its `HEAD`: the request is routed as the `GET` it
+/// mirrors (and counted as the `HEAD` it is), so the answer has the same status and
+/// headers, and the HTTP layer sends no body for a `HEAD`. A `HEAD` of a path without
+/// `GET` meets the same `405` as any other method the path does not serve (see
+/// [`crate::http::not_found`]).
 pub async fn observe(
-    req: ServiceRequest,
+    mut req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let start = Instant::now();
     let method = req.method().clone();
+    if method == Method::HEAD {
+        req.head_mut().method = Method::GET;
+    }
     let request_id = req.extensions().get::<RequestId>().copied();
     let mut res = next.call(req).await?;
     let (counter, histogram) = route(res.request()).handles(&method, res.status().as_u16());

@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod campaigns;
 pub mod cart;
+pub mod contract;
 pub mod middleware;
 pub mod ops;
 pub mod products;
@@ -17,18 +18,21 @@ pub mod refusals;
 pub mod request_span;
 pub mod storefront;
 
-use std::sync::OnceLock;
-
-use actix_web::{http::StatusCode, web, HttpRequest, HttpResponse};
+use actix_web::{
+    http::{header, StatusCode},
+    web, HttpRequest, HttpResponse,
+};
 use utoipa_actix_web::{service_config::ServiceConfig, AppExt as _};
 
 use crate::{
+    config::CommerceConfig,
     error::{error_response, json_error, path_error, query_error},
     openapi::ApiDocument,
 };
 
-/// Registers every route and the extractor limits.
-pub fn routes(cfg: &mut web::ServiceConfig, body_limit: usize) {
+/// Registers every route and the extractor limits, with the API description built
+/// for this node ([`api_document`]).
+pub fn routes(cfg: &mut web::ServiceConfig, body_limit: usize, document: web::Data<ApiDocument>) {
     cfg.app_data(
         web::JsonConfig::default()
             .limit(body_limit)
@@ -37,7 +41,7 @@ pub fn routes(cfg: &mut web::ServiceConfig, body_limit: usize) {
     .app_data(web::PayloadConfig::new(body_limit))
     .app_data(web::QueryConfig::default().error_handler(query_error))
     .app_data(web::PathConfig::default().error_handler(path_error))
-    .app_data(api_document());
+    .app_data(document);
     register(&mut ServiceConfig::new(cfg));
 }
 
@@ -53,25 +57,71 @@ fn register(cfg: &mut ServiceConfig) {
         .configure(storefront::routes);
 }
 
-/// The API description, collected once from the same registration the server uses.
-pub fn api_document() -> web::Data<ApiDocument> {
-    static DOCUMENT: OnceLock<web::Data<ApiDocument>> = OnceLock::new();
-    DOCUMENT
-        .get_or_init(|| {
-            let (_, paths) = actix_web::App::new()
-                .into_utoipa_app()
-                .configure(register)
-                .split_for_parts();
-            web::Data::new(ApiDocument::new(paths))
-        })
-        .clone()
+/// The API description, collected from the same registration the server uses, with
+/// the limits this node enforces (`commerce`); built once per node.
+pub fn api_document(commerce: &CommerceConfig) -> web::Data<ApiDocument> {
+    let (_, paths) = actix_web::App::new()
+        .into_utoipa_app()
+        .configure(register)
+        .split_for_parts();
+    let constraints = contract::constraints(commerce.max_line_quantity);
+    web::Data::new(ApiDocument::new(paths, &constraints))
 }
 
-/// JSON 404 for every path no route matches.
+/// Every path no route matches: `405` with `Allow` when the path is a documented one
+/// and only the method is wrong (the methods come from the API description, so they
+/// are the registered ones), a JSON `404` otherwise.
 pub async fn not_found(req: HttpRequest) -> HttpResponse {
-    error_response(
-        StatusCode::NOT_FOUND,
-        "not_found",
-        &format!("no route for {} {}", req.method(), req.path()),
-    )
+    let allowed = req
+        .app_data::<web::Data<ApiDocument>>()
+        .and_then(|doc| doc.allowed_methods(req.path()));
+    match allowed {
+        Some(allow) => {
+            let mut resp = error_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                &format!(
+                    "{} is not served at {}; use {allow}",
+                    req.method(),
+                    req.path()
+                ),
+            );
+            if let Ok(value) = header::HeaderValue::from_str(&allow) {
+                resp.headers_mut().insert(header::ALLOW, value);
+            }
+            resp
+        }
+        None => error_response(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            &format!("no route for {} {}", req.method(), req.path()),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{defaults, CommerceArgs};
+
+    /// Guards against a constraint or link of the description silently dropped
+    /// because the schema, parameter or operation it names was renamed.
+    #[test]
+    fn every_constraint_and_link_finds_its_place() {
+        let doc = super::api_document(&defaults::<CommerceArgs>().validate());
+        assert_eq!(doc.unapplied(), &[] as &[String]);
+        assert_eq!(
+            doc.allowed_methods("/api/cart/items/X-1").as_deref(),
+            Some("PUT, DELETE")
+        );
+        assert_eq!(
+            doc.allowed_methods("/api/cart").as_deref(),
+            Some("GET, HEAD")
+        );
+        assert_eq!(
+            doc.allowed_methods("/api/cart/items/"),
+            None,
+            "a parameter is never empty"
+        );
+        assert_eq!(doc.allowed_methods("/api/cart/nope"), None);
+    }
 }

@@ -2,12 +2,12 @@
 
 use std::time::Duration;
 
-use actix_web::{get, http::StatusCode, web, HttpResponse};
+use actix_web::{get, http::StatusCode, web, HttpRequest, HttpResponse};
 use serde::Serialize;
 use utoipa::ToSchema;
 use utoipa_actix_web::service_config::ServiceConfig;
 
-use crate::{openapi::ApiDocument, state::AppState, store::migrate};
+use crate::{error::ErrorBody, openapi::ApiDocument, state::AppState, store::migrate};
 
 /// Liveness, readiness, metrics and the API description; no session, no token.
 pub fn routes(cfg: &mut ServiceConfig) {
@@ -83,10 +83,40 @@ async fn probe_db(state: &AppState) -> bool {
     )
 }
 
+/// Tells the public app of a node whose /metrics has a listener of its own
+/// (`SURGE_METRICS_BIND`): the public route then answers 404, so that the numbers are
+/// not public.
+#[derive(Debug, Clone, Copy)]
+pub struct MetricsPlacement {
+    /// Whether /metrics has a listener of its own.
+    pub elsewhere: bool,
+}
+
 /// Prometheus text exposition of every metric of this process.
-#[utoipa::path(tag = "ops", responses((status = 200, description = "Prometheus text format")))]
+#[utoipa::path(
+    tag = "ops",
+    responses(
+        (status = 200, description = "Prometheus text format", content_type = "text/plain"),
+        (status = 404, description = "Served on its own listener (`SURGE_METRICS_BIND`), not this one", body = ErrorBody),
+    )
+)]
 #[get("/metrics")]
-pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+pub async fn metrics(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    if req
+        .app_data::<MetricsPlacement>()
+        .is_some_and(|m| m.elsewhere)
+    {
+        return crate::error::error_response(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "/metrics is served on its own listener",
+        );
+    }
+    render_metrics(state).await
+}
+
+/// The metrics text itself: the public route's answer, and the private listener's.
+pub async fn render_metrics(state: web::Data<AppState>) -> HttpResponse {
     state.db.record_metrics();
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")

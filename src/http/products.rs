@@ -19,11 +19,11 @@ pub fn routes(cfg: &mut ServiceConfig) {
 }
 
 /// Longest accepted search query, in characters.
-const MAX_QUERY_CHARS: usize = 100;
+pub const MAX_QUERY_CHARS: usize = 100;
 /// Page size when none is asked for.
-const DEFAULT_LIMIT: usize = 24;
+pub const DEFAULT_LIMIT: usize = 24;
 /// Largest page size.
-const MAX_LIMIT: usize = 100;
+pub const MAX_LIMIT: usize = 100;
 
 /// A variant as shoppers see it; borrows from the catalog snapshot, so answering
 /// copies nothing but the live stock numbers.
@@ -107,7 +107,7 @@ pub struct ListQuery {
     pub q: Option<String>,
     /// Page size, 1 to 100 (default 24).
     pub limit: Option<String>,
-    /// `next_cursor` of the previous page.
+    /// `next_cursor` of the previous page (the last slug it showed; empty for none).
     pub cursor: Option<String>,
 }
 
@@ -139,7 +139,8 @@ pub async fn list_products(
     query: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let limit = parse_limit(query.limit.as_deref())?;
-    let q = query.q.as_deref().unwrap_or("").trim();
+    let q = query.q.as_deref().unwrap_or("");
+    // Counted as sent, as the description states it.
     if q.chars().count() > MAX_QUERY_CHARS {
         return Err(ApiError::bad_request(
             "invalid_query",
@@ -148,7 +149,11 @@ pub async fn list_products(
     }
     let catalog = state.catalog.snapshot();
     let page = catalog
-        .page(q, query.cursor.as_deref().filter(|c| !c.is_empty()), limit)
+        .page(
+            q.trim(),
+            query.cursor.as_deref().filter(|c| !c.is_empty()),
+            limit,
+        )
         .map_err(|PageError::InvalidCursor| {
             ApiError::bad_request("invalid_cursor", "cursor is not valid")
         })?;

@@ -71,8 +71,10 @@ fn queued_campaign(state: &AppState, raw: &str) -> Result<Campaign, ApiError> {
     params(("id" = String, Path, description = "Campaign id")),
     responses(
         (status = 200, description = "The session's place", body = QueueBody),
+        (status = 400, description = "`invalid_session`: the session cookie is not valid (it is cleared)", body = ErrorBody),
         (status = 404, description = "No such campaign, or it has no queue", body = ErrorBody),
         (status = 429, description = "`rate_limited`: over the session's or client IP's write limit; see Retry-After", body = ErrorBody),
+        (status = 503, description = "The queue's store is unavailable; see Retry-After", body = ErrorBody),
     )
 )]
 #[post("")]
@@ -96,7 +98,10 @@ pub async fn join_queue(
     params(("id" = String, Path, description = "Campaign id")),
     responses(
         (status = 200, description = "The session's place", body = QueueBody),
+        (status = 400, description = "`invalid_session`: the session cookie is not valid (it is cleared)", body = ErrorBody),
         (status = 404, description = "No such campaign, it has no queue, or the session has not joined", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: a new session over the client IP's limit; see Retry-After", body = ErrorBody),
+        (status = 503, description = "The queue's store is unavailable; see Retry-After", body = ErrorBody),
     )
 )]
 #[get("")]

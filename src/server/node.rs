@@ -131,12 +131,7 @@ impl Node {
             assets,
             metrics,
             node_id: cfg.node_id.clone(),
-            sessions: SessionSigner::new(
-                cfg.session_key
-                    .as_ref()
-                    .map(|k| k.expose().as_bytes().to_vec()),
-                cfg.cookie_secure,
-            ),
+            sessions: SessionSigner::new(cfg.session_keys(), cfg.cookie_secure),
             carts,
             shards,
             limits,

@@ -222,6 +222,39 @@ impl Handler<Kick> for WsSession {
     }
 }
 
+/// Whether a handshake's `Origin` may open a socket. Without an allow-list, only the
+/// page's own origin may: the origin's host and port are the `Host` the request was
+/// sent to (a default port written or not). With one, exactly its origins may. A
+/// request without `Origin` is not a browser's (a browser always sends one on a
+/// WebSocket handshake), so the header cannot protect it and it is let through;
+/// `Origin: null` never is.
+fn origin_allowed(origin: Option<&str>, host: Option<&str>, allowed: &[String]) -> bool {
+    let Some(origin) = origin else {
+        return true;
+    };
+    let origin = origin.trim_end_matches('/');
+    if !allowed.is_empty() {
+        return allowed.iter().any(|a| a.eq_ignore_ascii_case(origin));
+    }
+    let Some((scheme, authority)) = origin.split_once("://") else {
+        return false;
+    };
+    let default_port = match scheme.to_ascii_lowercase().as_str() {
+        "http" => ":80",
+        "https" => ":443",
+        _ => return false,
+    };
+    let Some(host) = host else {
+        return false;
+    };
+    let strip = |a: &str| {
+        a.strip_suffix(default_port)
+            .unwrap_or(a)
+            .to_ascii_lowercase()
+    };
+    !authority.is_empty() && strip(authority) == strip(host.trim())
+}
+
 /// Opens a live socket for the caller's session.
 #[get("/ws", wrap = "crate::session::Sessions::socket()")]
 pub async fn ws_route(
@@ -230,16 +263,17 @@ pub async fn ws_route(
     state: web::Data<AppState>,
     session: Session,
 ) -> Result<HttpResponse, actix_web::Error> {
-    let allowed = &state.ws_limits.allowed_origins;
-    if !allowed.is_empty() {
-        let origin = req
-            .headers()
-            .get(header::ORIGIN)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        if !allowed.iter().any(|a| a == origin) {
-            return Err(ApiError::Forbidden.into());
-        }
+    let origin = req
+        .headers()
+        .get(header::ORIGIN)
+        .map(|v| v.to_str().unwrap_or(""));
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok());
+    if !origin_allowed(origin, host, &state.ws_limits.allowed_origins) {
+        metrics::counter!("ws_refused_total", "reason" => "origin").increment(1);
+        return Err(ApiError::Forbidden.into());
     }
     let limits = &state.ws_limits;
     // Counted before anything else is done for the socket; a peer without an address
@@ -282,4 +316,76 @@ pub async fn ws_route(
     ws::WsResponseBuilder::new(actor, &req, stream)
         .frame_size(limits.max_frame)
         .start()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::origin_allowed;
+
+    /// Guards against a page on another site opening a socket with the shopper's
+    /// cookie (cross-site WebSocket hijacking), and against refusing the store's own
+    /// pages or non-browser clients.
+    #[test]
+    fn the_default_origin_policy_is_the_pages_own_origin() {
+        let none: &[String] = &[];
+        let host = Some("shop.example.com:8080");
+        assert!(origin_allowed(
+            Some("http://shop.example.com:8080"),
+            host,
+            none
+        ));
+        assert!(origin_allowed(
+            Some("HTTP://Shop.Example.com:8080/"),
+            host,
+            none
+        ));
+        assert!(!origin_allowed(
+            Some("http://evil.example:8080"),
+            host,
+            none
+        ));
+        assert!(!origin_allowed(
+            Some("http://shop.example.com:8081"),
+            host,
+            none
+        ));
+        assert!(!origin_allowed(Some("null"), host, none));
+        assert!(!origin_allowed(Some(""), host, none));
+        assert!(!origin_allowed(
+            Some("http://shop.example.com:8080"),
+            None,
+            none
+        ));
+        assert!(origin_allowed(None, host, none), "no Origin: not a browser");
+        // A default port may or may not be written on either side.
+        assert!(origin_allowed(
+            Some("https://shop.example.com"),
+            Some("shop.example.com:443"),
+            none
+        ));
+        assert!(origin_allowed(
+            Some("https://shop.example.com:443"),
+            Some("shop.example.com"),
+            none
+        ));
+        assert!(!origin_allowed(
+            Some("http://shop.example.com"),
+            Some("shop.example.com:443"),
+            none
+        ));
+    }
+
+    /// Guards against an allow-list that lets the request's own Host stand in for it.
+    #[test]
+    fn an_allow_list_replaces_the_default() {
+        let allowed = vec!["https://shop.example.com".to_owned()];
+        let host = Some("node-1:8080");
+        assert!(origin_allowed(
+            Some("https://shop.example.com"),
+            host,
+            &allowed
+        ));
+        assert!(!origin_allowed(Some("http://node-1:8080"), host, &allowed));
+        assert!(origin_allowed(None, host, &allowed));
+    }
 }

@@ -242,8 +242,9 @@ async fn bad_campaigns_are_refused_and_nothing_is_stored() {
             "invalid_campaign",
         ),
         (
+            // Each field is valid; the window contradicts itself.
             json!({"name": "X", "skus": ["BAD-2"], "starts_at_ms": 10, "ends_at_ms": 10}),
-            400,
+            422,
             "invalid_campaign",
         ),
         (
@@ -253,7 +254,7 @@ async fn bad_campaigns_are_refused_and_nothing_is_stored() {
         ),
         (
             json!({"name": "X", "skus": ["BAD-2"], "starts_at_ms": 0, "ends_at_ms": 10, "sale_price_minor": {"BAD-1": 5}}),
-            400,
+            422,
             "invalid_campaign",
         ),
         (
@@ -268,7 +269,7 @@ async fn bad_campaigns_are_refused_and_nothing_is_stored() {
         ),
         (
             json!({"name": "X", "skus": ["BAD-2"], "product_slug": "bad-2", "starts_at_ms": 0, "ends_at_ms": 10}),
-            400,
+            422,
             "invalid_campaign",
         ),
         (

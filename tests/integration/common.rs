@@ -167,6 +167,8 @@ pub struct Options {
     pub journal_via: Option<String>,
     /// Rate limits: off, since tests drive many buyers from one IP (see `test_rate_limits`).
     pub rate_limits: RateLimitConfig,
+    /// A private listener of its own for /metrics (`127.0.0.1:0` picks a port).
+    pub metrics_bind: Option<std::net::SocketAddr>,
 }
 
 /// Redis of the tests.
@@ -235,6 +237,7 @@ impl Default for Options {
             connect_via: None,
             journal_via: None,
             rate_limits: test_rate_limits(false),
+            metrics_bind: None,
         }
     }
 }
@@ -278,6 +281,7 @@ impl TestApp {
         let cfg = ServeConfig {
             db: db_cfg,
             bind: "127.0.0.1:0".parse().expect("addr"),
+            metrics_bind: opts.metrics_bind,
             redis_url: opts.redis_url.clone().map(Into::into),
             redis_ca: None,
             node_id: opts

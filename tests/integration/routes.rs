@@ -137,7 +137,7 @@ async fn a_pool_that_times_out_answers_503_not_500() {
     let admin = [json, ("authorization", auth.as_str())];
     let product =
         r#"{"slug":"p","name":"P","variants":[{"sku":"P-1","price_minor":1,"currency":"EUR"}]}"#;
-    let campaign = r#"{"name":"C","starts_at_ms":1,"ends_at_ms":2}"#;
+    let campaign = r#"{"name":"C","skus":["P-1"],"starts_at_ms":1,"ends_at_ms":2}"#;
     let started = Instant::now();
     let mut shopper = crate::common::Buyer::new(&app.base, app.http.clone());
     let (order_reply, replies) = futures_util::future::join(
@@ -176,5 +176,337 @@ async fn a_pool_that_times_out_answers_503_not_500() {
         .send("GET", &format!("/api/orders/{order}"), &[], "")
         .await;
     assert_eq!((status, error_code(&body).as_str()), (404, "not_found"));
+    app.stop().await;
+}
+
+/// The headers worth comparing between a `GET` and its `HEAD` (not the date, the
+/// request id, or a session cookie that differs per request).
+fn stable_headers(resp: &awc::ClientResponse<impl futures_util::Stream>) -> Vec<(String, String)> {
+    let mut headers: Vec<(String, String)> = resp
+        .headers()
+        .iter()
+        .filter(|(name, _)| {
+            !matches!(
+                name.as_str(),
+                "date" | "x-request-id" | "set-cookie" | "content-length"
+            )
+        })
+        .map(|(n, v)| (n.to_string(), v.to_str().unwrap_or("?").to_owned()))
+        .collect();
+    headers.sort();
+    headers
+}
+
+#[actix_web::test]
+async fn head_mirrors_every_get_and_other_methods_get_405_with_allow() {
+    // Guards against HEAD answering 404 (it used to), a HEAD with a body or other
+    // headers than its GET, and an undeclared method on a known path answering 404
+    // instead of 405, or 405 without the Allow that says what is served.
+    let app = TestApp::spawn(crate::common::Options::default()).await;
+    let (_, list) = app.get_json("/api/products?limit=1").await;
+    let slug = list["items"][0]["slug"].as_str().expect("slug").to_owned();
+    let (_, doc) = app.get_json("/openapi.json").await;
+    let paths = doc["paths"].as_object().expect("paths");
+    let all = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"];
+    let mut heads = 0;
+    for (path, item) in paths {
+        let documented: Vec<String> = item
+            .as_object()
+            .expect("path item")
+            .keys()
+            .map(|m| m.to_uppercase())
+            .collect();
+        // A product that exists, so its HEAD is a 200 with a body to leave out.
+        let url = app.url(&concrete(path).replacen(
+            "/api/products/a",
+            &format!("/api/products/{slug}"),
+            1,
+        ));
+        if documented.iter().any(|m| m == "GET") {
+            // Uncompressed, so the client has no empty gzip stream to decode.
+            let identity = ("accept-encoding", "identity");
+            let mut get = app
+                .http
+                .get(&url)
+                .insert_header(identity)
+                .send()
+                .await
+                .expect("GET");
+            let get_body = get.body().limit(1 << 22).await.expect("GET body");
+            let mut head = app
+                .http
+                .head(&url)
+                .insert_header(identity)
+                .send()
+                .await
+                .expect("HEAD");
+            assert_eq!(head.status(), get.status(), "HEAD {path}");
+            assert_eq!(stable_headers(&head), stable_headers(&get), "HEAD {path}");
+            let head_body = head.body().await.expect("HEAD body");
+            assert!(head_body.is_empty(), "HEAD {path} has no body");
+            // (/metrics grows between the two requests: the GET itself is counted.)
+            if get.status().is_success() && path != "/metrics" {
+                // The length the GET would have sent (compression aside).
+                let length = head
+                    .headers()
+                    .get("content-length")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<usize>().ok());
+                assert_eq!(length, Some(get_body.len()), "HEAD {path} length");
+            }
+            heads += 1;
+        }
+        let mut expected_allow: Vec<String> = documented.clone();
+        if documented.iter().any(|m| m == "GET") {
+            expected_allow.push("HEAD".into());
+        }
+        expected_allow.sort();
+        for method in all
+            .iter()
+            .filter(|m| !expected_allow.iter().any(|d| d == *m))
+        {
+            let m = awc::http::Method::from_bytes(method.as_bytes()).expect("method");
+            let mut resp = app
+                .http
+                .request(m, &url)
+                .insert_header(("authorization", format!("Bearer {ADMIN_TOKEN}")))
+                .send()
+                .await
+                .expect("request");
+            assert_eq!(resp.status().as_u16(), 405, "{method} {path}");
+            let mut allow: Vec<String> = resp
+                .headers()
+                .get("allow")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_else(|| panic!("{method} {path}: 405 without Allow"))
+                .split(',')
+                .map(|m| m.trim().to_owned())
+                .collect();
+            allow.sort();
+            assert_eq!(allow, expected_allow, "{method} {path}");
+            let body: serde_json::Value =
+                serde_json::from_slice(&resp.body().await.unwrap_or_default()).unwrap_or_default();
+            if *method != "HEAD" {
+                assert_eq!(error_code(&body), "method_not_allowed", "{method} {path}");
+            }
+        }
+    }
+    assert!(
+        heads >= 10,
+        "every GET of the description was tried ({heads})"
+    );
+    // Paths nobody documents stay 404, whatever the method.
+    for (method, path) in [
+        ("POST", "/nope"),
+        ("PATCH", "/api/cart/nope"),
+        ("HEAD", "/nope"),
+    ] {
+        let m = awc::http::Method::from_bytes(method.as_bytes()).expect("method");
+        let resp = app
+            .http
+            .request(m, app.url(path))
+            .send()
+            .await
+            .expect("req");
+        assert_eq!(resp.status().as_u16(), 404, "{method} {path}");
+    }
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn the_description_states_the_enforced_limits() {
+    // Guards against a limit the server enforces that the description does not state
+    // (schema-valid requests then fail), or a constraint that lost its target.
+    let app = TestApp::empty().await;
+    let (_, doc) = app.get_json("/openapi.json").await;
+    let schemas = &doc["components"]["schemas"];
+    let quantity = &schemas["QuantityBody"]["properties"]["quantity"];
+    assert_eq!(
+        (quantity["minimum"].as_i64(), quantity["maximum"].as_i64()),
+        (Some(1), Some(app.state().limits.max_line_quantity))
+    );
+    assert_eq!(
+        schemas["VariantUpsert"]["properties"]["sku"]["pattern"],
+        surge::ws::protocol::SKU_PATTERN
+    );
+    let param = |path: &str, method: &str, name: &str| {
+        doc["paths"][path][method]["parameters"]
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["name"] == name))
+            .cloned()
+            .unwrap_or_else(|| panic!("{method} {path} has no parameter {name}"))
+    };
+    let key = param("/api/checkout", "post", "Idempotency-Key");
+    assert_eq!(
+        (key["in"].as_str(), key["required"].as_bool()),
+        (Some("header"), Some(true))
+    );
+    assert_eq!(
+        param("/api/orders/{id}", "get", "id")["schema"]["format"],
+        "uuid"
+    );
+    let limit = param("/api/products", "get", "limit")["schema"].clone();
+    assert_eq!(
+        (limit["type"].as_str(), limit["maximum"].as_i64()),
+        (Some("integer"), Some(100))
+    );
+    assert!(doc["components"]["securitySchemes"]["admin_token"].is_object());
+    assert_eq!(
+        doc["components"]["securitySchemes"]["session_cookie"]["in"],
+        "cookie"
+    );
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for (method, op) in item.as_object().expect("item") {
+            if path.starts_with("/api/admin/") {
+                assert_eq!(
+                    op["security"],
+                    serde_json::json!([{"admin_token": []}]),
+                    "{method} {path}"
+                );
+                for status in ["401", "403", "404", "503"] {
+                    assert!(
+                        op["responses"][status].is_object(),
+                        "{method} {path} documents {status}"
+                    );
+                }
+            }
+            if op["requestBody"].is_object() {
+                assert!(
+                    op["responses"]["413"].is_object(),
+                    "{method} {path} documents 413"
+                );
+            }
+        }
+    }
+    let links = &doc["paths"]["/api/checkout"]["post"]["responses"]["201"]["links"];
+    assert_eq!(links["GetOrder"]["operationId"], "get_order");
+    app.stop().await;
+}
+
+/// The status of `/metrics` at `base`.
+async fn metrics_status(http: &awc::Client, base: &str) -> (u16, String) {
+    let mut resp = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("metrics");
+    let body = resp.body().await.unwrap_or_default();
+    (
+        resp.status().as_u16(),
+        String::from_utf8_lossy(&body).into_owned(),
+    )
+}
+
+#[actix_web::test]
+async fn metrics_move_to_their_own_listener_when_asked() {
+    // Guards against /metrics staying public once SURGE_METRICS_BIND is set, and
+    // against the private listener not serving them.
+    let public = TestApp::empty().await;
+    let (status, text) = metrics_status(&public.http, &public.base).await;
+    assert_eq!(status, 200, "unset: /metrics on the public listener");
+    assert!(text.contains("http_requests_total"), "{text}");
+    assert!(public
+        .server
+        .as_ref()
+        .expect("server")
+        .metrics_addr()
+        .is_none());
+    public.stop().await;
+
+    let app = TestApp::spawn(crate::common::Options {
+        seed_demo: false,
+        metrics_bind: Some("127.0.0.1:0".parse().expect("addr")),
+        ..crate::common::Options::default()
+    })
+    .await;
+    let (status, body) = metrics_status(&app.http, &app.base).await;
+    assert_eq!(status, 404, "set: not on the public listener: {body}");
+    let private = app
+        .server
+        .as_ref()
+        .and_then(|s| s.metrics_addr())
+        .expect("bound");
+    let private = format!("http://{private}");
+    let (status, text) = metrics_status(&app.http, &private).await;
+    assert_eq!(status, 200);
+    assert!(
+        text.contains("http_requests_total"),
+        "the same registry: {text}"
+    );
+    let resp = app
+        .http
+        .get(format!("{private}/api/products"))
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(
+        resp.status().as_u16(),
+        404,
+        "the private listener serves /metrics only"
+    );
+    let (status, _) = app.get_json("/healthz").await;
+    assert_eq!(status, 200, "the public listener serves the rest");
+    let http = app.http.clone();
+    app.stop().await;
+    assert!(
+        http.get(format!("{private}/metrics")).send().await.is_err(),
+        "the private listener stops with the node"
+    );
+}
+
+/// The status of a WebSocket handshake with these headers.
+async fn handshake(base: &str, origin: Option<&str>) -> u16 {
+    let url = format!("{}/ws", base.replacen("http://", "ws://", 1));
+    let mut req = awc::Client::new().ws(url);
+    if let Some(o) = origin {
+        req = req.origin(o);
+    }
+    match req.connect().await {
+        Ok((resp, _)) => resp.status().as_u16(),
+        Err(awc::error::WsClientError::InvalidResponseStatus(status)) => status.as_u16(),
+        Err(e) => panic!("handshake failed: {e}"),
+    }
+}
+
+#[actix_web::test]
+async fn sockets_open_from_the_pages_own_origin_only() {
+    // Guards against another site's page opening a socket with the shopper's cookie
+    // (the default used to allow any Origin), against refusing the store's own pages,
+    // and against refusing clients that send no Origin (load tests, native apps).
+    let app = TestApp::empty().await;
+    let own = app.base.clone();
+    assert_eq!(handshake(&app.base, Some(&own)).await, 101, "same origin");
+    assert_eq!(handshake(&app.base, Some("http://evil.example")).await, 403);
+    let port = app.server.as_ref().expect("server").port();
+    assert_eq!(
+        handshake(&app.base, Some(&format!("http://localhost:{port}"))).await,
+        403,
+        "another host name of the same node is another origin"
+    );
+    assert_eq!(
+        handshake(&app.base, None).await,
+        101,
+        "no Origin: not a browser"
+    );
+    app.stop().await;
+
+    let mut live = crate::common::test_live();
+    live.limits.allowed_origins = vec!["https://shop.example.com".into()];
+    let app = TestApp::spawn(crate::common::Options {
+        seed_demo: false,
+        live,
+        ..crate::common::Options::default()
+    })
+    .await;
+    let own = app.base.clone();
+    assert_eq!(
+        handshake(&app.base, Some("https://shop.example.com")).await,
+        101
+    );
+    assert_eq!(
+        handshake(&app.base, Some(&own)).await,
+        403,
+        "the list replaces the default"
+    );
     app.stop().await;
 }
