@@ -11,13 +11,10 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes, randomUUID } from 'node:crypto';
 import { mkdir } from 'node:fs/promises';
-import { fileURLToPath } from 'node:url';
 import path from 'node:path';
 import { chromium } from 'playwright-core';
+import { ARTIFACTS, CHROMIUM, requireEnv, call, describe, parseFrame, waitForEntry } from './lib.mjs';
 
-const ROOT = fileURLToPath(new URL('../../', import.meta.url));
-const ARTIFACTS = path.join(ROOT, 'artifacts', 'browser');
-const CHROMIUM = '/usr/bin/chromium';
 const LAUNCH_ARGS = [
   '--no-sandbox',
   '--disable-gpu',
@@ -29,35 +26,6 @@ const LAUNCH_ARGS = [
 const START_IN_MS = 8_000; // far enough ahead to see the countdown and join first
 const SLACK_MS = 5_000; // how late after its due time a change may show
 const FROM_MESSAGE_MS = 1_500; // how late after its socket message a change may show
-
-/** A required environment variable, or a failure that says what to set. */
-function requireEnv(name, hint) {
-  const value = process.env[name];
-  if (!value || !value.trim()) {
-    throw new Error(`${name} is not set: ${hint} (tests/browser/run.sh starts a server and sets it)`);
-  }
-  return value.trim();
-}
-
-/** fetch with a JSON body; resolves to {status, headers, body (parsed or text)}. */
-async function call(url, { method = 'GET', json, headers = {} } = {}) {
-  const init = { method, headers: { accept: 'application/json', ...headers } };
-  if (json !== undefined) {
-    init.headers['content-type'] = 'application/json';
-    init.body = JSON.stringify(json);
-  }
-  const response = await fetch(url, init);
-  const text = await response.text();
-  let body = text;
-  try {
-    body = JSON.parse(text);
-  } catch {
-    // not JSON: keep the text for the failure message
-  }
-  return { status: response.status, headers: response.headers, body };
-}
-
-const describe = (result) => `HTTP ${result.status}: ${JSON.stringify(result.body).slice(0, 400)}`;
 
 /** The surge_session cookie a response set, for a shopper played from Node. */
 function sessionCookie(result) {
@@ -106,24 +74,6 @@ async function waitForEnabled(page, selector, enabled, timeout, why) {
     throw new Error(`${selector} was not ${enabled ? 'enabled' : 'disabled'} within ${timeout} ms (${why}); the page says ${JSON.stringify(hint)}`);
   }
 }
-
-/** Until `predicate` holds for one of `list` (which fills up as events arrive). */
-async function waitForEntry(list, predicate, timeout, what) {
-  const deadline = Date.now() + timeout;
-  while (Date.now() < deadline) {
-    if (list.some(predicate)) return;
-    await new Promise((resolve) => setTimeout(resolve, 25));
-  }
-  throw new Error(`timed out after ${timeout} ms waiting for ${what}`);
-}
-
-const parseFrame = (payload) => {
-  try {
-    return JSON.parse(typeof payload === 'string' ? payload : payload.toString());
-  } catch {
-    return null;
-  }
-};
 
 function settings() {
   return {

@@ -9,13 +9,10 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes, randomUUID } from 'node:crypto';
 import { mkdir } from 'node:fs/promises';
-import { fileURLToPath } from 'node:url';
 import path from 'node:path';
 import { chromium } from 'playwright-core';
+import { ARTIFACTS, CHROMIUM, requireEnv, call, describe, parseFrame, waitForEntry } from './lib.mjs';
 
-const ROOT = fileURLToPath(new URL('../../', import.meta.url));
-const ARTIFACTS = path.join(ROOT, 'artifacts', 'browser');
-const CHROMIUM = '/usr/bin/chromium';
 const LAUNCH_ARGS = [
   '--no-sandbox',
   '--disable-gpu',
@@ -24,35 +21,6 @@ const LAUNCH_ARGS = [
   '--no-first-run',
   '--disable-sync',
 ];
-
-/** A required environment variable, or a failure that says what to set. */
-function requireEnv(name, hint) {
-  const value = process.env[name];
-  if (!value || !value.trim()) {
-    throw new Error(`${name} is not set: ${hint} (tests/browser/run.sh starts a server and sets it)`);
-  }
-  return value.trim();
-}
-
-/** fetch with a JSON body; resolves to {status, headers, body (parsed or text)}. */
-async function call(url, { method = 'GET', json, headers = {} } = {}) {
-  const init = { method, headers: { accept: 'application/json', ...headers } };
-  if (json !== undefined) {
-    init.headers['content-type'] = 'application/json';
-    init.body = JSON.stringify(json);
-  }
-  const response = await fetch(url, init);
-  const text = await response.text();
-  let body = text;
-  try {
-    body = JSON.parse(text);
-  } catch {
-    // not JSON: keep the text for the failure message
-  }
-  return { status: response.status, headers: response.headers, body };
-}
-
-const describe = (result) => `HTTP ${result.status}: ${JSON.stringify(result.body).slice(0, 400)}`;
 
 /** Wait until the text of `selector` matches; on timeout, say what it showed instead. */
 async function waitForText(page, selector, pattern, timeout) {
@@ -75,24 +43,6 @@ async function waitForText(page, selector, pattern, timeout) {
     throw new Error(`${selector} did not show ${pattern} within ${timeout} ms; it shows ${JSON.stringify(shown)} (${error.message.split('\n')[0]})`);
   }
 }
-
-/** Until `predicate` holds for one of `list` (which fills up as events arrive). */
-async function waitForEntry(list, predicate, timeout, what) {
-  const deadline = Date.now() + timeout;
-  while (Date.now() < deadline) {
-    if (list.some(predicate)) return;
-    await new Promise((resolve) => setTimeout(resolve, 25));
-  }
-  throw new Error(`timed out after ${timeout} ms waiting for ${what}`);
-}
-
-const parseFrame = (payload) => {
-  try {
-    return JSON.parse(typeof payload === 'string' ? payload : payload.toString());
-  } catch {
-    return null;
-  }
-};
 
 test('the product page follows stock over the WebSocket, then the cart counts down', { timeout: 120_000 }, async (t) => {
   const base = requireEnv('SURGE_BASE_URL', 'the storefront to test, e.g. http://127.0.0.1:18080').replace(/\/+$/, '');

@@ -9,42 +9,11 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes, randomUUID } from 'node:crypto';
 import { mkdir } from 'node:fs/promises';
-import { fileURLToPath } from 'node:url';
 import path from 'node:path';
 import { chromium } from 'playwright-core';
+import { ARTIFACTS, CHROMIUM, requireEnv, call, describe } from './lib.mjs';
 
-const ROOT = fileURLToPath(new URL('../../', import.meta.url));
-const ARTIFACTS = path.join(ROOT, 'artifacts', 'browser');
-const CHROMIUM = '/usr/bin/chromium';
 const LAUNCH_ARGS = ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--no-first-run', '--disable-sync'];
-
-function requireEnv(name, hint) {
-  const value = process.env[name];
-  if (!value || !value.trim()) {
-    throw new Error(`${name} is not set: ${hint} (tests/browser/run.sh starts a server and sets it)`);
-  }
-  return value.trim();
-}
-
-/** fetch with a JSON body; resolves to {status, headers, body (parsed or text)}. */
-async function call(url, { method = 'GET', json, headers = {} } = {}) {
-  const init = { method, headers: { accept: 'application/json', ...headers } };
-  if (json !== undefined) {
-    init.headers['content-type'] = 'application/json';
-    init.body = JSON.stringify(json);
-  }
-  const response = await fetch(url, init);
-  const text = await response.text();
-  let body = text;
-  try {
-    body = JSON.parse(text);
-  } catch {
-    // not JSON: keep the text for the failure message
-  }
-  return { status: response.status, headers: response.headers, body };
-}
-
-const describe = (result) => `HTTP ${result.status}: ${JSON.stringify(result.body).slice(0, 400)}`;
 
 /** A shopper from Node with a session cookie of its own. */
 function shopper(base) {
