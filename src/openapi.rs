@@ -66,14 +66,9 @@ type Link = (
 
 /// The links of the document.
 const LINKS: &[Link] = &[
-    (
-        "/api/products",
-        "get",
-        "200",
-        "GetProduct",
-        "get_product",
-        &[("slug", "$response.body#/items/0/slug")],
-    ),
+    // No link from the product list: a search may match nothing, and a link whose
+    // value is absent is an error to a stateful client. A product's page is reached
+    // from the admin upsert's answer instead.
     (
         "/api/products/{slug}",
         "get",
