@@ -12,7 +12,9 @@ Run by scripts/check-k8s.sh, which provisions the pinned kubernetes-validate in 
   KUBE_VERSIONS. Every object must have a metadata.name: `kubectl apply` needs one.
 - PodMonitor and PrometheusRule are Prometheus Operator CRDs, which kubernetes-validate
   has no schemas for: they get the structural check below (known fields, required
-  fields, types, durations, balanced PromQL), not a check against the CRD's schema.
+  fields, types, durations, balanced PromQL), and are written as JSON to the file
+  named by $SURGE_CRD_DUMP, which scripts/check-crds.mjs validates against the CRDs'
+  own schemas (CRD schemas allow unknown fields; the known-field check here does not).
 - Cross-checks: selectors match the pod labels, the HPA's Pods metric is one the
   adapter serves, ConfigMap/Secret references point at objects that exist (or at the
   Secret the README has the operator create), the PodMonitor scrapes a named port.
@@ -474,6 +476,10 @@ def main():
             check_podmonitor(d, where, info.get("labels") or {}, ports)
         elif d.get("kind") == "PrometheusRule":
             alerts |= check_prometheusrule(d, where)
+    dump = os.environ.get("SURGE_CRD_DUMP")
+    if dump:
+        with open(dump, "w", encoding="utf-8") as f:
+            json.dump(crds, f)
     for needed in ("SurgeStockCheckFailed", "SurgeJournalCommitSlow", "SurgeShardShedding",
                    "SurgeBusDisconnected", "SurgeDbPoolSaturated"):
         if needed not in alerts:

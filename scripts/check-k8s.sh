@@ -3,7 +3,9 @@
 # validates every object offline, in strict mode, with kubernetes-validate (pinned
 # below, in a venv under .local/), then checks the Prometheus Operator objects, the
 # prometheus-adapter rule, docker-compose.yml and the Dockerfile (scripts/check-k8s.py
-# says what exactly). Installs what it needs when missing; idempotent.
+# says what exactly), and the PodMonitor and PrometheusRule against the Prometheus
+# Operator's CRD schemas (scripts/check-crds.mjs). Installs what it needs when missing;
+# idempotent.
 #
 # Without kubectl (and no Debian package to install it from) each manifest file is
 # validated on its own and the output says that rendering was skipped. Without Docker's
@@ -56,4 +58,17 @@ else
   say "neither \`docker compose\` nor docker-compose is installed: compose's own check skipped (structural check only)"
 fi
 
-exec "$VENV/bin/python" "$ROOT/scripts/check-k8s.py"
+# The Prometheus Operator objects against the CRDs' own schemas (pinned in
+# package.json): the Python check writes them out, scripts/check-crds.mjs validates.
+if ! have node || ! have npm; then
+  apt_install nodejs npm
+fi
+if [ ! -d node_modules/@kubernetes-models/prometheus-operator ]; then
+  say "installing the Prometheus Operator schemas: npm ci"
+  PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund >&2
+fi
+mkdir -p "$ROOT/.local"
+CRDS="$ROOT/.local/k8s-crds.json"
+rm -f "$CRDS"
+SURGE_CRD_DUMP="$CRDS" "$VENV/bin/python" "$ROOT/scripts/check-k8s.py"
+node "$ROOT/scripts/check-crds.mjs" "$CRDS"
