@@ -298,6 +298,17 @@ pub struct ServeArgs {
         default_value_t = 30
     )]
     pub shutdown_grace_secs: u64,
+    /// Seconds an idle keep-alive connection stays open. Longer than the idle timeout of
+    /// the proxy in front (nginx and ingress-nginx keep upstream connections 60 s), so
+    /// that the proxy, not the node, closes an idle one: a node that closes first races
+    /// the proxy's next request on that connection, which the proxy answers `502`.
+    #[arg(
+        long,
+        env = "SURGE_KEEP_ALIVE_SECS",
+        value_name = "SURGE_KEEP_ALIVE_SECS",
+        default_value_t = 75
+    )]
+    pub keep_alive_secs: u64,
     /// Directory of the storefront; defaults to the copy built into the binary.
     #[arg(long, env = "SURGE_STATIC_DIR", value_name = "SURGE_STATIC_DIR")]
     pub static_dir: Option<std::path::PathBuf>,
@@ -728,6 +739,8 @@ pub struct ServeConfig {
     pub drain_delay: Duration,
     /// Time in-flight requests get to finish.
     pub shutdown_grace: Duration,
+    /// Idle time after which a keep-alive connection is closed (`None`: never).
+    pub keep_alive: Option<Duration>,
     /// Storefront directory override.
     pub static_dir: Option<std::path::PathBuf>,
     /// Stock, cart and Journal settings.
@@ -829,6 +842,7 @@ impl ServeArgs {
             body_limit: self.body_limit as usize,
             drain_delay: Duration::from_secs(self.drain_delay_secs),
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
+            keep_alive: (self.keep_alive_secs > 0).then(|| Duration::from_secs(self.keep_alive_secs)),
             static_dir: self.static_dir.clone(),
             commerce: self.commerce.validate(),
             live: self.live.validate()?,

@@ -10,6 +10,7 @@ use std::{future::Future, net::SocketAddr, time::Duration};
 use actix_web::{
     dev::{Server, ServerHandle},
     middleware::{from_fn, Compress, DefaultHeaders},
+    http::KeepAlive,
     web, App, HttpServer,
 };
 use anyhow::Context as _;
@@ -260,6 +261,7 @@ fn serve_http(
         }
     })
     .workers(cfg.workers)
+    .keep_alive(cfg.keep_alive.map_or(KeepAlive::Disabled, KeepAlive::Timeout))
     .disable_signals()
     .shutdown_timeout(cfg.shutdown_grace.as_secs())
     .bind(cfg.bind)
