@@ -244,6 +244,7 @@ async fn http_latency(url: &str) -> anyhow::Result<()> {
         body_limit: 16 * 1024,
         drain_delay: Duration::ZERO,
         shutdown_grace: Duration::from_secs(5),
+        keep_alive: Some(Duration::from_secs(surge::config::DEFAULT_KEEP_ALIVE_SECS)),
         static_dir: None,
         commerce: CommerceConfig {
             reservation_ttl: Duration::from_secs(900),

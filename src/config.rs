@@ -306,7 +306,7 @@ pub struct ServeArgs {
         long,
         env = "SURGE_KEEP_ALIVE_SECS",
         value_name = "SURGE_KEEP_ALIVE_SECS",
-        default_value_t = 75
+        default_value_t = DEFAULT_KEEP_ALIVE_SECS
     )]
     pub keep_alive_secs: u64,
     /// Directory of the storefront; defaults to the copy built into the binary.
@@ -709,6 +709,10 @@ impl CommerceConfig {
     }
 }
 
+/// Default of `SURGE_KEEP_ALIVE_SECS`: above the 60 s for which nginx and ingress-nginx
+/// keep idle upstream connections.
+pub const DEFAULT_KEEP_ALIVE_SECS: u64 = 75;
+
 /// Validated settings of a serving node.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
@@ -842,7 +846,8 @@ impl ServeArgs {
             body_limit: self.body_limit as usize,
             drain_delay: Duration::from_secs(self.drain_delay_secs),
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
-            keep_alive: (self.keep_alive_secs > 0).then(|| Duration::from_secs(self.keep_alive_secs)),
+            keep_alive: (self.keep_alive_secs > 0)
+                .then(|| Duration::from_secs(self.keep_alive_secs)),
             static_dir: self.static_dir.clone(),
             commerce: self.commerce.validate(),
             live: self.live.validate()?,

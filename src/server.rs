@@ -9,8 +9,8 @@ use std::{future::Future, net::SocketAddr, time::Duration};
 
 use actix_web::{
     dev::{Server, ServerHandle},
-    middleware::{from_fn, Compress, DefaultHeaders},
     http::KeepAlive,
+    middleware::{from_fn, Compress, DefaultHeaders},
     web, App, HttpServer,
 };
 use anyhow::Context as _;
@@ -261,7 +261,10 @@ fn serve_http(
         }
     })
     .workers(cfg.workers)
-    .keep_alive(cfg.keep_alive.map_or(KeepAlive::Disabled, KeepAlive::Timeout))
+    .keep_alive(
+        cfg.keep_alive
+            .map_or(KeepAlive::Disabled, KeepAlive::Timeout),
+    )
     .disable_signals()
     .shutdown_timeout(cfg.shutdown_grace.as_secs())
     .bind(cfg.bind)

@@ -61,13 +61,13 @@ async fn rows(db: &TestDb) -> [i64; 4] {
 /// An HTTP/1.1 connection driven by hand: a request is written as bytes and its answer
 /// read by its Content-Length, so that the client costs little next to the server it
 /// measures.
-struct RawHttp {
+pub(crate) struct RawHttp {
     stream: tokio::net::TcpStream,
     buf: Vec<u8>,
 }
 
 impl RawHttp {
-    async fn connect(port: u16) -> Self {
+    pub(crate) async fn connect(port: u16) -> Self {
         let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
             .expect("connect");
@@ -78,7 +78,7 @@ impl RawHttp {
     }
 
     /// Sends `method path` with `headers` and `body`; returns the status and the body.
-    async fn send(
+    pub(crate) async fn send(
         &mut self,
         method: &str,
         path: &str,

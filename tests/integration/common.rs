@@ -296,6 +296,7 @@ impl TestApp {
             body_limit: opts.body_limit,
             drain_delay: opts.drain_delay,
             shutdown_grace: Duration::from_secs(5),
+            keep_alive: Some(Duration::from_secs(surge::config::DEFAULT_KEEP_ALIVE_SECS)),
             static_dir: None,
             commerce: opts.commerce,
             live: opts.live,

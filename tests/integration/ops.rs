@@ -35,6 +35,32 @@ async fn readyz_turns_503_while_draining() {
     assert!(refused.is_err(), "the listener is closed after shutdown");
 }
 
+/// Guards against the keep-alive race that nginx answers with `502`: a node that closes
+/// an idle connection after a few seconds (actix-web's own default is 5 s) while the
+/// proxy, which keeps upstream connections for 60 s, sends the next request down it.
+#[actix_web::test]
+async fn an_idle_keep_alive_connection_stays_open_past_a_few_seconds() {
+    let app = TestApp::spawn(Options {
+        seed_demo: false,
+        ..Options::default()
+    })
+    .await;
+    let port: u16 = app
+        .base
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("port");
+    let mut conn = crate::bounded::RawHttp::connect(port).await;
+    let (status, _) = conn.send("GET", "/healthz", "", "").await;
+    assert_eq!(status, 200);
+    actix_web::rt::time::sleep(Duration::from_secs(6)).await;
+    // `send` fails with "the server closed the connection" if the node let it go.
+    let (status, _) = conn.send("GET", "/healthz", "", "").await;
+    assert_eq!(status, 200, "the idle connection is still served after 6 s");
+    app.stop().await;
+}
+
 #[actix_web::test]
 async fn metrics_openapi_and_request_ids() {
     let app = TestApp::spawn(Options::default()).await;
