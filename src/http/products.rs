@@ -244,6 +244,25 @@ mod tests {
         assert_eq!(fast["available"], 3);
     }
 
+    /// The router's `regex` engine (the `unicode` feature) captures the slug exactly as
+    /// `regex-lite` did: one non-empty segment, percent-encoding kept.
+    #[test]
+    fn slug_route_captures_one_segment() {
+        let def = actix_web::dev::ResourceDef::new("/api/products/{slug}");
+        for (path, slug) in [
+            ("/api/products/tee", Some("tee")),
+            ("/api/products/t%C3%BC-1", Some("t%C3%BC-1")),
+            ("/api/products/tü", Some("tü")),
+            ("/api/products/a/b", None),
+            ("/api/products/", None),
+            ("/api/products", None),
+        ] {
+            let mut p = actix_web::dev::Path::new(path);
+            let matched = def.capture_match_info(&mut p);
+            assert_eq!(matched.then(|| p.get("slug")).flatten(), slug, "{path}");
+        }
+    }
+
     #[test]
     fn limit_bounds() {
         assert_eq!(parse_limit(None).ok(), Some(DEFAULT_LIMIT));
