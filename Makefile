@@ -129,3 +129,7 @@ bench-campaign: services loadtest-release ## campaign with a waiting room: 20,00
 	    --join-rate $(CAMPAIGN_JOIN_RATE) --lead $(CAMPAIGN_LEAD) --concurrency 32 \
 	    --connections 1024 --threads 2 --duration 120s --strict \
 	    --report $(LT_OUT)/campaign.json
+
+.PHONY: bench-reads
+bench-reads: services loadtest-release ## product JSON, list of 24 and a 304 page: Surge beside a bare actix-web handler (wrk, info and warn logs)
+	@source $(ENV_FILE) && bash loadtests/reads.sh target/release/surge $(LT_BIN)

@@ -11,7 +11,7 @@
 use std::{
     collections::{BTreeMap, HashMap},
     sync::{
-        atomic::{AtomicBool, AtomicI64, Ordering},
+        atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering},
         Arc, RwLock,
     },
 };
@@ -363,9 +363,18 @@ impl CatalogStore {
 #[derive(Debug, Default)]
 pub struct StockLevels {
     levels: RwLock<HashMap<String, (i64, i64)>>,
+    /// Rises after every merge that changed a level, so that an answer built from the
+    /// levels can be reused while it stays put.
+    changes: AtomicU64,
 }
 
 impl StockLevels {
+    /// A counter that rises after any level changes: read it before the levels, and
+    /// what was built from them is current while it reads the same.
+    pub fn changes(&self) -> u64 {
+        self.changes.load(Ordering::Acquire)
+    }
+
     /// Units available for `sku` (0 when unknown).
     pub fn get(&self, sku: &str) -> i64 {
         self.get_with_seq(sku).map_or(0, |(a, _)| a)
@@ -409,6 +418,10 @@ impl StockLevels {
         match self.levels.write() {
             Ok(mut guard) => apply(&mut guard),
             Err(poisoned) => apply(&mut poisoned.into_inner()),
+        }
+        if !changed.is_empty() {
+            // After the levels: a reader that sees the new count sees the new levels.
+            self.changes.fetch_add(1, Ordering::AcqRel);
         }
         changed
     }

@@ -10,11 +10,10 @@ use std::{future::Future, net::SocketAddr, time::Duration};
 use actix_web::{
     dev::{Server, ServerHandle},
     http::KeepAlive,
-    middleware::{from_fn, Compress, DefaultHeaders},
+    middleware::Compress,
     web, App, HttpServer,
 };
 use anyhow::Context as _;
-use tracing_actix_web::TracingLogger;
 
 use self::jobs::Jobs;
 use crate::{config::ServeConfig, http, live::bus::Bus, state::AppState, store::leases};
@@ -239,14 +238,10 @@ fn serve_http(
             })
             .configure(|c| http::routes(c, body_limit, document.clone()))
             .default_service(web::to(http::not_found))
-            .wrap(from_fn(http::middleware::observe))
             .wrap(Compress::default())
-            .wrap(
-                DefaultHeaders::new()
-                    .add(("X-Content-Type-Options", "nosniff"))
-                    .add(("Referrer-Policy", "strict-origin-when-cross-origin")),
-            )
-            .wrap(TracingLogger::<http::request_span::LeanSpan>::new())
+            // Outermost: the id, span, metrics and default headers cover every answer,
+            // a `406` of the compression negotiation included.
+            .wrap(http::middleware::Observe)
     })
     .on_connect(move |conn, _| {
         if let (Some(timeout), Some(tcp)) = (

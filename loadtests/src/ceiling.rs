@@ -18,7 +18,7 @@ use serde_json::json;
 
 use crate::{
     catalog,
-    cli::{CeilingDbArgs, CeilingHttpArgs, Common},
+    cli::{CeilingDbArgs, CeilingHttpArgs, CeilingServeArgs, Common},
     db,
     harness::Load,
     pages::{self, Plan},
@@ -47,29 +47,89 @@ pub struct CeilingServer {
     thread: std::thread::JoinHandle<()>,
 }
 
+/// What the bare server answers: the list body at `/api/products`, the product body at
+/// `/api/products/{slug}`, and the page (if any) everywhere else.
+#[derive(Debug, Clone)]
+pub struct Bodies {
+    /// `GET /api/products/{slug}`.
+    pub product: web::Bytes,
+    /// `GET /api/products`.
+    pub list: web::Bytes,
+    /// A storefront page; without one, the product body is answered instead.
+    pub page: Option<PageBody>,
+}
+
+/// A page with its strong ETag, answered `304` when `If-None-Match` names that tag.
+#[derive(Debug, Clone)]
+pub struct PageBody {
+    /// The page.
+    pub body: web::Bytes,
+    /// `Content-Type`.
+    pub content_type: String,
+    /// The ETag, quoted.
+    pub etag: String,
+}
+
+impl Bodies {
+    /// The answer to `req`: as little work as an HTTP server can do for it.
+    fn answer(&self, req: &HttpRequest) -> HttpResponse {
+        let path = req.path();
+        let json = |body: &web::Bytes| {
+            HttpResponse::Ok()
+                .content_type("application/json")
+                .body(body.clone())
+        };
+        if path == "/api/products" {
+            return json(&self.list);
+        }
+        let page = match &self.page {
+            Some(page) if !path.starts_with("/api/products/") => page,
+            _ => return json(&self.product),
+        };
+        let fresh = req
+            .headers()
+            .get(actix_web::http::header::IF_NONE_MATCH)
+            .is_some_and(|v| v.as_bytes() == page.etag.as_bytes());
+        let mut resp = if fresh {
+            HttpResponse::NotModified()
+        } else {
+            HttpResponse::Ok()
+        };
+        resp.insert_header((actix_web::http::header::ETAG, page.etag.as_str()));
+        if fresh {
+            resp.finish()
+        } else {
+            resp.content_type(page.content_type.as_str())
+                .body(page.body.clone())
+        }
+    }
+}
+
 impl CeilingServer {
     /// Starts it on 127.0.0.1 (a free port): list paths (`/api/products`) get
     /// `list_body`, every other path `product_body`.
     pub fn start(product_body: web::Bytes, list_body: web::Bytes) -> anyhow::Result<Self> {
+        Self::start_with(Bodies {
+            product: product_body,
+            list: list_body,
+            page: None,
+        })
+    }
+
+    /// Starts it on 127.0.0.1 (a free port), answering as [`Bodies`] says.
+    pub fn start_with(bodies: Bodies) -> anyhow::Result<Self> {
         let (tx, rx) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("ceiling-http".into())
             .spawn(move || {
                 let tx_err = tx.clone();
                 let result = actix_web::rt::System::new().block_on(async move {
+                    let bodies = Arc::new(bodies);
                     let server = HttpServer::new(move || {
-                        let (product, list) = (product_body.clone(), list_body.clone());
+                        let bodies = Arc::clone(&bodies);
                         App::new().default_service(web::to(move |req: HttpRequest| {
-                            let body = if req.path() == "/api/products" {
-                                list.clone()
-                            } else {
-                                product.clone()
-                            };
-                            async move {
-                                HttpResponse::Ok()
-                                    .content_type("application/json")
-                                    .body(body)
-                            }
+                            let resp = bodies.answer(&req);
+                            async move { resp }
                         }))
                     })
                     .workers(CEILING_WORKERS)
@@ -159,6 +219,108 @@ pub async fn http_main(args: CeilingHttpArgs) -> anyhow::Result<Report> {
     );
     report.figure_f64("ceiling-http req/s", section.rps(), 0);
     Ok(report.conclude([section], c.strict))
+}
+
+/// One `GET` of `url`: status, body and the named header.
+async fn fetch_one(
+    client: &awc::Client,
+    url: &str,
+    header: &str,
+) -> anyhow::Result<(web::Bytes, Option<String>)> {
+    let mut resp = client
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| anyhow!("GET {url}: {e}"))?;
+    anyhow::ensure!(
+        resp.status().is_success(),
+        "GET {url}: status {}",
+        resp.status()
+    );
+    let value = resp
+        .headers()
+        .get(header)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let body = resp
+        .body()
+        .limit(crate::http::BODY_LIMIT)
+        .await
+        .map_err(|e| anyhow!("GET {url}: body: {e}"))?;
+    Ok((body, value))
+}
+
+/// The bytes `base` answers for a product page, the first list page of 24 and `page`.
+async fn bodies_of(
+    base: &str,
+    slug: Option<&str>,
+    page: &str,
+    c: &Common,
+) -> anyhow::Result<Bodies> {
+    let client = crate::http::client(&crate::http::ClientOptions {
+        timeout: c.timeout,
+        connections: 2,
+        source: None,
+    });
+    let (list, _) = fetch_one(&client, &format!("{base}/api/products?limit=24"), "etag").await?;
+    let slug = match slug {
+        Some(s) => s.to_owned(),
+        None => {
+            let v: serde_json::Value = serde_json::from_slice(&list).context("the list page")?;
+            v["items"][0]["slug"]
+                .as_str()
+                .context("the list page has no product")?
+                .to_owned()
+        }
+    };
+    let (product, _) = fetch_one(
+        &client,
+        &format!("{base}/api/products/{}", catalog::encode(&slug)),
+        "etag",
+    )
+    .await?;
+    let page_url = format!("{base}{page}");
+    let (body, etag) = fetch_one(&client, &page_url, "etag").await?;
+    let etag = etag.with_context(|| format!("GET {page_url}: no ETag"))?;
+    let (_, content_type) = fetch_one(&client, &page_url, "content-type").await?;
+    Ok(Bodies {
+        product,
+        list,
+        page: Some(PageBody {
+            body,
+            content_type: content_type.unwrap_or_else(|| "text/html; charset=utf-8".into()),
+            etag,
+        }),
+    })
+}
+
+/// `ceiling-serve`: the bare server with Surge's own bytes, for `--duration`.
+pub async fn serve_main(args: CeilingServeArgs) -> anyhow::Result<Report> {
+    let c = &args.common;
+    let base = &c.base_strings()?[0];
+    let bodies = bodies_of(base, args.slug.as_deref(), &args.page, c).await?;
+    let (product, list) = (bodies.product.len(), bodies.list.len());
+    let page = bodies.page.as_ref().map_or(0, |p| p.body.len());
+    let etag = bodies.page.as_ref().map(|p| p.etag.clone());
+    let server = CeilingServer::start_with(bodies)?;
+    // The first line is the address alone, for scripts to read.
+    println!("{}", server.base());
+    println!(
+        "ceiling-serve: {CEILING_WORKERS} workers, bodies of {base}: product {product} B, list {list} B, page {} {page} B (ETag {}) for {:.0} s",
+        args.page,
+        etag.as_deref().unwrap_or("-"),
+        c.duration.as_secs_f64()
+    );
+    use std::io::Write as _;
+    let _ = std::io::stdout().flush();
+    actix_web::rt::time::sleep(c.duration).await;
+    server.stop().await;
+    let mut report = Report::new(
+        "ceiling-serve",
+        json!({ "common": c.json(), "product_bytes": product, "list_bytes": list, "page_bytes": page }),
+    );
+    report.figure_int("product bytes", product as u64);
+    Ok(report)
 }
 
 /// Committed rows per second of COPY into a throwaway table.
@@ -343,6 +505,31 @@ mod tests {
             assert_eq!(b.len(), n);
             assert!(serde_json::from_slice::<serde_json::Value>(&b).is_ok());
         }
+    }
+
+    #[test]
+    fn the_page_is_revalidated_by_its_exact_etag() {
+        let bodies = Bodies {
+            product: json_body(10),
+            list: json_body(20),
+            page: Some(PageBody {
+                body: web::Bytes::from_static(b"<html></html>"),
+                content_type: "text/html".into(),
+                etag: "\"abc\"".into(),
+            }),
+        };
+        let get = |path: &str, inm: Option<&str>| {
+            let mut req = actix_web::test::TestRequest::get().uri(path);
+            if let Some(tag) = inm {
+                req = req.insert_header(("if-none-match", tag));
+            }
+            bodies.answer(&req.to_http_request())
+        };
+        assert_eq!(get("/", Some("\"abc\"")).status(), 304);
+        assert_eq!(get("/", Some("\"abd\"")).status(), 200);
+        assert_eq!(get("/", None).status(), 200);
+        assert_eq!(get("/api/products/x", Some("\"abc\"")).status(), 200);
+        assert_eq!(get("/api/products", None).status(), 200);
     }
 
     #[test]

@@ -39,6 +39,10 @@ pub enum Command {
     CeilingHttp(CeilingHttpArgs),
     /// COPY of order-like rows into PostgreSQL: committed rows per second.
     CeilingDb(CeilingDbArgs),
+    /// Only serves the bare actix-web server (2 workers), with the very bytes `--url`
+    /// answers for a product, the list of 24 and a storefront page (and its `304`), for
+    /// `--duration`; prints its address. For external load generators such as wrk.
+    CeilingServe(CeilingServeArgs),
 }
 
 impl Command {
@@ -53,6 +57,7 @@ impl Command {
             Command::Mixed(a) => &a.common,
             Command::CeilingHttp(a) => &a.common,
             Command::CeilingDb(a) => &a.common,
+            Command::CeilingServe(a) => &a.common,
         }
     }
 }
@@ -315,6 +320,21 @@ pub struct CeilingHttpArgs {
     /// Percent of requests that are list pages (as in `browse`).
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(0..=100))]
     pub list_percent: u32,
+}
+
+/// `ceiling-serve` options.
+#[derive(Debug, Clone, Args)]
+pub struct CeilingServeArgs {
+    /// Common options (`--url` is fetched once for the bodies; `--duration` is how long
+    /// to serve).
+    #[command(flatten)]
+    pub common: Common,
+    /// The product whose page is served; by default the first of the list.
+    #[arg(long)]
+    pub slug: Option<String>,
+    /// The storefront page served at every path outside `/api/products`.
+    #[arg(long, default_value = "/")]
+    pub page: String,
 }
 
 /// `ceiling-db` options.

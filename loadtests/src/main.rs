@@ -61,6 +61,7 @@ async fn dispatch(command: Command) -> anyhow::Result<bool> {
         Command::Mixed(a) => mixed::run(a).await?,
         Command::CeilingHttp(a) => ceiling::http_main(a).await?,
         Command::CeilingDb(a) => ceiling::db_main(a).await?,
+        Command::CeilingServe(a) => ceiling::serve_main(a).await?,
     };
     report.finish(path.as_deref())?;
     Ok(report.passed())

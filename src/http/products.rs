@@ -1,14 +1,14 @@
 //! Catalog endpoints, served from memory.
 
-use std::collections::BTreeMap;
+use std::{cell::RefCell, collections::BTreeMap, sync::Arc};
 
-use actix_web::{get, web, HttpResponse};
+use actix_web::{get, web, web::Bytes, HttpResponse};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_actix_web::service_config::ServiceConfig;
 
 use crate::{
-    catalog::{PageError, Product, StockLevels},
+    catalog::{Catalog, PageError, Product, StockLevels},
     error::{ApiError, ErrorBody},
     state::AppState,
 };
@@ -148,30 +148,96 @@ pub async fn list_products(
         ));
     }
     let catalog = state.catalog.snapshot();
-    let page = catalog
-        .page(
-            q.trim(),
-            query.cursor.as_deref().filter(|c| !c.is_empty()),
-            limit,
-        )
-        .map_err(|PageError::InvalidCursor| {
-            ApiError::bad_request("invalid_cursor", "cursor is not valid")
-        })?;
-    // The `ProductPage` document, from each product's pre-encoded JSON.
+    let cursor = query.cursor.as_deref().filter(|c| !c.is_empty());
+    let body = cached_list(&catalog, &state.stock, q.trim(), cursor, limit).map_err(
+        |PageError::InvalidCursor| ApiError::bad_request("invalid_cursor", "cursor is not valid"),
+    )?;
+    Ok(HttpResponse::Ok()
+        .content_type("application/json")
+        .body(body))
+}
+
+/// The `ProductPage` document, from each product's pre-encoded JSON.
+fn list_body(
+    catalog: &Catalog,
+    stock: &StockLevels,
+    q: &str,
+    cursor: Option<&str>,
+    limit: usize,
+) -> Result<Bytes, PageError> {
+    let page = catalog.page(q, cursor, limit)?;
     let mut body = String::with_capacity(1024 * page.items.len() + 64);
     body.push_str("{\"items\":[");
     for (i, product) in page.items.iter().enumerate() {
         if i > 0 {
             body.push(',');
         }
-        product.write_json(&mut body, &state.stock.for_variants(&product.variants));
+        product.write_json(&mut body, &stock.for_variants(&product.variants));
     }
     body.push_str("],\"next_cursor\":");
     body.push_str(&serde_json::to_string(&page.next_cursor).unwrap_or_else(|_| "null".into()));
     body.push('}');
-    Ok(HttpResponse::Ok()
-        .content_type("application/json")
-        .body(body))
+    Ok(Bytes::from(body))
+}
+
+/// A list page built by this worker thread, and what it was built from.
+struct CachedList {
+    catalog: Arc<Catalog>,
+    stock_changes: u64,
+    limit: usize,
+    cursor: Option<Box<str>>,
+    q: Box<str>,
+    body: Bytes,
+}
+
+/// List pages a worker keeps; all of them from the current catalog and stock levels.
+const CACHED_LISTS: usize = 16;
+
+thread_local! {
+    static LISTS: RefCell<Vec<CachedList>> = const { RefCell::new(Vec::new()) };
+}
+
+/// [`list_body`], reused while the catalog snapshot and the stock levels are the ones
+/// it was built from: a shop's pages are read far more often than stock changes, and
+/// building one costs more than the bare HTTP answer of its 23 KB.
+///
+/// The change counter is read before the levels are, so a page is never kept under a
+/// newer count than its levels; the held `Arc` keeps the snapshot's address unique.
+fn cached_list(
+    catalog: &Arc<Catalog>,
+    stock: &StockLevels,
+    q: &str,
+    cursor: Option<&str>,
+    limit: usize,
+) -> Result<Bytes, PageError> {
+    let stock_changes = stock.changes();
+    let current =
+        |c: &CachedList| Arc::ptr_eq(&c.catalog, catalog) && c.stock_changes == stock_changes;
+    let hit = LISTS.with_borrow(|lists| {
+        lists
+            .iter()
+            .find(|c| current(c) && c.limit == limit && c.cursor.as_deref() == cursor && &*c.q == q)
+            .map(|c| c.body.clone())
+    });
+    if let Some(body) = hit {
+        return Ok(body);
+    }
+    let body = list_body(catalog, stock, q, cursor, limit)?;
+    LISTS.with_borrow_mut(|lists| {
+        lists.retain(current);
+        if lists.len() >= CACHED_LISTS {
+            lists.remove(0);
+        }
+        lists.push(CachedList {
+            catalog: Arc::clone(catalog),
+            stock_changes,
+            limit,
+            cursor: cursor.map(Into::into),
+            q: q.into(),
+            body: body.clone(),
+        });
+    });
+    Ok(body)
 }
 
 /// One product with its variants and live availability.
@@ -242,6 +308,91 @@ mod tests {
         let slow = serde_json::to_value(ProductView::new(&product, &stock)).expect("serialises");
         assert_eq!(fast, slow);
         assert_eq!(fast["available"], 3);
+    }
+
+    /// The router's `regex` engine (the `unicode` feature) captures the slug exactly as
+    /// `regex-lite` did: one non-empty segment, percent-encoding kept.
+    #[test]
+    fn slug_route_captures_one_segment() {
+        let def = actix_web::dev::ResourceDef::new("/api/products/{slug}");
+        for (path, slug) in [
+            ("/api/products/tee", Some("tee")),
+            ("/api/products/t%C3%BC-1", Some("t%C3%BC-1")),
+            ("/api/products/tü", Some("tü")),
+            ("/api/products/a/b", None),
+            ("/api/products/", None),
+            ("/api/products", None),
+        ] {
+            let mut p = actix_web::dev::Path::new(path);
+            let matched = def.capture_match_info(&mut p);
+            assert_eq!(matched.then(|| p.get("slug")).flatten(), slug, "{path}");
+        }
+    }
+
+    /// A cached list page is the page built afresh, until the stock or the catalog
+    /// changes; then it is the new one.
+    #[test]
+    fn cached_list_is_the_fresh_list() {
+        let product = |slug: &str| {
+            Product::new(
+                slug.into(),
+                format!("Shirt {slug}"),
+                String::new(),
+                vec![Variant {
+                    sku: format!("{slug}-1"),
+                    attributes: BTreeMap::new(),
+                    price_minor: 100,
+                    currency: "EUR".into(),
+                }],
+            )
+        };
+        let catalog = Arc::new(Catalog::new(
+            (0..30).map(|i| product(&format!("p{i:02}"))).collect(),
+        ));
+        let stock = StockLevels::default();
+        let level = |sku: &str, available, seq| StockLevel {
+            sku: sku.into(),
+            available,
+            seq,
+        };
+        stock.merge([level("p00-1", 5, 1)]);
+        let cases = [
+            ("", None, 24),
+            ("", Some("p23"), 24),
+            ("shirt p1", None, 5),
+            ("", None, 3),
+        ];
+        for _ in 0..2 {
+            for (q, cursor, limit) in cases {
+                let fresh = list_body(&catalog, &stock, q, cursor, limit).expect("page");
+                let cached = cached_list(&catalog, &stock, q, cursor, limit).expect("page");
+                assert_eq!(cached, fresh, "{q:?} {cursor:?} {limit}");
+            }
+        }
+        let before = cached_list(&catalog, &stock, "", None, 24).expect("page");
+        stock.merge([level("p00-1", 2, 1)]); // not newer: nothing changes
+        assert_eq!(
+            cached_list(&catalog, &stock, "", None, 24).expect("page"),
+            before
+        );
+        stock.merge([level("p00-1", 2, 2)]);
+        let after = cached_list(&catalog, &stock, "", None, 24).expect("page");
+        assert_ne!(after, before);
+        assert_eq!(
+            after,
+            list_body(&catalog, &stock, "", None, 24).expect("page")
+        );
+        let v: serde_json::Value = serde_json::from_slice(&after).expect("JSON");
+        assert_eq!(v["items"][0]["available"], 2);
+        let reloaded = Arc::new(Catalog::new(
+            (0..3).map(|i| product(&format!("q{i}"))).collect(),
+        ));
+        let page = cached_list(&reloaded, &stock, "", None, 24).expect("page");
+        assert_eq!(
+            page,
+            list_body(&reloaded, &stock, "", None, 24).expect("page")
+        );
+        assert!(cached_list(&catalog, &stock, "", Some("not a slug!"), 24).is_err());
     }
 
     #[test]

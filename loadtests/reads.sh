@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# Reads against the bare handler: Surge's product JSON, its list of 24 and a storefront
+# page revalidated with If-None-Match (304), each beside a bare actix-web server with 2
+# workers answering the very same bytes (`surge-loadtest ceiling-serve`), driven by
+# Debian's wrk, alternating Surge and the bare server, READS_ROUNDS times each.
+#
+#   loadtests/reads.sh SURGE_BIN LT_BIN
+#
+# Runs once per log level of READS_LEVELS (default "info warn": info is the production
+# default of SURGE_LOG, and the request span is only built when it is enabled), each on
+# a node of its own (loadtests/node.sh, SURGE_WORKERS=2) on a database of its own.
+# READS_WRK (default "-t1 -c64"), READS_DURATION (default 8s), READS_ROUNDS (default 2).
+# Prints one Markdown table; the raw wrk outputs go to artifacts/loadtest/reads/.
+# Every process it starts is stopped, and every database dropped, on any exit.
+
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=loadtests/node.sh
+source "$ROOT/loadtests/node.sh"
+
+[ $# -eq 2 ] || { sed -n '2,14s/^# \{0,1\}//p' "$0" >&2; exit 2; }
+SURGE_BIN=$1 LT_BIN=$2
+[ -x "$LT_BIN" ] || die "$LT_BIN is not an executable (build it first)"
+have wrk || die "wrk is missing (apt-get install -y wrk)"
+have curl || die "curl is missing"
+
+LEVELS=${READS_LEVELS:-info warn}
+DURATION=${READS_DURATION:-8s}
+ROUNDS=${READS_ROUNDS:-2}
+read -r -a WRK_ARGS <<<"${READS_WRK:--t1 -c64}"
+OUT=$ROOT/artifacts/loadtest/reads
+mkdir -p "$OUT"
+export SURGE_WORKERS=2
+
+# wrk's req/s of one run; its full output is kept in $OUT/$1.txt.
+run_wrk() {
+  local name=$1
+  shift
+  wrk "${WRK_ARGS[@]}" -d"$DURATION" "$@" >"$OUT/$name.txt" 2>&1 || {
+    cat "$OUT/$name.txt" >&2
+    die "wrk failed: $*"
+  }
+  if grep -q 'Socket errors\|Non-2xx' "$OUT/$name.txt"; then
+    say "note: $name: $(grep 'Socket errors\|Non-2xx' "$OUT/$name.txt" | tr -s ' ')"
+  fi
+  awk '/^Requests\/sec:/ { printf "%.0f", $2 }' "$OUT/$name.txt"
+}
+
+ROWS=()
+for level in $LEVELS; do
+  say "---- SURGE_LOG=$level"
+  SURGE_LOG=$level lt_node_start "$SURGE_BIN" "reads-$level"
+  surge=$SURGE_LT_URL
+  ceiling_log=$OUT/ceiling-$level.log
+  : >"$ceiling_log"
+  start_bg "the bare server" "$ceiling_log" "$LT_BIN" ceiling-serve --url "$surge" --duration 1h
+  ceiling_pid=$BG_PID
+  for _ in $(seq 1 100); do
+    ceiling=$(head -n 1 "$ceiling_log")
+    [[ "$ceiling" == http://* ]] && break
+    kill -0 "$ceiling_pid" 2>/dev/null || { cat "$ceiling_log" >&2; die "ceiling-serve exited"; }
+    sleep 0.1
+  done
+  [[ "$ceiling" == http://* ]] || die "ceiling-serve printed no address"
+  say "$(sed -n 2p "$ceiling_log")"
+
+  slug=$(curl -sf "$surge/api/products?limit=1" | sed -n 's/.*"slug":"\([^"]*\)".*/\1/p' | head -n 1)
+  etag=$(curl -sfI "$surge/" | tr -d '\r' | sed -n 's/^etag: //Ip')
+  [ -n "$slug" ] && [ -n "$etag" ] || die "no product slug or page ETag from $surge"
+  # Same bytes, same statuses, or the comparison means nothing.
+  for path in "/api/products/$slug" "/api/products?limit=24" "/"; do
+    a=$(curl -sf "$surge$path" | wc -c)
+    b=$(curl -sf "$ceiling$path" | wc -c)
+    [ "$a" = "$b" ] || die "$path: Surge answers $a bytes, the bare server $b"
+  done
+  for base in "$surge" "$ceiling"; do
+    code=$(curl -s -o /dev/null -w '%{http_code}' -H "If-None-Match: $etag" "$base/")
+    [ "$code" = 304 ] || die "$base/ with If-None-Match: $etag answers $code, not 304"
+  done
+
+  for what in product list page304; do
+    case $what in
+      product) path="/api/products/$slug" hdr=() label="GET /api/products/{slug} ($a B)" ;;
+      list) path="/api/products?limit=24" hdr=() label="GET /api/products?limit=24" ;;
+      page304) path="/" hdr=(-H "If-None-Match: $etag") label="GET / If-None-Match (304)" ;;
+    esac
+    [ "$what" != product ] || label="GET /api/products/{slug} ($(curl -sf "$surge$path" | wc -c) B)"
+    [ "$what" != list ] || label="GET /api/products?limit=24 ($(curl -sf "$surge$path" | wc -c) B)"
+    s_all=() c_all=() r_all=()
+    for round in $(seq 1 "$ROUNDS"); do
+      s=$(run_wrk "$level-$what-surge-$round" "${hdr[@]}" "$surge$path")
+      c=$(run_wrk "$level-$what-bare-$round" "${hdr[@]}" "$ceiling$path")
+      say "$level $what round $round: Surge $s req/s, bare $c req/s"
+      s_all+=("$s") c_all+=("$c")
+      r_all+=("$(awk -v s="$s" -v c="$c" 'BEGIN { printf "%.1f", (c > 0) ? 100 * s / c : 0 }')")
+    done
+    ROWS+=("| $level | $label | $(IFS=/; echo "${s_all[*]}" | sed 's#/# / #g') | $(IFS=/; echo "${c_all[*]}" | sed 's#/# / #g') | $(IFS=/; echo "${r_all[*]}" | sed 's#/# / #g') % |")
+  done
+  stop_pid "$ceiling_pid" "the bare server"
+  lt_node_stop
+done
+
+echo
+echo "wrk ${WRK_ARGS[*]} -d$DURATION, alternating Surge and the bare server (2 workers each), $ROUNDS rounds; $(nproc) cores"
+echo
+echo "| SURGE_LOG | request | Surge req/s | bare req/s | Surge / bare |"
+echo "|---|---|---:|---:|---:|"
+printf '%s\n' "${ROWS[@]}"
