@@ -1443,6 +1443,19 @@ where
                         return Poll::Ready(Ok(()));
                     }
 
+                    // An idle streaming response (a live socket after its upgrade, server-sent
+                    // events) may last for hours: while both buffers are empty, give their
+                    // memory back; the next read or write allocates again.
+                    if matches!(inner.state, State::SendPayload { .. })
+                        && inner.read_buf.is_empty()
+                        && inner.write_buf.is_empty()
+                    {
+                        let inner = inner.as_mut().project();
+                        *inner.read_buf = BytesMut::new();
+                        *inner.write_buf = BytesMut::new();
+                        *inner.write_buf_needs_reset = false;
+                    }
+
                     let inner_p = inner.as_mut().project();
                     let state_is_none = inner_p.state.is_none();
 
