@@ -1,26 +1,93 @@
 //! The local fan-out: hub shards that know which sockets want which SKU and which
 //! sockets belong to which session. Stock values are coalesced: a shard keeps the latest
-//! value per SKU and flushes the changed ones every `coalesce` interval, so a socket gets
-//! at most one `stock` message per SKU per interval. Delivery never waits on a socket:
-//! a full socket mailbox drops the message (counted), and a socket that keeps dropping
-//! is told to close.
+//! value per SKU and flushes the changed ones at most once per `coalesce` interval, so a
+//! socket gets at most one `stock` message per SKU per interval. A change that finds
+//! its shard quiet for a whole interval goes out at once ([`Pacer`]); changes that
+//! follow within the interval wait for its end. Each message is encoded once and its
+//! bytes shared by every recipient. Delivery never waits on a socket: a full socket
+//! mailbox drops the message (counted), and a socket that keeps dropping is told to
+//! close.
 
 use std::{
     collections::{HashMap, HashSet},
     hash::{DefaultHasher, Hash, Hasher},
     sync::Arc,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use actix::prelude::*;
+use bytestring::ByteString;
 use surge_actors::ports::StockLevel;
 
 use super::message::ServerMessage;
 
-/// A text frame for a socket, shared by every recipient.
+/// A text frame for a socket. Its bytes are shared: a clone per recipient copies
+/// nothing, and the socket hands them to its writer as they are.
 #[derive(Message, Clone)]
 #[rtype(result = "()")]
-pub struct Push(pub Arc<str>);
+pub struct Push(pub ByteString);
+
+impl Push {
+    /// The frame of `message`, encoded once for all its recipients.
+    pub fn encode(message: &ServerMessage) -> Option<Self> {
+        message.encode().map(|text| Self(text.into()))
+    }
+}
+
+/// When a shard flushes its coalesced stock: at once for a change that finds the shard
+/// quiet for a whole window, otherwise at the end of the window that began with the
+/// last flush. Either way flushes are at least a window apart, so a socket gets at most
+/// one message per SKU per window; the window only delays changes that follow one
+/// another closely, which it merges.
+#[derive(Debug, Clone)]
+pub struct Pacer {
+    window: Duration,
+    last: Option<Instant>,
+    scheduled: bool,
+}
+
+/// What a shard does with a change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pace {
+    /// Flush now.
+    Now,
+    /// Flush after this delay (no flush is scheduled yet).
+    After(Duration),
+    /// A flush is already scheduled; it will carry the change.
+    Scheduled,
+}
+
+impl Pacer {
+    /// A pacer that keeps flushes `window` apart.
+    pub fn new(window: Duration) -> Self {
+        Self {
+            window,
+            last: None,
+            scheduled: false,
+        }
+    }
+
+    /// A change arrived at `now`.
+    pub fn change(&mut self, now: Instant) -> Pace {
+        if self.scheduled {
+            return Pace::Scheduled;
+        }
+        let due = self.last.map_or(now, |last| last + self.window);
+        match due.checked_duration_since(now) {
+            Some(wait) if !wait.is_zero() => {
+                self.scheduled = true;
+                Pace::After(wait)
+            }
+            _ => Pace::Now,
+        }
+    }
+
+    /// The shard flushed at `now`.
+    pub fn flushed(&mut self, now: Instant) {
+        self.last = Some(now);
+        self.scheduled = false;
+    }
+}
 
 /// Tells a socket to close with a code: 1008 when it cannot keep up, 1001 at shutdown.
 #[derive(Message, Clone, Copy)]
@@ -52,18 +119,43 @@ pub struct HubShard {
     session_of: HashMap<SocketId, String>,
     latest: HashMap<String, (i64, i64)>,
     dirty: HashSet<String>,
-    coalesce: Duration,
+    pacer: Pacer,
+    /// `ws_messages_sent_total`, looked up once rather than per message.
+    sent: metrics::Counter,
 }
 
 impl HubShard {
-    fn deliver(&mut self, id: SocketId, msg: &Push) {
+    fn new(coalesce: Duration) -> Self {
+        Self {
+            sockets: HashMap::new(),
+            by_sku: HashMap::new(),
+            by_session: HashMap::new(),
+            session_of: HashMap::new(),
+            latest: HashMap::new(),
+            dirty: HashSet::new(),
+            pacer: Pacer::new(coalesce),
+            sent: metrics::counter!("ws_messages_sent_total"),
+        }
+    }
+
+    /// Delivers `msg` to each of `ids`, counting the messages sent once.
+    fn deliver_all(&mut self, ids: impl IntoIterator<Item = SocketId>, msg: &Push) {
+        let sent: u64 = ids
+            .into_iter()
+            .map(|id| u64::from(self.deliver(id, msg)))
+            .sum();
+        self.sent.increment(sent);
+    }
+
+    /// Whether the socket took the message.
+    fn deliver(&mut self, id: SocketId, msg: &Push) -> bool {
         let Some(socket) = self.sockets.get_mut(&id) else {
-            return;
+            return false;
         };
         match socket.push.try_send(msg.clone()) {
             Ok(()) => {
                 socket.drops = 0;
-                metrics::counter!("ws_messages_sent_total").increment(1);
+                return true;
             }
             Err(SendError::Full(_)) => {
                 socket.drops += 1;
@@ -79,6 +171,7 @@ impl HubShard {
             }
             Err(SendError::Closed(_)) => self.forget(id),
         }
+        false
     }
 
     fn forget(&mut self, id: SocketId) {
@@ -98,6 +191,7 @@ impl HubShard {
     }
 
     fn flush(&mut self) {
+        self.pacer.flushed(Instant::now());
         let dirty: Vec<String> = self.dirty.drain().collect();
         for sku in dirty {
             let (Some(ids), Some(&(available, seq))) =
@@ -105,19 +199,15 @@ impl HubShard {
             else {
                 continue;
             };
-            let message = ServerMessage::Stock {
+            let Some(msg) = Push::encode(&ServerMessage::Stock {
                 sku: sku.clone(),
                 available,
                 seq,
-            };
-            let Some(text) = message.encode() else {
+            }) else {
                 continue;
             };
-            let msg = Push(text.into());
             let ids: Vec<SocketId> = ids.iter().copied().collect();
-            for id in ids {
-                self.deliver(id, &msg);
-            }
+            self.deliver_all(ids, &msg);
         }
     }
 
@@ -135,7 +225,6 @@ impl Actor for HubShard {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(100_000);
-        ctx.run_interval(self.coalesce, |act, _| act.flush());
     }
 }
 
@@ -222,7 +311,7 @@ struct Stock(Vec<StockLevel>);
 impl Handler<Stock> for HubShard {
     type Result = ();
 
-    fn handle(&mut self, msg: Stock, _: &mut Self::Context) {
+    fn handle(&mut self, msg: Stock, ctx: &mut Self::Context) {
         for level in msg.0 {
             let newer = self
                 .latest
@@ -235,6 +324,16 @@ impl Handler<Stock> for HubShard {
                     self.dirty.insert(level.sku);
                 }
             }
+        }
+        if self.dirty.is_empty() {
+            return;
+        }
+        match self.pacer.change(Instant::now()) {
+            Pace::Now => self.flush(),
+            Pace::After(wait) => {
+                ctx.run_later(wait, |act, _| act.flush());
+            }
+            Pace::Scheduled => {}
         }
     }
 }
@@ -255,9 +354,7 @@ impl Handler<ToSession> for HubShard {
             .get(&msg.session)
             .map(|s| s.iter().copied().collect())
             .unwrap_or_default();
-        for id in ids {
-            self.deliver(id, &msg.msg);
-        }
+        self.deliver_all(ids, &msg.msg);
     }
 }
 
@@ -271,9 +368,7 @@ impl Handler<ToAll> for HubShard {
     fn handle(&mut self, msg: ToAll, _: &mut Self::Context) {
         // Every socket joins exactly one shard's session table: broadcast from there.
         let ids: Vec<SocketId> = self.session_of.keys().copied().collect();
-        for id in ids {
-            self.deliver(id, &msg.0);
-        }
+        self.deliver_all(ids, &msg.0);
     }
 }
 
@@ -315,15 +410,7 @@ impl Hub {
         for _ in 0..n {
             let arbiter = Arbiter::new();
             addrs.push(HubShard::start_in_arbiter(&arbiter.handle(), move |_| {
-                HubShard {
-                    sockets: HashMap::new(),
-                    by_sku: HashMap::new(),
-                    by_session: HashMap::new(),
-                    session_of: HashMap::new(),
-                    latest: HashMap::new(),
-                    dirty: HashSet::new(),
-                    coalesce,
-                }
+                HubShard::new(coalesce)
             }));
             arbiters.push(arbiter);
         }
@@ -395,21 +482,20 @@ impl Hub {
 
     /// A message for every socket of one session.
     pub fn to_session(&self, session: &str, message: &ServerMessage) {
-        let Some(text) = message.encode() else {
+        let Some(msg) = Push::encode(message) else {
             return;
         };
         self.for_key(session).do_send(ToSession {
             session: session.to_owned(),
-            msg: Push(text.into()),
+            msg,
         });
     }
 
     /// A message for every socket of this node.
     pub fn to_all(&self, message: &ServerMessage) {
-        let Some(text) = message.encode() else {
+        let Some(msg) = Push::encode(message) else {
             return;
         };
-        let msg = Push(text.into());
         for shard in self.shards.iter() {
             shard.do_send(ToAll(msg.clone()));
         }
@@ -526,6 +612,80 @@ mod tests {
             got[0].contains("\"available\":3") && got[0].contains("\"seq\":3"),
             "{got:?}"
         );
+        hub.stop();
+    }
+
+    /// Guards the pacing: flushes stay a window apart however changes arrive, and a
+    /// change after a quiet window is not held back.
+    #[test]
+    fn the_pacer_keeps_flushes_a_window_apart_and_lets_a_lone_change_through() {
+        let window = Duration::from_millis(100);
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let mut pacer = Pacer::new(window);
+        assert_eq!(pacer.change(t0), Pace::Now, "the first change goes at once");
+        pacer.flushed(t0);
+        assert_eq!(pacer.change(ms(30)), Pace::After(Duration::from_millis(70)));
+        assert_eq!(
+            pacer.change(ms(60)),
+            Pace::Scheduled,
+            "one flush carries both"
+        );
+        pacer.flushed(ms(100));
+        assert_eq!(pacer.change(ms(199)), Pace::After(Duration::from_millis(1)));
+        pacer.flushed(ms(200));
+        assert_eq!(
+            pacer.change(ms(300)),
+            Pace::Now,
+            "a whole window since the last"
+        );
+        pacer.flushed(ms(300));
+        assert_eq!(pacer.change(ms(450)), Pace::Now);
+    }
+
+    /// Guards the shared frame: what a socket is handed is the serde encoding of the
+    /// message, and every recipient's copy is the same bytes, not a copy of them.
+    #[test]
+    fn a_push_is_the_encoded_message_and_its_clones_share_the_bytes() {
+        let message = ServerMessage::Stock {
+            sku: "TEE-M".into(),
+            available: 4,
+            seq: 17,
+        };
+        let push = Push::encode(&message).expect("encodes");
+        assert_eq!(
+            &*push.0,
+            serde_json::to_string(&message).expect("JSON").as_str()
+        );
+        let clone = push.clone();
+        assert_eq!(clone.0.as_ptr(), push.0.as_ptr(), "shared, not copied");
+    }
+
+    #[actix_web::test]
+    async fn a_lone_change_goes_at_once_and_a_close_second_waits_for_the_window() {
+        let window = Duration::from_millis(300);
+        let hub = Hub::start(1, window);
+        let (addr, got) = probe(false);
+        hub.subscribe(
+            1,
+            &["A".to_owned()],
+            &addr.clone().recipient(),
+            &addr.recipient(),
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(20)).await;
+        let t0 = Instant::now();
+        hub.stock(vec![level("A", 5, 1)]);
+        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(got.lock().expect("lock").len(), 1, "the first went at once");
+        hub.stock(vec![level("A", 4, 2)]);
+        hub.stock(vec![level("A", 3, 3)]);
+        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(got.lock().expect("lock").len(), 1, "the next ones wait");
+        actix_web::rt::time::sleep(Duration::from_millis(250)).await;
+        let got = got.lock().expect("lock").clone();
+        assert!(t0.elapsed() >= window);
+        assert_eq!(got.len(), 2, "one more, at the window's end: {got:?}");
+        assert!(got[1].contains("\"seq\":3"), "the latest: {got:?}");
         hub.stop();
     }
 

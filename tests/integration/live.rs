@@ -137,6 +137,38 @@ async fn a_purchase_reaches_subscribers_with_the_right_number() {
     app.stop().await;
 }
 
+/// Guards the dispatcher change in vendor/actix-http: an idle socket frees its read and
+/// write buffers, and reading and writing afterwards allocate them again, in both
+/// directions, as often as the socket falls idle.
+#[actix_web::test]
+async fn an_idle_socket_reads_and_writes_after_giving_its_buffers_back() {
+    let app = TestApp::empty().await;
+    make_sku(&app, "IDLE-1", 5).await;
+    let mut ws = ws_connect(&app.base, None).await;
+    ws_wait(&mut ws, SECOND, |v| v["type"] == "welcome")
+        .await
+        .expect("welcome");
+    let idle = Duration::from_millis(300);
+    actix_web::rt::time::sleep(idle).await;
+    ws_send(&mut ws, r#"{"op":"subscribe","skus":["IDLE-1"]}"#).await;
+    ws_wait(&mut ws, SECOND, is_stock("IDLE-1", 5))
+        .await
+        .expect("the current value after an idle spell");
+    let mut buyer = Buyer::new(&app.base, shared_client());
+    for (round, left) in [(1, 4), (2, 3), (1, 4)] {
+        actix_web::rt::time::sleep(idle).await;
+        assert_eq!(buyer.set("IDLE-1", round).await.0, 200);
+        ws_wait(&mut ws, SECOND, is_stock("IDLE-1", left))
+            .await
+            .expect("a push after an idle spell");
+        ws_send(&mut ws, "not json").await;
+        ws_wait(&mut ws, SECOND, |v| v["type"] == "error")
+            .await
+            .expect("an answer to a frame read after an idle spell");
+    }
+    app.stop().await;
+}
+
 #[actix_web::test]
 async fn expiry_and_orders_reach_the_owners_sockets() {
     let mut commerce = test_commerce();

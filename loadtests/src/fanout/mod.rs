@@ -120,6 +120,10 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<Report> {
         coalesce
     );
     let mut rec = Recorder::default();
+    let cpu_before = (
+        c.server_pid.and_then(tally::cpu_secs),
+        tally::cpu_secs(std::process::id()),
+    );
     let changes = driver
         .change(
             args.changes,
@@ -131,6 +135,9 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<Report> {
         .await;
     tokio::time::sleep(args.grace).await;
     memory.server_after = c.server_rss();
+    let since = |before: Option<f64>, now: Option<f64>| Some(now? - before?);
+    memory.server_cpu = since(cpu_before.0, c.server_pid.and_then(tally::cpu_secs));
+    memory.own_cpu = since(cpu_before.1, tally::cpu_secs(std::process::id()));
     let _ = stop_tx.send(true);
     driver.stop_observing();
     let subs: Vec<SubRecord> = crowd.join().await?.into_iter().flatten().collect();

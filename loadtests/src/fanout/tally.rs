@@ -100,6 +100,22 @@ pub struct Memory {
     pub own_before: Option<u64>,
     /// This process with the sockets open.
     pub own_connected: Option<u64>,
+    /// CPU seconds (user + system) the server spent over the changes and the grace period.
+    pub server_cpu: Option<f64>,
+    /// CPU seconds this process spent over the same span.
+    pub own_cpu: Option<f64>,
+}
+
+/// CPU seconds (user + system) process `pid` has used so far, from /proc; unlike a
+/// latency, this barely moves with what else the machine is running.
+pub fn cpu_secs(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are the 14th and 15th fields, in USER_HZ (100 on Linux).
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
 }
 
 /// The growth from `before` to `after` (KiB) per socket, as a figure.
@@ -198,6 +214,14 @@ impl Outcome {
             m.server_connected,
             t.connected,
         );
+        for (key, cpu) in [
+            ("server CPU per delivery (us)", m.server_cpu),
+            ("load generator CPU per delivery (us)", m.own_cpu),
+        ] {
+            if let (Some(secs), true) = (cpu, t.delivered > 0) {
+                report.figure_f64(key, secs * 1e6 / t.delivered as f64, 1);
+            }
+        }
         per_socket_figure(
             report,
             "load generator RSS per socket (bytes)",
