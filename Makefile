@@ -129,3 +129,12 @@ bench-campaign: services loadtest-release ## campaign with a waiting room: 20,00
 	    --join-rate $(CAMPAIGN_JOIN_RATE) --lead $(CAMPAIGN_LEAD) --concurrency 32 \
 	    --connections 1024 --threads 2 --duration 120s --strict \
 	    --report $(LT_OUT)/campaign.json
+
+# Reservations plus checkouts through HTTP against the same writes handed straight to a
+# Journal, alternating in one run on one database (benches/journal.rs,
+# SURGE_BENCH_PART=writes); SURGE_BENCH_SECONDS, SURGE_BENCH_ROUNDS and
+# SURGE_BENCH_SESSIONS change the size.
+.PHONY: bench-writes
+bench-writes: services ## reserve + checkout through HTTP against the Journal alone, side by side, and the ratio
+	@source $(ENV_FILE) && SURGE_BENCH_PART=writes SURGE_BENCH_PG_URL="$$SURGE_PG_URL" SURGE_LOG=warn \
+	  $(CARGO) bench --bench journal
