@@ -2,6 +2,11 @@
 //! transaction per write, side by side on the same database, and the latency of
 //! `PUT /api/cart/items/{sku}` at 256 concurrent sessions.
 //!
+//! With `SURGE_BENCH_PART=writes` (`make bench-writes`) it measures instead the durable
+//! writes of shoppers who reserve one unit and check it out, through HTTP, against the
+//! same writes handed straight to a Journal, alternating the two on one database with
+//! the same SKUs, concurrency and Journal settings, and prints the ratio.
+//!
 //! Run: `make bench-journal` (or `cargo bench --bench journal`), with PostgreSQL at
 //! `SURGE_BENCH_PG_URL` (default `postgres://postgres@127.0.0.1:5432`). The benchmark
 //! works in a database of its own and drops it at the end.
@@ -24,7 +29,7 @@ use surge::{
 };
 use surge_actors::{
     money::Currency,
-    ports::{Journal, SetLine, WriteOp, WriteOutcome},
+    ports::{Journal, OrderLine, PlaceOrder, SetLine, WriteOp, WriteOutcome},
 };
 use tokio_postgres::NoTls;
 use uuid::Uuid;
@@ -61,7 +66,10 @@ async fn run() -> anyhow::Result<()> {
         .batch_execute(&format!("CREATE DATABASE {name}"))
         .await?;
     let url = format!("{server_url}/{name}");
-    let result = bench(&url, writes).await;
+    let result = match std::env::var("SURGE_BENCH_PART").as_deref() {
+        Ok("writes") => writes_side_by_side(&url).await,
+        _ => bench(&url, writes).await,
+    };
     admin
         .batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)"))
         .await?;
@@ -99,9 +107,9 @@ async fn carts(
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
-async fn bench(url: &str, writes: usize) -> anyhow::Result<()> {
-    let mut client = connect(url).await?;
-    migrate::run(&mut client).await?;
+/// Migrates the bench database and makes its SKUs, each with ample stock.
+async fn seed(client: &mut tokio_postgres::Client) -> anyhow::Result<Vec<String>> {
+    migrate::run(client).await?;
     let skus: Vec<String> = (0..SKUS).map(|i| format!("BENCH-{i}")).collect();
     for sku in &skus {
         client
@@ -114,6 +122,12 @@ async fn bench(url: &str, writes: usize) -> anyhow::Result<()> {
             )
             .await?;
     }
+    Ok(skus)
+}
+
+async fn bench(url: &str, writes: usize) -> anyhow::Result<()> {
+    let mut client = connect(url).await?;
+    let skus = seed(&mut client).await?;
     let db_cfg = DatabaseConfig {
         primary: tokio_postgres::Config::from_str(url)?,
         replica: None,
@@ -219,10 +233,10 @@ async fn bench(url: &str, writes: usize) -> anyhow::Result<()> {
     http_latency(url).await
 }
 
-async fn http_latency(url: &str) -> anyhow::Result<()> {
-    let sessions = 256;
-    let seconds = env_usize("SURGE_BENCH_SECONDS", 10) as u64;
-    let cfg = ServeConfig {
+/// The node both parts of the benchmark serve HTTP with: 2 workers, 2 shards, the
+/// Journal's default batching, no rate limits.
+fn node_config(url: &str) -> anyhow::Result<ServeConfig> {
+    Ok(ServeConfig {
         db: DatabaseConfig {
             primary: tokio_postgres::Config::from_str(url)?,
             replica: None,
@@ -271,8 +285,13 @@ async fn http_latency(url: &str) -> anyhow::Result<()> {
             enabled: false,
             ..surge::config::defaults::<surge::config::RateLimitArgs>().validate()?
         },
-    };
-    let node = Application::build(cfg).await?;
+    })
+}
+
+async fn http_latency(url: &str) -> anyhow::Result<()> {
+    let sessions = 256;
+    let seconds = env_usize("SURGE_BENCH_SECONDS", 10) as u64;
+    let node = Application::build(node_config(url)?).await?;
     let base = format!("http://{}", node.addr());
     let http = awc::Client::builder()
         .timeout(Duration::from_secs(30))
@@ -343,5 +362,242 @@ async fn http_latency(url: &str) -> anyhow::Result<()> {
         ms(lat.last().copied().unwrap_or_default())
     );
     node.shutdown(Drain::Immediate).await;
+    Ok(())
+}
+
+/// What one round of the writes comparison did.
+struct Round {
+    writes: usize,
+    failures: usize,
+    elapsed: Duration,
+}
+
+impl Round {
+    fn rate(&self) -> f64 {
+        self.writes as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+/// The shopper of both sides: reserve one unit of a SKU in a new session's cart, then
+/// check the cart out. Two durable writes per cycle.
+const EMAIL: &str = "bench@example.com";
+
+/// The Journal side: `SESSIONS` tasks, each a series of shoppers handing the Journal
+/// exactly the writes the HTTP side's cart actor hands it (a `SetLine` that creates the
+/// cart row with its first line, then the `PlaceOrder` of that line), for `seconds`.
+async fn journal_round(
+    journal: &Arc<dyn Journal>,
+    skus: &[String],
+    epochs: &std::collections::HashMap<String, Option<i64>>,
+    sessions: usize,
+    seconds: u64,
+) -> Round {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let tasks = (0..sessions).map(|s| {
+        let journal = Arc::clone(journal);
+        let sku = skus[s % skus.len()].clone();
+        let epoch = epochs.get(&sku).copied().flatten();
+        async move {
+            let (mut writes, mut failures) = (0, 0);
+            let eur = Currency::parse("EUR").unwrap_or_else(|_| unreachable!());
+            while Instant::now() < deadline {
+                let cart_id = Uuid::new_v4();
+                let session = surge_actors::validated::SessionId::random().into_string();
+                let WriteOp::SetLine(mut set) = line(cart_id, &sku, epoch) else {
+                    unreachable!()
+                };
+                set.create_for_session = Some(session.clone());
+                if journal.write(WriteOp::SetLine(set)).await.is_err() {
+                    failures += 1;
+                    continue;
+                }
+                writes += 1;
+                let order = WriteOp::PlaceOrder(PlaceOrder {
+                    order_id: Uuid::new_v4(),
+                    cart_id,
+                    version: 1,
+                    session_id: session,
+                    email: EMAIL.into(),
+                    customer: EMAIL.into(),
+                    idempotency_key: Uuid::new_v4().to_string(),
+                    lines: vec![OrderLine {
+                        sku: sku.clone(),
+                        quantity: 1,
+                        unit_price_minor: 1000,
+                    }],
+                    total_minor: 1000,
+                    currency: eur,
+                });
+                match journal.write(order).await {
+                    Ok(_) => writes += 1,
+                    Err(_) => failures += 1,
+                }
+            }
+            (writes, failures)
+        }
+    });
+    let started = Instant::now();
+    let results = futures_util::future::join_all(tasks).await;
+    Round {
+        writes: results.iter().map(|r| r.0).sum(),
+        failures: results.iter().map(|r| r.1).sum(),
+        elapsed: started.elapsed(),
+    }
+}
+
+/// The HTTP side: `sessions` tasks, each a series of shoppers (no cookie: a new
+/// session) doing `PUT /api/cart/items/{sku}` `{"quantity":1}` and then
+/// `POST /api/checkout` with a new `Idempotency-Key`, for `seconds`. A write counts
+/// when its answer is the committed one (`200`, `201`).
+async fn http_round(base: &str, skus: &[String], sessions: usize, seconds: u64) -> Round {
+    let http = awc::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .connector(awc::Connector::new().limit(sessions))
+        .finish();
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let checkout_body = format!("{{\"email\":\"{EMAIL}\"}}");
+    let tasks = (0..sessions).map(|s| {
+        let http = http.clone();
+        let put_url = format!("{base}/api/cart/items/{}", skus[s % skus.len()]);
+        let checkout_url = format!("{base}/api/checkout");
+        let checkout_body = checkout_body.clone();
+        async move {
+            let (mut writes, mut failures) = (0, 0);
+            while Instant::now() < deadline {
+                let put = http
+                    .put(&put_url)
+                    .insert_header(("content-type", "application/json"))
+                    .send_body("{\"quantity\":1}")
+                    .await;
+                let cookie = match put {
+                    Ok(mut resp) if resp.status().as_u16() == 200 => {
+                        let _ = resp.body().await;
+                        resp.headers()
+                            .get("set-cookie")
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(|c| c.split(';').next())
+                            .map(str::to_owned)
+                    }
+                    Ok(mut resp) => {
+                        let _ = resp.body().await;
+                        None
+                    }
+                    Err(_) => None,
+                };
+                let Some(cookie) = cookie else {
+                    failures += 1;
+                    continue;
+                };
+                writes += 1;
+                let order = http
+                    .post(&checkout_url)
+                    .insert_header(("content-type", "application/json"))
+                    .insert_header(("cookie", cookie))
+                    .insert_header(("idempotency-key", Uuid::new_v4().to_string()))
+                    .send_body(checkout_body.clone())
+                    .await;
+                match order {
+                    Ok(mut resp) => {
+                        let _ = resp.body().await;
+                        if resp.status().as_u16() == 201 {
+                            writes += 1;
+                        } else {
+                            failures += 1;
+                        }
+                    }
+                    Err(_) => failures += 1,
+                }
+            }
+            (writes, failures)
+        }
+    });
+    let started = Instant::now();
+    let results = futures_util::future::join_all(tasks).await;
+    Round {
+        writes: results.iter().map(|r| r.0).sum(),
+        failures: results.iter().map(|r| r.1).sum(),
+        elapsed: started.elapsed(),
+    }
+}
+
+/// Reservations plus checkouts through HTTP against the same writes handed straight to
+/// a Journal, alternating, `SURGE_BENCH_ROUNDS` rounds of `SURGE_BENCH_SECONDS` each.
+async fn writes_side_by_side(url: &str) -> anyhow::Result<()> {
+    let sessions = env_usize("SURGE_BENCH_SESSIONS", CONCURRENCY);
+    let seconds = env_usize("SURGE_BENCH_SECONDS", 10) as u64;
+    let rounds = env_usize("SURGE_BENCH_ROUNDS", 2).max(1);
+    let mut client = connect(url).await?;
+    let skus = seed(&mut client).await?;
+    let node_cfg = node_config(url)?;
+    let jcfg = JournalConfig::from_commerce(&node_cfg.commerce);
+    let db = Db::with_journal(&node_cfg.db, node_cfg.commerce.journal_pool_size)?;
+    let journal: Arc<dyn Journal> = Arc::new(PgJournal::spawn(
+        db.journal.clone(),
+        "bench-journal".into(),
+        jcfg.clone(),
+        Arc::new(|_| {}),
+    ));
+    let node = Application::build(node_cfg).await?;
+    let base = format!("http://{}", node.addr());
+
+    println!(
+        "\nreserve 1 unit + check out, new session per order: {sessions} shoppers at a time, \
+         {} SKUs, {rounds} x {seconds} s per side, alternating",
+        skus.len()
+    );
+    println!(
+        "journal: max batch {}, max wait {:?}",
+        jcfg.max_batch, jcfg.max_wait
+    );
+    println!("| round | side | writes | failures | seconds | durable writes/s |");
+    println!("|---:|---|---:|---:|---:|---:|");
+    let (mut journal_rates, mut http_rates) = (Vec::new(), Vec::new());
+    let mut failed = 0;
+    for r in 1..=rounds {
+        // A lease for the Journal side, renewed each round: its rows are nobody's
+        // heartbeat's, and the reaper may take them while the HTTP side runs.
+        let grants: Vec<WriteOp> = skus
+            .iter()
+            .map(|s| WriteOp::Grant {
+                sku: s.clone(),
+                want: 1_000_000,
+            })
+            .collect();
+        let mut epochs = std::collections::HashMap::new();
+        for (sku, op) in skus.iter().zip(grants) {
+            let epoch = match journal.write(op).await {
+                Ok(WriteOutcome::Granted(g)) => g.epoch,
+                other => anyhow::bail!("lease for {sku}: {other:?}"),
+            };
+            epochs.insert(sku.clone(), epoch);
+        }
+        let j = journal_round(&journal, &skus, &epochs, sessions, seconds).await;
+        let h = http_round(&base, &skus, sessions, seconds).await;
+        for (side, round) in [("Journal alone", &j), ("HTTP", &h)] {
+            println!(
+                "| {r} | {side} | {} | {} | {:.2} | {:.0} |",
+                round.writes,
+                round.failures,
+                round.elapsed.as_secs_f64(),
+                round.rate()
+            );
+            failed += round.failures;
+        }
+        journal_rates.push(j.rate());
+        http_rates.push(h.rate());
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let (jr, hr) = (mean(&journal_rates), mean(&http_rates));
+    println!(
+        "\nmean: Journal alone {jr:.0}/s, HTTP {hr:.0}/s; HTTP at {:.1} % of the Journal",
+        100.0 * hr / jr
+    );
+    node.shutdown(Drain::Immediate).await;
+    let orders: i64 = client
+        .query_one("SELECT count(*) FROM orders", &[])
+        .await?
+        .get(0);
+    println!("orders committed: {orders}");
+    anyhow::ensure!(failed == 0, "{failed} writes failed");
     Ok(())
 }

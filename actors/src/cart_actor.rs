@@ -513,6 +513,17 @@ impl Handler<ExpireDue> for CartActor {
     }
 }
 
+/// Whether a checkout must look its key up before it writes, to replay an earlier
+/// order. An actor that started with its session (`fresh`) has seen every order of the
+/// session: its own are in its memory, and one placed elsewhere meant a claim of the
+/// cart, so the write is refused as stale and the retry, on an actor that loads the
+/// cart, looks the key up. The Journal refuses an order under a used key in any case
+/// (`journal_plan::Locked::used_keys`), so skipping the lookup can never make a second
+/// order; a checkout that writes nothing (an empty or expired cart) always looks.
+fn replay_lookup_needed<T, E>(fresh: bool, total: &Result<T, E>) -> bool {
+    !fresh || total.is_err()
+}
+
 /// Turns the cart into an order, once per idempotency key.
 #[derive(Message)]
 #[rtype(result = "Result<(OrderSummary, bool), CartFailure>")]
@@ -544,12 +555,15 @@ impl Handler<Checkout> for CartActor {
         let deps = Arc::clone(&self.deps);
         let session = self.session_id.clone();
         let key = msg.key.clone();
+        let lookup = replay_lookup_needed(self.fresh, &total);
         let work = async move {
             // A key already used (perhaps on another node before a failover) replays.
-            match deps.store.order_for_key(session.clone(), key.clone()).await {
-                Ok(Some(order)) => return Ok((order, true)),
-                Ok(None) => {}
-                Err(e) => return Err(CartFailure::Unavailable(Unreachable::Store(e))),
+            if lookup {
+                match deps.store.order_for_key(session.clone(), key.clone()).await {
+                    Ok(Some(order)) => return Ok((order, true)),
+                    Ok(None) => {}
+                    Err(e) => return Err(CartFailure::Unavailable(Unreachable::Store(e))),
+                }
             }
             let total = total?;
             let lines = order_lines(&cart);
@@ -823,8 +837,18 @@ mod tests {
     }
 
     fn registry_of(version: i64, max_live: usize) -> CartRegistry {
-        let journal: Arc<dyn Journal> = Arc::new(NoWrites);
-        let store: Arc<dyn Store> = Arc::new(ClaimsAt(AtomicI64::new(version)));
+        registry_with(
+            Arc::new(NoWrites),
+            Arc::new(ClaimsAt(AtomicI64::new(version))),
+            max_live,
+        )
+    }
+
+    fn registry_with(
+        journal: Arc<dyn Journal>,
+        store: Arc<dyn Store>,
+        max_live: usize,
+    ) -> CartRegistry {
         let shards = Shards::start(
             1,
             Arc::clone(&journal),
@@ -855,6 +879,102 @@ mod tests {
             max_live,
             events: Arc::new(NoEvents),
         })
+    }
+
+    /// Carts load empty; counts the replay lookups of checkouts, which find nothing.
+    struct CountsLookups(AtomicI64);
+
+    impl Store for CountsLookups {
+        fn claim_cart(&self, _: String) -> BoxFut<Result<Option<Cart>, StoreError>> {
+            Box::pin(async { Ok(Some(Cart::new(Uuid::from_u128(2), 0))) })
+        }
+
+        fn order_for_key(
+            &self,
+            _: String,
+            _: String,
+        ) -> BoxFut<Result<Option<OrderSummary>, StoreError>> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async { Ok(None) })
+        }
+
+        fn available(&self, _: Vec<String>) -> BoxFut<Result<Vec<(String, i64)>, StoreError>> {
+            Box::pin(async { Ok(Vec::new()) })
+        }
+    }
+
+    /// Commits every write; a grant gets all it asks for.
+    struct Commits;
+
+    impl Journal for Commits {
+        fn write(&self, op: WriteOp) -> BoxFut<Result<WriteOutcome, JournalError>> {
+            let outcome = match op {
+                WriteOp::Grant { want, .. } => WriteOutcome::Granted(crate::stock::GrantOutcome {
+                    granted: want,
+                    remaining: 0,
+                    held_live: 0,
+                    recovering: 0,
+                    epoch: Some(1),
+                }),
+                _ => WriteOutcome::Done,
+            };
+            Box::pin(async move { Ok(outcome) })
+        }
+    }
+
+    /// Guards the checkout that skips its replay lookup: only an actor that started
+    /// with its session skips it, it places the same order the actor that looked does,
+    /// and a checkout that would write nothing (an empty cart) still looks.
+    #[actix::test]
+    async fn only_a_checkout_of_a_fresh_sessions_actor_skips_the_replay_lookup() {
+        let store = Arc::new(CountsLookups(AtomicI64::new(0)));
+        let carts = registry_with(Arc::new(Commits), Arc::clone(&store) as Arc<dyn Store>, 16);
+        let eur = crate::money::Currency::parse("EUR").expect("valid");
+        let mut placed = Vec::new();
+        for (session, fresh, lookups) in [("new", true, 0), ("old", false, 1)] {
+            let addr = carts.get(session, fresh);
+            addr.send(SetQuantity {
+                sku: "A".into(),
+                quantity: 2,
+                unit_price: Money::new(100, eur),
+                campaign: None,
+            })
+            .await
+            .expect("delivered")
+            .expect("reserved");
+            let checkout = || Checkout {
+                key: "k".into(),
+                email: "a@example.com".into(),
+                customer: "a@example.com".into(),
+            };
+            let (order, replayed) = addr
+                .send(checkout())
+                .await
+                .expect("delivered")
+                .expect("placed");
+            assert!(!replayed);
+            assert_eq!(store.0.load(Ordering::SeqCst), lookups, "{session}");
+            let (again, replayed) = addr
+                .send(checkout())
+                .await
+                .expect("delivered")
+                .expect("replayed");
+            assert!(replayed && again == order, "replayed from memory");
+            assert_eq!(store.0.load(Ordering::SeqCst), lookups, "{session}");
+            placed.push((order.lines, order.total_minor, order.currency));
+        }
+        assert_eq!(placed[0], placed[1], "the same order either way");
+        let addr = carts.get("empty", true);
+        let empty = addr
+            .send(Checkout {
+                key: "k2".into(),
+                email: "a@example.com".into(),
+                customer: "a@example.com".into(),
+            })
+            .await
+            .expect("delivered");
+        assert_eq!(empty, Err(CartFailure::Invalid(CartError::Empty)));
+        assert_eq!(store.0.load(Ordering::SeqCst), 2, "an empty cart looks");
     }
 
     async fn stops(addr: &Addr<CartActor>) -> bool {

@@ -45,6 +45,11 @@ pub struct Locked {
     /// Units each customer of the batch's orders has ordered per limited campaign
     /// (`campaign_customers`, locked); missing: none yet.
     pub customer_units: HashMap<(Uuid, String), i64>,
+    /// The (session, Idempotency-Key) pairs of the batch's orders that already name an
+    /// order ([`order_keys`]), read under the carts' locks: an order under a used key
+    /// is refused as stale, so a checkout that skipped its replay lookup can never
+    /// make a second order.
+    pub used_keys: HashSet<(String, String)>,
 }
 
 /// A reservation row to write.
@@ -110,6 +115,16 @@ pub fn customer_keys(
     out.sort();
     out.dedup();
     out
+}
+
+/// The (session, Idempotency-Key) pair of each of the batch's orders.
+pub fn order_keys(ops: &[WriteOp]) -> Vec<(&str, &str)> {
+    ops.iter()
+        .filter_map(|op| match op {
+            WriteOp::PlaceOrder(o) => Some((o.session_id.as_str(), o.idempotency_key.as_str())),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Every SKU of the batch's orders, sorted.
@@ -394,6 +409,11 @@ fn place_order(p: &mut Plan, locked: &mut Locked, o: &PlaceOrder) -> Result<(), 
     if locked.carts.get(&o.cart_id) != Some(&o.version) {
         return Err(JournalError::Stale);
     }
+    // A used key has its order already: the caller replays it, never makes another.
+    let key = (o.session_id.clone(), o.idempotency_key.clone());
+    if locked.used_keys.contains(&key) {
+        return Err(JournalError::Stale);
+    }
     // The order must be exactly the cart's reservations, no more and no less.
     let held: Vec<(&String, i64)> = locked
         .reservations
@@ -425,6 +445,7 @@ fn place_order(p: &mut Plan, locked: &mut Locked, o: &PlaceOrder) -> Result<(), 
         p.reservations.insert(key, None);
     }
     bump(p, locked, o.cart_id);
+    locked.used_keys.insert(key);
     Ok(())
 }
 
@@ -634,6 +655,22 @@ mod tests {
         );
         assert_eq!(p.inventory["A"], Delta::sell(2));
         assert_eq!(p.orders, vec![0]);
+    }
+
+    /// Guards the checkout that skips its replay lookup: an order under a key that
+    /// already names an order is refused as stale and changes nothing, so the caller
+    /// reloads and replays the first order instead of placing a second.
+    #[test]
+    fn an_order_under_a_used_key_is_stale_and_writes_nothing() {
+        let mut l = locked(10);
+        l.reservations.insert((cart(), "A".into()), 1);
+        let fresh = plan(&[order(100)], l.clone());
+        assert_eq!(fresh.results[0], Ok(WriteOutcome::Done));
+        l.used_keys.insert(("s".into(), "k".into()));
+        let p = plan(&[order(100)], l);
+        assert_eq!(p.results[0], Err(JournalError::Stale));
+        assert!(p.orders.is_empty() && p.inventory.is_empty() && p.cart_versions.is_empty());
+        assert!(p.reservations.is_empty(), "the reservation stays");
     }
 
     fn order(price: i64) -> WriteOp {

@@ -521,6 +521,26 @@ async fn lock(
                 .insert((row.get(0), row.get(1)), row.get(2));
         }
     }
+    let keys = journal_plan::order_keys(ops);
+    if !keys.is_empty() {
+        // Under the carts' locks: an order of the same session on another node has
+        // committed its key by now or waits for this batch.
+        let sessions: Vec<&str> = keys.iter().map(|(s, _)| *s).collect();
+        let names: Vec<&str> = keys.iter().map(|(_, k)| *k).collect();
+        let stmt = tx
+            .prepare_cached(
+                "SELECT i.session_id, i.key FROM idempotency_keys i
+                   JOIN UNNEST($1::text[], $2::text[]) AS t(s, k) ON i.session_id = t.s AND i.key = t.k",
+            )
+            .await?;
+        for row in tx
+            .query(&stmt, &[&sessions, &names])
+            .await
+            .context("reading idempotency keys")?
+        {
+            locked.used_keys.insert((row.get(0), row.get(1)));
+        }
+    }
     Ok(locked)
 }
 

@@ -27,3 +27,4 @@ mod reports;
 mod routes;
 mod storefront;
 mod tls;
+mod writes;
