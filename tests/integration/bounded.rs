@@ -476,12 +476,7 @@ async fn sockets_past_the_per_ip_cap_are_refused_with_429() {
         ..Options::default()
     })
     .await;
-    let port: u16 = app
-        .base
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .expect("port");
+    let port = app.port();
     let first = ws_connect(&app.base, None).await;
     let _second = ws_connect(&app.base, None).await;
     let (status, body) = upgrade_status(port).await;

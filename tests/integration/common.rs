@@ -339,6 +339,15 @@ impl TestApp {
         self.server.as_ref().expect("running").state()
     }
 
+    /// The node's port, for clients that speak raw TCP.
+    pub fn port(&self) -> u16 {
+        self.base
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("the base URL ends in a port")
+    }
+
     /// Absolute URL of a path.
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)

@@ -45,12 +45,7 @@ async fn an_idle_keep_alive_connection_stays_open_past_a_few_seconds() {
         ..Options::default()
     })
     .await;
-    let port: u16 = app
-        .base
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .expect("port");
+    let port = app.port();
     let mut conn = crate::bounded::RawHttp::connect(port).await;
     let (status, _) = conn.send("GET", "/healthz", "", "").await;
     assert_eq!(status, 200);
