@@ -571,8 +571,18 @@ async fn writes_side_by_side(url: &str) -> anyhow::Result<()> {
             };
             epochs.insert(sku.clone(), epoch);
         }
-        let j = journal_round(&journal, &skus, &epochs, sessions, seconds).await;
-        let h = http_round(&base, &skus, sessions, seconds).await;
+        // ABBA: odd rounds run the Journal first, even rounds HTTP first, so that a
+        // drift over the run (tables growing) weighs on both sides alike.
+        let (j, h) = if r % 2 == 1 {
+            let j = journal_round(&journal, &skus, &epochs, sessions, seconds).await;
+            (j, http_round(&base, &skus, sessions, seconds).await)
+        } else {
+            let h = http_round(&base, &skus, sessions, seconds).await;
+            (
+                journal_round(&journal, &skus, &epochs, sessions, seconds).await,
+                h,
+            )
+        };
         for (side, round) in [("Journal alone", &j), ("HTTP", &h)] {
             println!(
                 "| {r} | {side} | {} | {} | {:.2} | {:.0} |",
