@@ -12,6 +12,7 @@
 //! works in a database of its own and drops it at the end.
 
 use std::{
+    future::Future,
     str::FromStr,
     sync::Arc,
     time::{Duration, Instant},
@@ -373,6 +374,17 @@ struct Round {
 }
 
 impl Round {
+    /// Runs the shoppers' tasks, each answering (writes, failures), to their end.
+    async fn run(tasks: impl IntoIterator<Item = impl Future<Output = (usize, usize)>>) -> Self {
+        let started = Instant::now();
+        let results = futures_util::future::join_all(tasks).await;
+        Round {
+            writes: results.iter().map(|r| r.0).sum(),
+            failures: results.iter().map(|r| r.1).sum(),
+            elapsed: started.elapsed(),
+        }
+    }
+
     fn rate(&self) -> f64 {
         self.writes as f64 / self.elapsed.as_secs_f64()
     }
@@ -436,13 +448,7 @@ async fn journal_round(
             (writes, failures)
         }
     });
-    let started = Instant::now();
-    let results = futures_util::future::join_all(tasks).await;
-    Round {
-        writes: results.iter().map(|r| r.0).sum(),
-        failures: results.iter().map(|r| r.1).sum(),
-        elapsed: started.elapsed(),
-    }
+    Round::run(tasks).await
 }
 
 /// The HTTP side: `sessions` tasks, each a series of shoppers (no cookie: a new
@@ -511,13 +517,7 @@ async fn http_round(base: &str, skus: &[String], sessions: usize, seconds: u64) 
             (writes, failures)
         }
     });
-    let started = Instant::now();
-    let results = futures_util::future::join_all(tasks).await;
-    Round {
-        writes: results.iter().map(|r| r.0).sum(),
-        failures: results.iter().map(|r| r.1).sum(),
-        elapsed: started.elapsed(),
-    }
+    Round::run(tasks).await
 }
 
 /// Reservations plus checkouts through HTTP against the same writes handed straight to

@@ -427,22 +427,28 @@ impl StockLevels {
     }
 }
 
+/// A one-variant product (`{slug}-1`, 1.00 EUR), for tests of the catalog and its views.
+#[cfg(test)]
+pub(crate) fn test_product(slug: &str, name: &str) -> Product {
+    Product::new(
+        slug.into(),
+        name.into(),
+        String::new(),
+        vec![Variant {
+            sku: format!("{slug}-1"),
+            attributes: BTreeMap::new(),
+            price_minor: 100,
+            currency: "EUR".into(),
+        }],
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn product(slug: &str, name: &str) -> Product {
-        Product::new(
-            slug.into(),
-            name.into(),
-            String::new(),
-            vec![Variant {
-                sku: format!("{slug}-1"),
-                attributes: BTreeMap::new(),
-                price_minor: 100,
-                currency: "EUR".into(),
-            }],
-        )
+        test_product(slug, name)
     }
 
     fn catalog(n: usize) -> Catalog {

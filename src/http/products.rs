@@ -333,19 +333,7 @@ mod tests {
     /// changes; then it is the new one.
     #[test]
     fn cached_list_is_the_fresh_list() {
-        let product = |slug: &str| {
-            Product::new(
-                slug.into(),
-                format!("Shirt {slug}"),
-                String::new(),
-                vec![Variant {
-                    sku: format!("{slug}-1"),
-                    attributes: BTreeMap::new(),
-                    price_minor: 100,
-                    currency: "EUR".into(),
-                }],
-            )
-        };
+        let product = |slug: &str| crate::catalog::test_product(slug, &format!("Shirt {slug}"));
         let catalog = Arc::new(Catalog::new(
             (0..30).map(|i| product(&format!("p{i:02}"))).collect(),
         ));

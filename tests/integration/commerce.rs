@@ -10,8 +10,8 @@ use std::{
 use futures_util::future::join_all;
 
 use crate::common::{
-    assert_stock_sound, buckets, error_code, make_sku, shared_client, test_commerce, Buyer,
-    Options, TestApp,
+    assert_stock_sound, buckets, error_code, make_sku, shared_client, test_commerce,
+    two_nodes_selling, Buyer, Options, TestApp,
 };
 
 #[actix_web::test]
@@ -463,14 +463,7 @@ async fn a_restock_sells_again_on_every_node() {
 
 #[actix_web::test]
 async fn a_new_sessions_cart_made_on_two_nodes_at_once_ends_up_as_one() {
-    let a = TestApp::empty().await;
-    make_sku(&a, "TWIN-1", 10).await;
-    make_sku(&a, "TWIN-2", 10).await;
-    let b = a.join().await;
-    b.state()
-        .reload_catalog(&b.state().db.primary)
-        .await
-        .expect("catalog");
+    let (a, b) = two_nodes_selling(&[("TWIN-1", 10), ("TWIN-2", 10)]).await;
     let http = shared_client();
     // The session is born on node A (no cart row yet)...
     let mut on_a = Buyer::new(&a.base, http.clone());

@@ -140,6 +140,21 @@ pub async fn two_nodes() -> (TestApp, TestApp) {
     two_nodes_with(test_live(), redis_url()).await
 }
 
+/// Two nodes on one empty database (no bus between them), both knowing `skus` with
+/// their stock, made through the first.
+pub async fn two_nodes_selling(skus: &[(&str, i64)]) -> (TestApp, TestApp) {
+    let a = TestApp::empty().await;
+    for (sku, stock) in skus {
+        make_sku(&a, sku, *stock).await;
+    }
+    let b = a.join().await;
+    b.state()
+        .reload_catalog(&b.state().db.primary)
+        .await
+        .expect("catalog");
+    (a, b)
+}
+
 /// Options of a test server.
 pub struct Options {
     /// Admin token, or none to disable the admin API.

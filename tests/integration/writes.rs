@@ -17,7 +17,7 @@ use surge_actors::{
 use uuid::Uuid;
 
 use crate::common::{
-    assert_stock_sound, buckets, db_with_sku, make_sku, shared_client, Buyer, TestApp,
+    assert_stock_sound, buckets, db_with_sku, shared_client, two_nodes_selling, Buyer,
 };
 
 /// Guards the checkout of an actor that started with its session, which writes without
@@ -26,13 +26,7 @@ use crate::common::{
 /// answer that order, not a second one nor an error.
 #[actix_web::test]
 async fn a_key_used_on_another_node_replays_on_the_node_that_skipped_the_lookup() {
-    let a = TestApp::empty().await;
-    make_sku(&a, "REPLAY-1", 1000).await;
-    let b = a.join().await;
-    b.state()
-        .reload_catalog(&b.state().db.primary)
-        .await
-        .expect("catalog");
+    let (a, b) = two_nodes_selling(&[("REPLAY-1", 1000)]).await;
     let http = shared_client();
     let mut on_a = Buyer::new(&a.base, http.clone());
     assert_eq!(on_a.set("REPLAY-1", 1).await.0, 200, "a fresh session on A");
