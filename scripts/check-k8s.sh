@@ -60,13 +60,7 @@ fi
 
 # The Prometheus Operator objects against the CRDs' own schemas (pinned in
 # package.json): the Python check writes them out, scripts/check-crds.mjs validates.
-if ! have node || ! have npm; then
-  apt_install nodejs npm
-fi
-if [ ! -d node_modules/@kubernetes-models/prometheus-operator ]; then
-  say "installing the Prometheus Operator schemas: npm ci"
-  PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund >&2
-fi
+npm_deps @kubernetes-models/prometheus-operator
 mkdir -p "$ROOT/.local"
 CRDS="$ROOT/.local/k8s-crds.json"
 rm -f "$CRDS"

@@ -203,3 +203,22 @@ drop_db() {
   say "dropping database $1"
   psql "$SURGE_PG_URL/postgres" -qAtc "DROP DATABASE IF EXISTS $1 WITH (FORCE)" >/dev/null || true
 }
+
+# The project's npm dev dependencies (package.json, package-lock.json), installed with
+# Node.js itself when missing: `npm ci` unless every package named is there already.
+# Run from the repository root.
+npm_deps() {
+  if ! have node || ! have npm; then
+    apt_install nodejs npm
+  fi
+  local pkg missing=0
+  for pkg in "$@"; do
+    [ -d "node_modules/$pkg" ] || missing=1
+  done
+  if [ "$missing" -eq 0 ]; then
+    say "npm packages installed: $*"
+    return 0
+  fi
+  say "installing the npm dev dependencies: npm ci"
+  PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund >&2
+}

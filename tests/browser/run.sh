@@ -20,22 +20,7 @@ source "$ROOT/scripts/lib.sh"
 
 # --- what the tests need -------------------------------------------------------------
 
-if ! have node || ! have npm; then
-  apt_install nodejs npm
-fi
-
-if [ -d node_modules/playwright-core ]; then
-  say "playwright-core is installed"
-else
-  have npm || die "npm is missing (it comes with Node.js)"
-  if [ -f package-lock.json ]; then
-    say "installing playwright-core: npm ci"
-    PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund
-  else
-    say "installing playwright-core: npm install"
-    PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm install --no-audit --no-fund
-  fi
-fi
+npm_deps playwright-core
 
 if [ -x /usr/bin/chromium ]; then
   say "chromium is installed: /usr/bin/chromium"
