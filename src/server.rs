@@ -10,7 +10,6 @@ use std::{future::Future, net::SocketAddr, time::Duration};
 use actix_web::{
     dev::{Server, ServerHandle},
     http::KeepAlive,
-    middleware::Compress,
     web, App, HttpServer,
 };
 use anyhow::Context as _;
@@ -238,7 +237,7 @@ fn serve_http(
             })
             .configure(|c| http::routes(c, body_limit, document.clone()))
             .default_service(web::to(http::not_found))
-            .wrap(Compress::default())
+            .wrap(http::compress::Compress)
             // Outermost: the id, span, metrics and default headers cover every answer,
             // a `406` of the compression negotiation included.
             .wrap(http::middleware::Observe)

@@ -130,12 +130,13 @@ where
         let mut res = match outcome {
             Ok(res) => res,
             Err(err) => {
-                request_span::end(this.span, err.as_response_error().status_code());
+                request_span::end(this.span, err.as_response_error().status_code(), false);
                 return Poll::Ready(Err(err));
             }
         };
         let status = res.status();
-        request_span::end(this.span, status);
+        let streamed = matches!(res.response().body().size(), BodySize::Stream);
+        request_span::end(this.span, status, streamed);
         record(
             res.request(),
             this.method,
@@ -151,7 +152,8 @@ where
                 headers.insert(name.clone(), HeaderValue::from_static(value));
             }
         }
-        // A streamed body (a socket's actor runs as one) logs in the request's span too.
+        // A streamed body (a socket's actor runs as one) logs in the request's span too;
+        // any other has no span left (see `request_span::end`).
         let span = std::mem::replace(this.span, Span::none());
         Poll::Ready(Ok(res.map_body(|_, body| SpanBody { body, span })))
     }

@@ -1,6 +1,10 @@
 //! Catalog endpoints, served from memory.
 
-use std::{cell::RefCell, collections::BTreeMap, sync::Arc};
+use std::{
+    cell::RefCell,
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+};
 
 use actix_web::{get, web, web::Bytes, HttpResponse};
 use serde::{Deserialize, Serialize};
@@ -255,14 +259,74 @@ pub async fn get_product(
     slug: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let catalog = state.catalog.snapshot();
-    let product = catalog
-        .get(&slug)
+    let body = cached_product(&catalog, &state.stock, &slug)
         .ok_or_else(|| ApiError::NotFound(format!("no product with slug {:?}", slug.as_str())))?;
-    let mut body = String::with_capacity(1024);
-    product.write_json(&mut body, &state.stock.for_variants(&product.variants));
     Ok(HttpResponse::Ok()
         .content_type("application/json")
         .body(body))
+}
+
+/// One product's document, from its pre-encoded JSON and the live stock levels.
+fn product_body(catalog: &Catalog, stock: &StockLevels, slug: &str) -> Option<Bytes> {
+    let product = catalog.get(slug)?;
+    let mut body = String::with_capacity(1024);
+    product.write_json(&mut body, &stock.for_variants(&product.variants));
+    Some(Bytes::from(body))
+}
+
+/// Product documents a worker thread built from one catalog snapshot and one count of
+/// stock changes.
+#[derive(Default)]
+struct CachedProducts {
+    catalog: Option<Arc<Catalog>>,
+    stock_changes: u64,
+    bodies: HashMap<Box<str>, Bytes>,
+}
+
+impl CachedProducts {
+    fn built_from(&self, catalog: &Arc<Catalog>, stock_changes: u64) -> bool {
+        self.catalog
+            .as_ref()
+            .is_some_and(|c| Arc::ptr_eq(c, catalog))
+            && self.stock_changes == stock_changes
+    }
+}
+
+/// Product documents a worker keeps; past this many it starts afresh.
+const CACHED_PRODUCTS: usize = 1024;
+
+thread_local! {
+    static PRODUCTS: RefCell<CachedProducts> = RefCell::default();
+}
+
+/// [`product_body`], reused while the catalog snapshot and the stock levels are the
+/// ones it was built from, as [`cached_list`] does for pages: a product is read far more
+/// often than its stock changes. Only products of the snapshot are kept, at most
+/// [`CACHED_PRODUCTS`] of them.
+fn cached_product(catalog: &Arc<Catalog>, stock: &StockLevels, slug: &str) -> Option<Bytes> {
+    let stock_changes = stock.changes();
+    let hit = PRODUCTS.with_borrow_mut(|cache| {
+        if !cache.built_from(catalog, stock_changes) {
+            cache.catalog = Some(Arc::clone(catalog));
+            cache.stock_changes = stock_changes;
+            cache.bodies.clear();
+        }
+        cache.bodies.get(slug).cloned()
+    });
+    if hit.is_some() {
+        return hit;
+    }
+    let body = product_body(catalog, stock, slug)?;
+    PRODUCTS.with_borrow_mut(|cache| {
+        // Kept only under the snapshot and count it was built from.
+        if cache.built_from(catalog, stock_changes) {
+            if cache.bodies.len() >= CACHED_PRODUCTS {
+                cache.bodies.clear();
+            }
+            cache.bodies.insert(slug.into(), body.clone());
+        }
+    });
+    Some(body)
 }
 
 #[cfg(test)]
@@ -331,6 +395,44 @@ mod tests {
 
     /// A cached list page is the page built afresh, until the stock or the catalog
     /// changes; then it is the new one.
+    #[test]
+    fn cached_product_is_the_fresh_product() {
+        let catalog = Arc::new(Catalog::new(vec![
+            crate::catalog::test_product("p1", "Shirt p1"),
+            crate::catalog::test_product("p2", "Shirt p2"),
+        ]));
+        let stock = StockLevels::default();
+        let level = |available, seq| StockLevel {
+            sku: "p1-1".into(),
+            available,
+            seq,
+        };
+        stock.merge([level(5, 1)]);
+        for _ in 0..2 {
+            for slug in ["p1", "p2"] {
+                assert_eq!(
+                    cached_product(&catalog, &stock, slug),
+                    product_body(&catalog, &stock, slug),
+                    "{slug}"
+                );
+            }
+        }
+        assert_eq!(cached_product(&catalog, &stock, "nope"), None);
+        let before = cached_product(&catalog, &stock, "p1").expect("a body");
+        stock.merge([level(2, 2)]);
+        let after = cached_product(&catalog, &stock, "p1").expect("a body");
+        assert_ne!(after, before, "a stock change is never served stale");
+        let v: serde_json::Value = serde_json::from_slice(&after).expect("JSON");
+        assert_eq!(v["variants"][0]["available"], 2);
+        let reloaded = Arc::new(Catalog::new(vec![crate::catalog::test_product(
+            "p1", "Renamed",
+        )]));
+        let renamed = cached_product(&reloaded, &stock, "p1").expect("a body");
+        let v: serde_json::Value = serde_json::from_slice(&renamed).expect("JSON");
+        assert_eq!(v["name"], "Renamed", "a new snapshot is never served stale");
+        assert_eq!(cached_product(&reloaded, &stock, "p2"), None);
+    }
+
     #[test]
     fn cached_list_is_the_fresh_list() {
         let product = |slug: &str| crate::catalog::test_product(slug, &format!("Shirt {slug}"));

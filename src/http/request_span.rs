@@ -64,19 +64,29 @@ fn splitmix64(state: &Cell<u64>) -> u64 {
 
 /// The span of `request`, before it is routed (so a `HEAD` shows as `HEAD`). Disabled,
 /// and next to free, when `info` is off for this module.
+///
+/// Its values are plain strings rather than `Display` values: the log formatter writes
+/// a string without a formatting call (`telemetry::PlainFields`), and this span is
+/// formatted for every request.
 pub fn start(request: &ServiceRequest, id: &RequestId) -> Span {
     tracing::info_span!(
         "request",
-        request_id = %id.as_str(),
-        method = %request.method(),
-        path = %request.path(),
+        request_id = id.as_str(),
+        method = request.method().as_str(),
+        path = request.path(),
         status = tracing::field::Empty,
     )
 }
 
-/// Records the status the request ended with.
-pub fn end(span: &Span, status: StatusCode) {
-    span.record("status", status.as_u16());
+/// Records the status the request ended with, for what is logged while its body
+/// streams (a socket's actor). An answer with a body of known size logs nothing after
+/// this point, so its span is closed instead, unrecorded.
+pub fn end(span: &mut Span, status: StatusCode, streamed: bool) {
+    if streamed {
+        span.record("status", status.as_u16());
+    } else {
+        *span = Span::none();
+    }
 }
 
 #[cfg(test)]
