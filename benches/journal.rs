@@ -7,8 +7,8 @@
 //! same writes handed straight to a Journal, alternating the two on one database with
 //! the same SKUs, concurrency and Journal settings, and prints the ratio. An untimed
 //! warm-up of both sides (`SURGE_BENCH_WARMUP_SECONDS`) comes first, and the database is
-//! vacuumed and analyzed before each side's turn, so that every turn starts from the
-//! same kind of tables.
+//! vacuumed and analyzed, and a checkpoint taken, before each side's turn, so that
+//! every turn starts from the same kind of tables.
 //!
 //! Run: `make bench-journal` (or `cargo bench --bench journal`), with PostgreSQL at
 //! `SURGE_BENCH_PG_URL` (default `postgres://postgres@127.0.0.1:5432`). The benchmark
@@ -548,12 +548,20 @@ async fn lease(
 /// autovacuum would keep it (a PostgreSQL run with `autovacuum = off`, as some CI
 /// images are, never does): otherwise every turn plans against the statistics of the
 /// one before, or none, and scans the dead rows of every earlier turn, and a side's
-/// rate says more about its place in the run than about the side.
+/// rate says more about its place in the run than about the side. Then a checkpoint:
+/// a run writes more WAL than `max_wal_size` (1 GB by default) allows between two, and
+/// the turn that a checkpoint falls in writes every page it touches whole to the WAL;
+/// after a checkpoint each turn starts alike and, at the default sizes, ends before the
+/// next one is due.
 async fn tidy(client: &tokio_postgres::Client) -> anyhow::Result<()> {
     client
         .batch_execute("VACUUM (ANALYZE)")
         .await
-        .context("vacuuming the bench database")
+        .context("vacuuming the bench database")?;
+    client
+        .batch_execute("CHECKPOINT")
+        .await
+        .context("checkpoint before a turn")
 }
 
 /// Reservations plus checkouts through HTTP against the same writes handed straight to
