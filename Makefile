@@ -140,8 +140,8 @@ bench-reads: services loadtest-release ## product JSON, list of 24 and a 304 pag
 
 # Reservations plus checkouts through HTTP against the same writes handed straight to a
 # Journal, alternating in one run on one database (benches/journal.rs,
-# SURGE_BENCH_PART=writes); SURGE_BENCH_SECONDS, SURGE_BENCH_ROUNDS and
-# SURGE_BENCH_SESSIONS change the size.
+# SURGE_BENCH_PART=writes); SURGE_BENCH_SECONDS, SURGE_BENCH_ROUNDS,
+# SURGE_BENCH_SESSIONS and SURGE_BENCH_WARMUP_SECONDS change the size.
 .PHONY: bench-writes
 bench-writes: services ## reserve + checkout through HTTP against the Journal alone, side by side, and the ratio
 	@source $(ENV_FILE) && SURGE_BENCH_PART=writes SURGE_BENCH_PG_URL="$$SURGE_PG_URL" SURGE_LOG=warn \

@@ -5,7 +5,10 @@
 //! With `SURGE_BENCH_PART=writes` (`make bench-writes`) it measures instead the durable
 //! writes of shoppers who reserve one unit and check it out, through HTTP, against the
 //! same writes handed straight to a Journal, alternating the two on one database with
-//! the same SKUs, concurrency and Journal settings, and prints the ratio.
+//! the same SKUs, concurrency and Journal settings, and prints the ratio. An untimed
+//! warm-up of both sides (`SURGE_BENCH_WARMUP_SECONDS`) comes first, and the database is
+//! vacuumed and analyzed, and a checkpoint taken, before each side's turn, so that
+//! every turn starts from the same kind of tables.
 //!
 //! Run: `make bench-journal` (or `cargo bench --bench journal`), with PostgreSQL at
 //! `SURGE_BENCH_PG_URL` (default `postgres://postgres@127.0.0.1:5432`). The benchmark
@@ -520,12 +523,54 @@ async fn http_round(base: &str, skus: &[String], sessions: usize, seconds: u64) 
     Round::run(tasks).await
 }
 
+/// A lease for the Journal side, renewed before each round: its rows are nobody's
+/// heartbeat's, and the reaper may take them while the HTTP side runs.
+async fn lease(
+    journal: &Arc<dyn Journal>,
+    skus: &[String],
+) -> anyhow::Result<std::collections::HashMap<String, Option<i64>>> {
+    let mut epochs = std::collections::HashMap::new();
+    for sku in skus {
+        let grant = WriteOp::Grant {
+            sku: sku.clone(),
+            want: 1_000_000,
+        };
+        let epoch = match journal.write(grant).await {
+            Ok(WriteOutcome::Granted(g)) => g.epoch,
+            other => anyhow::bail!("lease for {sku}: {other:?}"),
+        };
+        epochs.insert(sku.clone(), epoch);
+    }
+    Ok(epochs)
+}
+
+/// Vacuums and analyzes the bench database before each side's turn, untimed, as
+/// autovacuum would keep it (a PostgreSQL run with `autovacuum = off`, as some CI
+/// images are, never does): otherwise every turn plans against the statistics of the
+/// one before, or none, and scans the dead rows of every earlier turn, and a side's
+/// rate says more about its place in the run than about the side. Then a checkpoint:
+/// a run writes more WAL than `max_wal_size` (1 GB by default) allows between two, and
+/// the turn that a checkpoint falls in writes every page it touches whole to the WAL;
+/// after a checkpoint each turn starts alike and, at the default sizes, ends before the
+/// next one is due.
+async fn tidy(client: &tokio_postgres::Client) -> anyhow::Result<()> {
+    client
+        .batch_execute("VACUUM (ANALYZE)")
+        .await
+        .context("vacuuming the bench database")?;
+    client
+        .batch_execute("CHECKPOINT")
+        .await
+        .context("checkpoint before a turn")
+}
+
 /// Reservations plus checkouts through HTTP against the same writes handed straight to
 /// a Journal, alternating, `SURGE_BENCH_ROUNDS` rounds of `SURGE_BENCH_SECONDS` each.
 async fn writes_side_by_side(url: &str) -> anyhow::Result<()> {
     let sessions = env_usize("SURGE_BENCH_SESSIONS", CONCURRENCY);
     let seconds = env_usize("SURGE_BENCH_SECONDS", 10) as u64;
     let rounds = env_usize("SURGE_BENCH_ROUNDS", 2).max(1);
+    let warmup = env_usize("SURGE_BENCH_WARMUP_SECONDS", 2) as u64;
     let mut client = connect(url).await?;
     let skus = seed(&mut client).await?;
     let node_cfg = node_config(url)?;
@@ -549,35 +594,35 @@ async fn writes_side_by_side(url: &str) -> anyhow::Result<()> {
         "journal: max batch {}, max wait {:?}",
         jcfg.max_batch, jcfg.max_wait
     );
+    // Untimed: both sides once, so that the first measured round, like every other,
+    // starts on tables with rows and statistics, and on a node whose actors and
+    // connections are up.
+    let epochs = lease(&journal, &skus).await?;
+    let j = journal_round(&journal, &skus, &epochs, sessions, warmup).await;
+    let h = http_round(&base, &skus, sessions, warmup).await;
+    println!(
+        "warm-up, untimed: {} + {} writes, {} failures",
+        j.writes,
+        h.writes,
+        j.failures + h.failures
+    );
     println!("| round | side | writes | failures | seconds | durable writes/s |");
     println!("|---:|---|---:|---:|---:|---:|");
     let (mut journal_rates, mut http_rates) = (Vec::new(), Vec::new());
     let mut failed = 0;
     for r in 1..=rounds {
-        // A lease for the Journal side, renewed each round: its rows are nobody's
-        // heartbeat's, and the reaper may take them while the HTTP side runs.
-        let grants: Vec<WriteOp> = skus
-            .iter()
-            .map(|s| WriteOp::Grant {
-                sku: s.clone(),
-                want: 1_000_000,
-            })
-            .collect();
-        let mut epochs = std::collections::HashMap::new();
-        for (sku, op) in skus.iter().zip(grants) {
-            let epoch = match journal.write(op).await {
-                Ok(WriteOutcome::Granted(g)) => g.epoch,
-                other => anyhow::bail!("lease for {sku}: {other:?}"),
-            };
-            epochs.insert(sku.clone(), epoch);
-        }
+        let epochs = lease(&journal, &skus).await?;
         // ABBA: odd rounds run the Journal first, even rounds HTTP first, so that a
         // drift over the run (tables growing) weighs on both sides alike.
         let (j, h) = if r % 2 == 1 {
+            tidy(&client).await?;
             let j = journal_round(&journal, &skus, &epochs, sessions, seconds).await;
+            tidy(&client).await?;
             (j, http_round(&base, &skus, sessions, seconds).await)
         } else {
+            tidy(&client).await?;
             let h = http_round(&base, &skus, sessions, seconds).await;
+            tidy(&client).await?;
             (
                 journal_round(&journal, &skus, &epochs, sessions, seconds).await,
                 h,
