@@ -374,17 +374,49 @@ struct Round {
     writes: usize,
     failures: usize,
     elapsed: Duration,
+    /// Batches the process's Journals committed over the round, and the writes in them.
+    batches: f64,
+    batched: f64,
+}
+
+/// `journal_batch_size`'s count and sum so far, over every Journal of the process (only
+/// one side runs at a time, so a round's difference is that side's).
+fn journal_batches() -> (f64, f64) {
+    let text = surge::telemetry::metrics_handle().render();
+    let value = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0.0)
+    };
+    (
+        value("journal_batch_size_count"),
+        value("journal_batch_size_sum"),
+    )
 }
 
 impl Round {
     /// Runs the shoppers' tasks, each answering (writes, failures), to their end.
     async fn run(tasks: impl IntoIterator<Item = impl Future<Output = (usize, usize)>>) -> Self {
+        let before = journal_batches();
         let started = Instant::now();
         let results = futures_util::future::join_all(tasks).await;
+        let elapsed = started.elapsed();
+        let after = journal_batches();
         Round {
             writes: results.iter().map(|r| r.0).sum(),
             failures: results.iter().map(|r| r.1).sum(),
-            elapsed: started.elapsed(),
+            elapsed,
+            batches: after.0 - before.0,
+            batched: after.1 - before.1,
+        }
+    }
+
+    /// Writes per committed batch.
+    fn mean_batch(&self) -> f64 {
+        if self.batches > 0.0 {
+            self.batched / self.batches
+        } else {
+            0.0
         }
     }
 
@@ -606,8 +638,10 @@ async fn writes_side_by_side(url: &str) -> anyhow::Result<()> {
         h.writes,
         j.failures + h.failures
     );
-    println!("| round | side | writes | failures | seconds | durable writes/s |");
-    println!("|---:|---|---:|---:|---:|---:|");
+    println!(
+        "| round | side | writes | failures | seconds | durable writes/s | commits | writes per commit |"
+    );
+    println!("|---:|---|---:|---:|---:|---:|---:|---:|");
     let (mut journal_rates, mut http_rates) = (Vec::new(), Vec::new());
     let mut failed = 0;
     for r in 1..=rounds {
@@ -630,11 +664,13 @@ async fn writes_side_by_side(url: &str) -> anyhow::Result<()> {
         };
         for (side, round) in [("Journal alone", &j), ("HTTP", &h)] {
             println!(
-                "| {r} | {side} | {} | {} | {:.2} | {:.0} |",
+                "| {r} | {side} | {} | {} | {:.2} | {:.0} | {:.0} | {:.1} |",
                 round.writes,
                 round.failures,
                 round.elapsed.as_secs_f64(),
-                round.rate()
+                round.rate(),
+                round.batches,
+                round.mean_batch()
             );
             failed += round.failures;
         }

@@ -4,7 +4,12 @@
 # workers answering the very same bytes (`surge-loadtest ceiling-serve`), driven by
 # Debian's wrk, alternating Surge and the bare server, READS_ROUNDS times each.
 #
-#   loadtests/reads.sh SURGE_BIN LT_BIN
+#   loadtests/reads.sh SURGE_BIN LT_BIN [BASELINE_BIN]
+#
+# With BASELINE_BIN (an earlier build of surge), a second node runs it beside the
+# first, and each round measures both against the same bare-server run, in the order
+# Surge, bare, baseline in odd rounds and baseline, bare, Surge in even ones: a
+# before-and-after in one run.
 #
 # Runs once per log level of READS_LEVELS (default "info warn": info is the production
 # default of SURGE_LOG, and the request span is only built when it is enabled), each on
@@ -18,8 +23,8 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck source=loadtests/node.sh
 source "$ROOT/loadtests/node.sh"
 
-[ $# -eq 2 ] || { sed -n '2,14s/^# \{0,1\}//p' "$0" >&2; exit 2; }
-SURGE_BIN=$1 LT_BIN=$2
+[ $# -eq 2 ] || [ $# -eq 3 ] || { sed -n '2,20s/^# \{0,1\}//p' "$0" >&2; exit 2; }
+SURGE_BIN=$1 LT_BIN=$2 BASELINE_BIN=${3:-}
 [ -x "$LT_BIN" ] || die "$LT_BIN is not an executable (build it first)"
 have wrk || die "wrk is missing (apt-get install -y wrk)"
 have curl || die "curl is missing"
@@ -46,11 +51,21 @@ run_wrk() {
   awk '/^Requests\/sec:/ { printf "%.0f", $2 }' "$OUT/$name.txt"
 }
 
+# S as a percentage of C, one decimal.
+ratio() { awk -v s="$1" -v c="$2" 'BEGIN { printf "%.1f", (c > 0) ? 100 * s / c : 0 }'; }
+# The arguments joined by " / ".
+joined() { local IFS=/; echo "$*" | sed 's#/# / #g'; }
+
 ROWS=()
 for level in $LEVELS; do
   say "---- SURGE_LOG=$level"
   SURGE_LOG=$level lt_node_start "$SURGE_BIN" "reads-$level"
-  surge=$SURGE_LT_URL
+  surge=$SURGE_LT_URL surge_pid=$LT_NODE_PID
+  baseline="" baseline_pid=""
+  if [ -n "$BASELINE_BIN" ]; then
+    SURGE_LOG=$level lt_node_start "$BASELINE_BIN" "reads-baseline-$level"
+    baseline=$SURGE_LT_URL baseline_pid=$LT_NODE_PID
+  fi
   ceiling_log=$OUT/ceiling-$level.log
   : >"$ceiling_log"
   start_bg "the bare server" "$ceiling_log" "$LT_BIN" ceiling-serve --url "$surge" --duration 1h
@@ -86,23 +101,41 @@ for level in $LEVELS; do
     esac
     [ "$what" != product ] || label="GET /api/products/{slug} ($(curl -sf "$surge$path" | wc -c) B)"
     [ "$what" != list ] || label="GET /api/products?limit=24 ($(curl -sf "$surge$path" | wc -c) B)"
-    s_all=() c_all=() r_all=()
+    s_all=() c_all=() r_all=() b_all=() br_all=()
     for round in $(seq 1 "$ROUNDS"); do
+      b=""
+      if [ -n "$baseline" ] && [ $((round % 2)) -eq 0 ]; then
+        b=$(run_wrk "$level-$what-baseline-$round" "${hdr[@]}" "$baseline$path")
+      fi
       s=$(run_wrk "$level-$what-surge-$round" "${hdr[@]}" "$surge$path")
       c=$(run_wrk "$level-$what-bare-$round" "${hdr[@]}" "$ceiling$path")
-      say "$level $what round $round: Surge $s req/s, bare $c req/s"
+      if [ -n "$baseline" ] && [ $((round % 2)) -eq 1 ]; then
+        b=$(run_wrk "$level-$what-baseline-$round" "${hdr[@]}" "$baseline$path")
+      fi
+      say "$level $what round $round: Surge $s req/s, bare $c req/s${b:+, baseline $b req/s}"
       s_all+=("$s") c_all+=("$c")
-      r_all+=("$(awk -v s="$s" -v c="$c" 'BEGIN { printf "%.1f", (c > 0) ? 100 * s / c : 0 }')")
+      r_all+=("$(ratio "$s" "$c")")
+      if [ -n "$b" ]; then
+        b_all+=("$b") br_all+=("$(ratio "$b" "$c")")
+      fi
     done
-    ROWS+=("| $level | $label | $(IFS=/; echo "${s_all[*]}" | sed 's#/# / #g') | $(IFS=/; echo "${c_all[*]}" | sed 's#/# / #g') | $(IFS=/; echo "${r_all[*]}" | sed 's#/# / #g') % |")
+    row="| $level | $label | $(joined "${s_all[@]}") | $(joined "${c_all[@]}") | $(joined "${r_all[@]}") % |"
+    [ -z "$baseline" ] || row+=" $(joined "${b_all[@]}") | $(joined "${br_all[@]}") % |"
+    ROWS+=("$row")
   done
   stop_pid "$ceiling_pid" "the bare server"
-  lt_node_stop
+  [ -z "$baseline_pid" ] || stop_pid "$baseline_pid" "the baseline node"
+  stop_pid "$surge_pid" "the node"
 done
 
 echo
-echo "wrk ${WRK_ARGS[*]} -d$DURATION, alternating Surge and the bare server (2 workers each), $ROUNDS rounds; $(nproc) cores"
+echo "wrk ${WRK_ARGS[*]} -d$DURATION, alternating Surge${BASELINE_BIN:+, the baseline} and the bare server (2 workers each), $ROUNDS rounds; $(nproc) cores"
 echo
-echo "| SURGE_LOG | request | Surge req/s | bare req/s | Surge / bare |"
-echo "|---|---|---:|---:|---:|"
+if [ -n "$BASELINE_BIN" ]; then
+  echo "| SURGE_LOG | request | Surge req/s | bare req/s | Surge / bare | baseline req/s | baseline / bare |"
+  echo "|---|---|---:|---:|---:|---:|---:|"
+else
+  echo "| SURGE_LOG | request | Surge req/s | bare req/s | Surge / bare |"
+  echo "|---|---|---:|---:|---:|"
+fi
 printf '%s\n' "${ROWS[@]}"
