@@ -14,6 +14,11 @@
 # and the product and list once more as a browser asks for them, compressed. The dumps stay in artifacts/loadtest/instructions/ for
 # `callgrind_annotate`.
 #
+# With INSTR_WRITES=1 it also counts a durable-write cycle: a new shopper reserving one
+# unit (PUT /api/cart/items/{sku}) and checking it out, 400 times one after another
+# (so every Journal batch holds one write), the node's link to PostgreSQL as
+# loadtests/node.sh makes it (sslmode=prefer: TLS where the server offers it).
+#
 # Needs SURGE_PG_URL (source .local/services.env), valgrind and python3.
 
 set -euo pipefail
@@ -65,6 +70,37 @@ for _ in range(n):
     r.read()
     if r.status != status:
         sys.exit(f"{path}: {r.status}, expected {status}")
+PY
+}
+
+# N cycles of a new shopper (no cookie) reserving one unit of one of SKUS (comma
+# separated, taken in turn) and checking it out: PUT then POST /api/checkout.
+cycles() {
+  python3 - "$@" <<'PY'
+import http.client, json, sys, urllib.parse, uuid
+base, n, skus = sys.argv[1], int(sys.argv[2]), sys.argv[3].split(",")
+u = urllib.parse.urlsplit(base)
+c = http.client.HTTPConnection(u.hostname, u.port, timeout=120)
+done = 0
+while done < n:
+    sku = skus[done % len(skus)]
+    c.request("PUT", f"/api/cart/items/{sku}", body='{"quantity":1}',
+              headers={"content-type": "application/json"})
+    r = c.getresponse(); body = r.read()
+    if r.status == 409 and len(skus) > 1:
+        # Not for sale now (a campaign's SKU outside its window): leave it out.
+        skus.remove(sku)
+        continue
+    if r.status != 200:
+        sys.exit(f"PUT {sku}: {r.status} {body[:200]!r}")
+    cookie = r.getheader("set-cookie").split(";")[0]
+    c.request("POST", "/api/checkout", body='{"email":"bench@example.com"}',
+              headers={"content-type": "application/json", "cookie": cookie,
+                       "idempotency-key": str(uuid.uuid4())})
+    r = c.getresponse(); r.read()
+    if r.status != 201:
+        sys.exit(f"checkout: {r.status}")
+    done += 1
 PY
 }
 
@@ -127,3 +163,21 @@ for spec in "product|/api/products/$slug|200" "list-24|/api/products?limit=24|20
     printf '| %s | %s |\n' "$name" "$s"
   fi
 done
+
+if [ "${INSTR_WRITES:-0}" = 1 ]; then
+  # Durable writes: instructions per cycle of reserving one unit and checking it out,
+  # the Journal and its PostgreSQL round trips included (batches of one here).
+  skus=$(curl -sf "$surge/api/products?limit=100" | python3 -c '
+import json, sys
+print(",".join(v["sku"] for p in json.load(sys.stdin)["items"] for v in p["variants"] if v["available"] > 5))')
+  [ -n "$skus" ] || die "no SKU with stock"
+  cycles "$surge" 50 "$skus"
+  callgrind_control -z "$node_pid" >/dev/null 2>&1
+  cycles "$surge" 400 "$skus"
+  callgrind_control -d "surge-writes" "$node_pid" >/dev/null 2>&1
+  file=$(ls -t "$OUT"/*.out.* | head -n 1)
+  mv "$file" "$OUT/surge-writes.out"
+  total=$(callgrind_annotate "$OUT/surge-writes.out" 2>/dev/null |
+    awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1; exit }')
+  printf '| PUT + checkout (a cycle) | %s |\n' "$((total / 400))"
+fi
