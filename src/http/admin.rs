@@ -13,7 +13,7 @@ use surge_actors::{
     campaign::{Invalid, Window},
     cart_actor::now_ms,
     order::OrderStatus,
-    validated::{Sku, Slug},
+    validated::{Sku, SkuError, Slug, SlugError},
 };
 use utoipa::ToSchema;
 use utoipa_actix_web::{scope, service_config::ServiceConfig};
@@ -425,7 +425,7 @@ pub struct QueueBody {
     security(("admin_token" = [])),
     responses(
         (status = 201, description = "Scheduled", body = CampaignView),
-        (status = 400, description = "`invalid_campaign`: a field breaks its schema (a timestamp out of range; a price, limit, hold or rate that is not positive or too large; an empty `skus`); bad JSON", body = ErrorBody),
+        (status = 400, description = "`invalid_campaign`: a field breaks its schema (a timestamp out of range; a price, limit, hold or rate that is not positive or too large; an empty `skus`; a SKU or slug that breaks its pattern); bad JSON", body = ErrorBody),
         (status = 401, description = "No token", body = ErrorBody),
         (status = 403, description = "Wrong token", body = ErrorBody),
         (status = 404, description = "Unknown SKU or product, or admin API disabled", body = ErrorBody),
@@ -454,6 +454,22 @@ pub async fn create_campaign(
     let name = body.name.trim();
     if body.skus.as_ref().is_some_and(Vec::is_empty) {
         return Err(invalid("skus names at least one sku".into()));
+    }
+    // Checked before any lookup: a string no SKU or slug can be (a NUL byte, say) must
+    // not reach PostgreSQL, which refuses it with an error rather than an empty match.
+    let skus = body.skus.iter().flatten();
+    if let Some(bad) = skus
+        .chain(body.sale_price_minor.keys())
+        .find(|s| Sku::parse(s).is_err())
+    {
+        return Err(invalid(format!("{bad:?} is not a sku: {}", SkuError)));
+    }
+    if let Some(bad) = body
+        .product_slug
+        .as_ref()
+        .filter(|s| Slug::parse(s).is_err())
+    {
+        return Err(invalid(format!("{bad:?} is not a slug: {}", SlugError)));
     }
     let window = Window::new(body.starts_at_ms, body.ends_at_ms).map_err(ApiError::from_invalid)?;
     let selection = match (&body.skus, &body.product_slug) {

@@ -273,14 +273,33 @@ async fn bad_campaigns_are_refused_and_nothing_is_stored() {
             "invalid_campaign",
         ),
         (
+            // No SKU or slug holds a NUL byte, and PostgreSQL refuses one outright: a
+            // 400 before any lookup, never the 500 its error would make.
+            json!({"name": "X", "skus": ["BAD-2", "O\u{0}"], "starts_at_ms": 0, "ends_at_ms": 10}),
+            400,
+            "invalid_campaign",
+        ),
+        (
+            json!({"name": "X", "skus": ["BAD-2"], "starts_at_ms": 0, "ends_at_ms": 10, "sale_price_minor": {"B\u{0}": 5}}),
+            400,
+            "invalid_campaign",
+        ),
+        (
+            json!({"name": "X", "product_slug": "bad\u{0}", "starts_at_ms": 0, "ends_at_ms": 10}),
+            400,
+            "invalid_campaign",
+        ),
+        (
             json!({"name": "X", "skus": ["BAD-2", "NOPE"], "starts_at_ms": 0, "ends_at_ms": 10}),
             404,
             "not_found",
         ),
         (
+            // Breaks the SKU pattern /openapi.json states: a 400, as every field that
+            // breaks its schema is, not a lookup's 404.
             json!({"name": "X", "skus": ["bad sku/.."], "starts_at_ms": 0, "ends_at_ms": 10}),
-            404,
-            "not_found",
+            400,
+            "invalid_campaign",
         ),
         (
             json!({"name": "X", "product_slug": "nope", "starts_at_ms": 0, "ends_at_ms": 10}),
