@@ -104,21 +104,30 @@ while done < n:
 PY
 }
 
+# Instructions PID's process ran while COMMAND... ran, after zeroing its counters; the
+# dump is kept as $OUT/NAME.out.
+measured() {
+  local pid=$1 name=$2
+  shift 2
+  callgrind_control -z "$pid" >/dev/null 2>&1
+  "$@"
+  callgrind_control -d "$name" "$pid" >/dev/null 2>&1
+  local file total
+  file=$(ls -t "$OUT"/*.out.* | head -n 1)
+  mv "$file" "$OUT/$name.out"
+  total=$(callgrind_annotate "$OUT/$name.out" 2>/dev/null |
+    awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1; exit }')
+  [ -n "$total" ] || die "no totals in $OUT/$name.out"
+  echo "$total"
+}
+
 # Instructions of PID's process per request of PATH.
 count() {
   local pid=$1 base=$2 name=$3 path=$4 status=$5
   shift 5
   send "$base" "$path" 200 "$status" "$@"
-  callgrind_control -z "$pid" >/dev/null 2>&1
-  send "$base" "$path" "$N" "$status" "$@"
-  callgrind_control -d "$name" "$pid" >/dev/null 2>&1
-  local file
-  file=$(ls -t "$OUT"/*.out.* | head -n 1)
-  mv "$file" "$OUT/$name.out"
   local total
-  total=$(callgrind_annotate "$OUT/$name.out" 2>/dev/null |
-    awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1; exit }')
-  [ -n "$total" ] || die "no totals in $OUT/$name.out"
+  total=$(measured "$pid" "$name" send "$base" "$path" "$N" "$status" "$@")
   echo $((total / N))
 }
 
@@ -172,12 +181,6 @@ import json, sys
 print(",".join(v["sku"] for p in json.load(sys.stdin)["items"] for v in p["variants"] if v["available"] > 5))')
   [ -n "$skus" ] || die "no SKU with stock"
   cycles "$surge" 50 "$skus"
-  callgrind_control -z "$node_pid" >/dev/null 2>&1
-  cycles "$surge" 400 "$skus"
-  callgrind_control -d "surge-writes" "$node_pid" >/dev/null 2>&1
-  file=$(ls -t "$OUT"/*.out.* | head -n 1)
-  mv "$file" "$OUT/surge-writes.out"
-  total=$(callgrind_annotate "$OUT/surge-writes.out" 2>/dev/null |
-    awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1; exit }')
+  total=$(measured "$node_pid" surge-writes cycles "$surge" 400 "$skus")
   printf '| PUT + checkout (a cycle) | %s |\n' "$((total / 400))"
 fi

@@ -81,8 +81,8 @@ const SPAN_FIELDS_CAPACITY: usize = 160;
 ///
 /// The log layer starts from an empty string and grows it field by field: four
 /// reallocations for a request's span, more than the formatting itself. Placed between
-/// the filter and the log layer, and only where the log layer writes no colours (its
-/// fields then read the same).
+/// the filter and the log layer: for JSON always, for the human format only where it
+/// writes no colours (the buffer is formatted without them).
 pub struct SpanFields<N>(PhantomData<fn(N)>);
 
 impl<N> SpanFields<N> {
@@ -188,17 +188,17 @@ impl PlainVisitor<'_> {
 
 impl Visit for PlainVisitor<'_> {
     fn record_str(&mut self, field: &Field, value: &str) {
-        if self.plain(field) && debug_is_verbatim(value) {
+        if !self.plain(field) {
+            self.by_default(|v| v.record_str(field, value));
+        } else if debug_is_verbatim(value) {
             // What `{:?}` writes for this string, without escaping it char by char.
             self.write_plain(field, |w| {
                 w.write_char('"')?;
                 w.write_str(value)?;
                 w.write_char('"')
             });
-        } else if self.plain(field) {
-            self.write_plain(field, |w| write!(w, "{value:?}"));
         } else {
-            self.by_default(|v| v.record_str(field, value));
+            self.write_plain(field, |w| write!(w, "{value:?}"));
         }
     }
 

@@ -92,15 +92,16 @@ fn worth_compressing(size: BodySize, content_type: Option<&HeaderValue>) -> bool
         BodySize::Sized(n) => n >= MIN_COMPRESS_BYTES,
         BodySize::Stream => true,
     };
-    let compressible = content_type
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<mime::Mime>().ok())
-        .is_none_or(|m| match m.type_() {
-            mime::IMAGE => m.subtype() == mime::SVG,
-            mime::VIDEO => false,
-            _ => true,
-        });
-    large && compressible
+    // The content type is parsed only for a body large enough to matter.
+    large
+        && content_type
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<mime::Mime>().ok())
+            .is_none_or(|m| match m.type_() {
+                mime::IMAGE => m.subtype() == mime::SVG,
+                mime::VIDEO => false,
+                _ => true,
+            })
 }
 
 impl<S, B> Service<ServiceRequest> for CompressService<S>
@@ -182,23 +183,21 @@ where
                         // Encoded by its handler already: the encoder leaves it be.
                         return EitherBody::left(Encoder::response(encoding, head, body));
                     }
-                    match body.try_into_bytes() {
-                        Ok(bytes) if !bytes.is_unique() => {
-                            match compressed_once(&bytes, encoding) {
-                                Some(compressed) => {
-                                    mark_encoded(head, encoding);
-                                    EitherBody::right(BoxBody::new(compressed))
-                                }
-                                None => EitherBody::right(BoxBody::new(Encoder::response(
-                                    encoding, head, bytes,
-                                ))),
-                            }
+                    let bytes = match body.try_into_bytes() {
+                        Ok(bytes) => bytes,
+                        Err(body) => {
+                            return EitherBody::left(Encoder::response(encoding, head, body))
                         }
-                        Ok(bytes) => EitherBody::right(BoxBody::new(Encoder::response(
-                            encoding, head, bytes,
-                        ))),
-                        Err(body) => EitherBody::left(Encoder::response(encoding, head, body)),
+                    };
+                    // Shared: someone keeps these bytes to hand out again.
+                    let once = (!bytes.is_unique())
+                        .then(|| compressed_once(&bytes, encoding))
+                        .flatten();
+                    if let Some(compressed) = once {
+                        mark_encoded(head, encoding);
+                        return EitherBody::right(BoxBody::new(compressed));
                     }
+                    EitherBody::right(BoxBody::new(Encoder::response(encoding, head, bytes)))
                 })))
             }
             CompressProj::Refused { res } => match res.take() {

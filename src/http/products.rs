@@ -184,10 +184,31 @@ fn list_body(
     Ok(Bytes::from(body))
 }
 
-/// A list page built by this worker thread, and what it was built from.
-struct CachedList {
+/// What a cached answer was built from: a catalog snapshot (held, so its address stays
+/// unique) and the stock change count read before the levels. The answer is current
+/// while both are the ones a request reads.
+#[derive(Clone)]
+struct BuiltFrom {
     catalog: Arc<Catalog>,
     stock_changes: u64,
+}
+
+impl BuiltFrom {
+    fn new(catalog: &Arc<Catalog>, stock_changes: u64) -> Self {
+        Self {
+            catalog: Arc::clone(catalog),
+            stock_changes,
+        }
+    }
+
+    fn is(&self, catalog: &Arc<Catalog>, stock_changes: u64) -> bool {
+        Arc::ptr_eq(&self.catalog, catalog) && self.stock_changes == stock_changes
+    }
+}
+
+/// A list page built by this worker thread, and what it was built from.
+struct CachedList {
+    from: BuiltFrom,
     limit: usize,
     cursor: Option<Box<str>>,
     q: Box<str>,
@@ -215,8 +236,7 @@ fn cached_list(
     limit: usize,
 ) -> Result<Bytes, PageError> {
     let stock_changes = stock.changes();
-    let current =
-        |c: &CachedList| Arc::ptr_eq(&c.catalog, catalog) && c.stock_changes == stock_changes;
+    let current = |c: &CachedList| c.from.is(catalog, stock_changes);
     let hit = LISTS.with_borrow(|lists| {
         lists
             .iter()
@@ -233,8 +253,7 @@ fn cached_list(
             lists.remove(0);
         }
         lists.push(CachedList {
-            catalog: Arc::clone(catalog),
-            stock_changes,
+            from: BuiltFrom::new(catalog, stock_changes),
             limit,
             cursor: cursor.map(Into::into),
             q: q.into(),
@@ -278,17 +297,15 @@ fn product_body(catalog: &Catalog, stock: &StockLevels, slug: &str) -> Option<By
 /// stock changes.
 #[derive(Default)]
 struct CachedProducts {
-    catalog: Option<Arc<Catalog>>,
-    stock_changes: u64,
+    from: Option<BuiltFrom>,
     bodies: HashMap<Box<str>, Bytes>,
 }
 
 impl CachedProducts {
     fn built_from(&self, catalog: &Arc<Catalog>, stock_changes: u64) -> bool {
-        self.catalog
+        self.from
             .as_ref()
-            .is_some_and(|c| Arc::ptr_eq(c, catalog))
-            && self.stock_changes == stock_changes
+            .is_some_and(|f| f.is(catalog, stock_changes))
     }
 }
 
@@ -307,8 +324,7 @@ fn cached_product(catalog: &Arc<Catalog>, stock: &StockLevels, slug: &str) -> Op
     let stock_changes = stock.changes();
     let hit = PRODUCTS.with_borrow_mut(|cache| {
         if !cache.built_from(catalog, stock_changes) {
-            cache.catalog = Some(Arc::clone(catalog));
-            cache.stock_changes = stock_changes;
+            cache.from = Some(BuiltFrom::new(catalog, stock_changes));
             cache.bodies.clear();
         }
         cache.bodies.get(slug).cloned()
@@ -393,8 +409,8 @@ mod tests {
         }
     }
 
-    /// A cached list page is the page built afresh, until the stock or the catalog
-    /// changes; then it is the new one.
+    /// A cached product document is the one built afresh, until the stock or the
+    /// catalog changes; then it is the new one.
     #[test]
     fn cached_product_is_the_fresh_product() {
         let catalog = Arc::new(Catalog::new(vec![
@@ -433,6 +449,8 @@ mod tests {
         assert_eq!(cached_product(&reloaded, &stock, "p2"), None);
     }
 
+    /// A cached list page is the page built afresh, until the stock or the catalog
+    /// changes; then it is the new one.
     #[test]
     fn cached_list_is_the_fresh_list() {
         let product = |slug: &str| crate::catalog::test_product(slug, &format!("Shirt {slug}"));
