@@ -8,7 +8,7 @@
 
 use std::{collections::HashMap, path::Path};
 
-use actix_web::web::Bytes;
+use actix_web::{http::header::HeaderValue, web::Bytes};
 use sha2::{Digest, Sha256};
 
 /// Where the fragments pages include live; they are never served on their own.
@@ -29,6 +29,23 @@ pub struct Asset {
     pub etag: String,
     /// Whether the URL names this exact content (hashed name), so it may be cached forever.
     pub immutable: bool,
+    /// `etag` as a header value, made once: each answer clones it without copying.
+    pub etag_header: HeaderValue,
+}
+
+impl Asset {
+    fn new(body: Bytes, content_type: &'static str, etag: String, immutable: bool) -> Self {
+        // A quoted hex hash: always a valid header value.
+        let etag_header = HeaderValue::from_maybe_shared(Bytes::from(etag.clone()))
+            .unwrap_or_else(|_| HeaderValue::from_static("\"\""));
+        Self {
+            body,
+            content_type,
+            etag,
+            immutable,
+            etag_header,
+        }
+    }
 }
 
 /// The storefront, indexed by URL path (`/static/...`) and by page file name.
@@ -79,21 +96,11 @@ impl Assets {
             let etag = format!("\"{hash}\"");
             by_url.insert(
                 format!("/static/{hashed}"),
-                Asset {
-                    body: body.clone(),
-                    content_type,
-                    etag: etag.clone(),
-                    immutable: true,
-                },
+                Asset::new(body.clone(), content_type, etag.clone(), true),
             );
             by_url.insert(
                 format!("/static/{path}"),
-                Asset {
-                    body,
-                    content_type,
-                    etag,
-                    immutable: false,
-                },
+                Asset::new(body, content_type, etag, false),
             );
             renames.push((format!("/static/{path}"), format!("/static/{hashed}")));
         }
@@ -106,12 +113,7 @@ impl Assets {
                 let text = include_partials(&path, &String::from_utf8_lossy(&body), &partials);
                 let text = rewrite_page(&text, &renames, &import_map);
                 let etag = format!("\"{}\"", short_hash(text.as_bytes()));
-                let asset = Asset {
-                    body: Bytes::from(text),
-                    content_type: "text/html; charset=utf-8",
-                    etag,
-                    immutable: false,
-                };
+                let asset = Asset::new(Bytes::from(text), "text/html; charset=utf-8", etag, false);
                 (path, asset)
             })
             .collect();

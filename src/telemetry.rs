@@ -159,18 +159,13 @@ impl PlainVisitor<'_> {
             && !name.starts_with("r#")
     }
 
-    /// ` name=` (no space before the first field), then `value` writes the value.
+    /// ` name` (no space before the first field), then `value` writes `=` and the value.
     fn write_plain(&mut self, field: &Field, value: impl FnOnce(&mut Writer<'_>) -> fmt::Result) {
         let w = &mut self.writer;
-        let padded = if self.empty {
-            Ok(())
-        } else {
-            w.write_char(' ')
-        };
+        let padded = if self.empty { Ok(()) } else { w.write_str(" ") };
         self.empty = false;
         self.result = padded
             .and_then(|()| w.write_str(field.name()))
-            .and_then(|()| w.write_char('='))
             .and_then(|()| value(w));
     }
 
@@ -193,12 +188,12 @@ impl Visit for PlainVisitor<'_> {
         } else if debug_is_verbatim(value) {
             // What `{:?}` writes for this string, without escaping it char by char.
             self.write_plain(field, |w| {
-                w.write_char('"')?;
+                w.write_str("=\"")?;
                 w.write_str(value)?;
-                w.write_char('"')
+                w.write_str("\"")
             });
         } else {
-            self.write_plain(field, |w| write!(w, "{value:?}"));
+            self.write_plain(field, |w| write!(w, "={value:?}"));
         }
     }
 
@@ -208,7 +203,7 @@ impl Visit for PlainVisitor<'_> {
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
         if self.plain(field) {
-            self.write_plain(field, |w| write!(w, "{value:?}"));
+            self.write_plain(field, |w| write!(w, "={value:?}"));
         } else {
             self.by_default(|v| v.record_debug(field, value));
         }
@@ -217,10 +212,14 @@ impl Visit for PlainVisitor<'_> {
 
 /// Whether `str`'s `Debug` is the string itself in quotes: printable ASCII without a
 /// quote or a backslash, as request ids, methods and most paths are.
+///
+/// Every byte is checked, without stopping at the first that fails: a loop without an
+/// early exit compiles to vector instructions, 16 bytes a step, and the strings that
+/// fail are the rare ones.
 fn debug_is_verbatim(value: &str) -> bool {
-    value
-        .bytes()
-        .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+    value.bytes().fold(true, |verbatim, b| {
+        verbatim & (0x20..0x7f).contains(&b) & (b != b'"') & (b != b'\\')
+    })
 }
 
 impl VisitOutput<fmt::Result> for PlainVisitor<'_> {
@@ -431,5 +430,22 @@ mod tests {
             "{json}"
         );
         assert!(json.contains("\"status\":200"), "{json}");
+    }
+
+    proptest::proptest! {
+        /// Guards the vectorised check behind the quoted-string fast path: whatever it
+        /// passes as verbatim, `{:?}` writes as the string itself in quotes, and every
+        /// string of printable ASCII without a quote or a backslash passes.
+        #[test]
+        fn verbatim_strings_are_their_own_debug(value in "\\PC{0,80}|[ -~]{0,80}") {
+            let verbatim = debug_is_verbatim(&value);
+            if verbatim {
+                proptest::prop_assert_eq!(format!("{value:?}"), format!("\"{value}\""));
+            }
+            let plain = value
+                .bytes()
+                .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\');
+            proptest::prop_assert_eq!(verbatim, plain);
+        }
     }
 }

@@ -71,7 +71,10 @@ pub struct CompressService<S> {
 
 /// The encoding to use for a request's `Accept-Encoding`: `None` when it asks for
 /// nothing in particular, `Err` when it refuses everything offered.
-fn negotiate(accept: Option<AcceptEncoding>) -> Result<Option<ContentEncoding>, ()> {
+type Negotiated = Result<Option<ContentEncoding>, ()>;
+
+/// [`Negotiated`] for a request's `Accept-Encoding`.
+fn negotiate(accept: Option<AcceptEncoding>) -> Negotiated {
     let Some(accept) = accept else {
         return Ok(None);
     };
@@ -82,6 +85,56 @@ fn negotiate(accept: Option<AcceptEncoding>) -> Result<Option<ContentEncoding>, 
         Some(Encoding::Unknown(_)) => Ok(None),
         None => Err(()),
     }
+}
+
+/// `Accept-Encoding` values a worker thread keeps with their outcome; past this many,
+/// the oldest goes.
+const NEGOTIATED_ENTRIES: usize = 8;
+
+/// Longest `Accept-Encoding` value kept: a browser's is a few dozen bytes.
+const MAX_NEGOTIATED_LEN: usize = 128;
+
+thread_local! {
+    static NEGOTIATED: RefCell<Vec<(HeaderValue, Negotiated)>> =
+        const { RefCell::new(Vec::new()) };
+}
+
+/// [`negotiate`] for `req`, remembered per worker thread by the exact header value.
+///
+/// Every browser request carries `Accept-Encoding`, almost always one of a handful of
+/// values, and actix-web parses it into a sorted list on every request: about 5,500
+/// instructions, a sixth of a product answer. A value seen before costs a comparison.
+/// Requests with several `Accept-Encoding` lines, or a long value, are negotiated afresh
+/// every time.
+fn negotiated(req: &ServiceRequest) -> Negotiated {
+    let mut values = req.headers().get_all(header::ACCEPT_ENCODING);
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    let fresh = || negotiate(req.get_header::<AcceptEncoding>());
+    if values.next().is_some() || value.len() > MAX_NEGOTIATED_LEN {
+        return fresh();
+    }
+    let known = NEGOTIATED.with_borrow(|entries| {
+        entries
+            .iter()
+            .find(|(v, _)| v.as_bytes() == value.as_bytes())
+            .map(|(_, outcome)| *outcome)
+    });
+    if let Some(outcome) = known {
+        return outcome;
+    }
+    let outcome = fresh();
+    // A copy: the request's value shares the connection's read buffer.
+    if let Ok(kept) = HeaderValue::from_bytes(value.as_bytes()) {
+        NEGOTIATED.with_borrow_mut(|entries| {
+            if entries.len() >= NEGOTIATED_ENTRIES {
+                drop(entries.remove(0));
+            }
+            entries.push((kept, outcome));
+        });
+    }
+    outcome
 }
 
 /// Whether `body` under `content_type` is worth compressing: large enough, and not an
@@ -116,13 +169,7 @@ where
     actix_web::dev::forward_ready!(service);
 
     fn call(&self, req: ServiceRequest) -> Self::Future {
-        let asked = req.headers().contains_key(header::ACCEPT_ENCODING);
-        let encoding = if asked {
-            negotiate(req.get_header::<AcceptEncoding>())
-        } else {
-            Ok(None)
-        };
-        match encoding {
+        match negotiated(&req) {
             Ok(encoding) => CompressFuture::Called {
                 fut: self.service.call(req),
                 encoding,
@@ -371,6 +418,52 @@ mod tests {
         assert_eq!(encoding, None);
         let (_, encoding, _) = get(Some("gzip"), "/png").await;
         assert_eq!(encoding, None, "images are compressed already");
+    }
+
+    /// Guards the remembered negotiation: every value, the first time and again, and
+    /// once more after enough others pushed it out, gets what parsing it afresh gets; a
+    /// request with two `Accept-Encoding` lines is negotiated over both.
+    #[actix_web::test]
+    async fn a_remembered_negotiation_is_the_fresh_one() {
+        let values = [
+            "gzip, deflate, br",
+            "gzip, deflate, br, zstd",
+            "gzip",
+            "br",
+            "identity",
+            "identity;q=0",
+            "*;q=0",
+            "identity;q=0, *;q=0",
+            "gzip;q=0, deflate;q=0.5",
+            "deflate;q=0.5, gzip;q=0.4",
+            "*",
+            "",
+            "nonsense;;q=x",
+            "GZIP",
+        ];
+        let fresh = |values: &[&str]| {
+            let mut req = test::TestRequest::default();
+            for v in values {
+                req = req.append_header((header::ACCEPT_ENCODING, *v));
+            }
+            let req = req.to_srv_request();
+            (
+                negotiate(req.get_header::<AcceptEncoding>()),
+                negotiated(&req),
+            )
+        };
+        for _ in 0..3 {
+            for v in values {
+                let (expected, remembered) = fresh(&[v]);
+                assert_eq!(remembered, expected, "{v:?}");
+            }
+        }
+        let (expected, both) = fresh(&["identity;q=0", "gzip"]);
+        assert_eq!(both, expected);
+        assert_eq!(both, Ok(Some(ContentEncoding::Gzip)));
+        assert_eq!(fresh(&["*;q=0"]).1, Err(()));
+        let none = test::TestRequest::default().to_srv_request();
+        assert_eq!(negotiated(&none), Ok(None));
     }
 
     /// Guards against paying the encoder's set-up for a body it cannot shrink.

@@ -225,11 +225,14 @@ thread_local! {
 }
 
 /// Counts the request under its route (by resource name: every route here is named
-/// after its handler), `method` and `status`.
+/// after its handler, or after its pattern where the router matches only a literal
+/// prefix of it, as `products::ProductRoute`), `method` and `status`.
 fn record(req: &HttpRequest, method: &Method, status: u16, elapsed: Duration) {
-    let pattern = || {
-        req.match_pattern()
-            .unwrap_or_else(|| "unmatched".to_owned())
+    let pattern = || match req.match_name() {
+        Some(name) if name.starts_with('/') => name.to_owned(),
+        _ => req
+            .match_pattern()
+            .unwrap_or_else(|| "unmatched".to_owned()),
     };
     let Some(name) = req.match_name() else {
         // Unnamed or unmatched: rare, so the slow path is fine.

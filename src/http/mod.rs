@@ -48,12 +48,15 @@ pub fn routes(cfg: &mut web::ServiceConfig, body_limit: usize, document: web::Da
 
 /// Every module's routes, in matching order: the router tries them one by one. The
 /// catalog comes first, as the most requested and the cheapest to answer, where each
-/// route tried before it cost about a tenth of its answer. The cart's scopes have static
-/// prefixes and come before the other routes with path parameters (queue, campaigns),
-/// each of which costs a regex run to rule out; the product route's regex is the only
-/// one a durable write pays, and its literal prefix rules it out at once.
+/// route tried before it cost about a tenth of its answer; then the storefront's front
+/// page, whose exact path costs the routes after it a string comparison. The cart's
+/// scopes have static prefixes and come before the other routes with path parameters
+/// (queue, campaigns), each of which costs a regex run to rule out; the catalog's
+/// routes are matched by literal paths and prefixes, and rule a durable write out at
+/// once.
 fn register(cfg: &mut ServiceConfig) {
     cfg.configure(products::routes)
+        .configure(storefront::front_page)
         .configure(ops::routes)
         .configure(cart::routes)
         .configure(queue::routes)

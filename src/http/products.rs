@@ -6,10 +6,20 @@ use std::{
     sync::Arc,
 };
 
-use actix_web::{get, web, web::Bytes, HttpResponse};
+use actix_web::{
+    dev::{AppService, HttpServiceFactory, ResourceDef},
+    get, guard,
+    http::Method,
+    web,
+    web::Bytes,
+    HttpRequest, HttpResponse,
+};
 use serde::{Deserialize, Serialize};
-use utoipa::{IntoParams, ToSchema};
-use utoipa_actix_web::service_config::ServiceConfig;
+use utoipa::{
+    openapi::{path::Paths, RefOr, Schema},
+    IntoParams, ToSchema,
+};
+use utoipa_actix_web::{service_config::ServiceConfig, OpenApiFactory};
 
 use crate::{
     catalog::{Catalog, PageError, Product, StockLevels},
@@ -19,7 +29,7 @@ use crate::{
 
 /// The catalog, open to anyone.
 pub fn routes(cfg: &mut ServiceConfig) {
-    cfg.service(list_products).service(get_product);
+    cfg.service(list_products).service(ProductRoute);
 }
 
 /// Longest accepted search query, in characters.
@@ -263,8 +273,10 @@ fn cached_list(
     Ok(body)
 }
 
-/// One product with its variants and live availability.
+/// One product with its variants and live availability ([`ProductRoute`]).
 #[utoipa::path(
+    get,
+    path = "/api/products/{slug}",
     tag = "catalog",
     params(("slug" = String, Path, description = "Product slug")),
     responses(
@@ -272,17 +284,64 @@ fn cached_list(
         (status = 404, description = "No such product", body = ErrorBody),
     )
 )]
-#[get("/api/products/{slug}")]
 pub async fn get_product(
     state: web::Data<AppState>,
-    slug: web::Path<String>,
+    req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
+    let Some(slug) = slug_of(req.match_info().unprocessed()) else {
+        return Ok(super::not_found(req).await);
+    };
     let catalog = state.catalog.snapshot();
-    let body = cached_product(&catalog, &state.stock, &slug)
-        .ok_or_else(|| ApiError::NotFound(format!("no product with slug {:?}", slug.as_str())))?;
+    let body = cached_product(&catalog, &state.stock, slug)
+        .ok_or_else(|| ApiError::NotFound(format!("no product with slug {slug:?}")))?;
     Ok(HttpResponse::Ok()
         .content_type("application/json")
         .body(body))
+}
+
+/// Where the product route begins; the slug is the one path segment after it.
+const PRODUCTS_PREFIX: &str = "/api/products";
+
+/// The product route's documented pattern: its name, and its metrics' `route` label.
+pub const PRODUCT_ROUTE: &str = "/api/products/{slug}";
+
+/// The slug in what follows [`PRODUCTS_PREFIX`]: one non-empty segment, as the router
+/// captures `{slug}`, or `None` for a path the route does not serve.
+fn slug_of(rest: &str) -> Option<&str> {
+    let slug = rest.strip_prefix('/')?;
+    (!slug.is_empty() && !slug.contains('/')).then_some(slug)
+}
+
+/// [`get_product`], matched by its literal prefix ([`PRODUCTS_PREFIX`]) rather than the
+/// router's regex for `{slug}`.
+///
+/// It is the most requested route, and the regex with its captures and the method
+/// guard cost a tenth of its answer (about 3,000 of 32,000 instructions). A path under
+/// the prefix that is not one segment gets the answer of an unmatched path
+/// ([`super::not_found`]), as it did from the router. The route is named after its
+/// documented pattern, which the request metrics take as its `route` label
+/// (`middleware::record`), and is described by `get_product`'s own `utoipa::path`.
+pub struct ProductRoute;
+
+impl HttpServiceFactory for ProductRoute {
+    fn register(self, config: &mut AppService) {
+        let mut rdef = ResourceDef::prefix(PRODUCTS_PREFIX);
+        rdef.set_name(PRODUCT_ROUTE);
+        // A plain comparison: `guard::Get` also records the method for a 405 it
+        // would build, and `not_found` builds ours from the API description.
+        let get = guard::fn_guard(|ctx| ctx.head().method == Method::GET);
+        config.register_service(rdef, Some(vec![Box::new(get)]), web::to(get_product), None);
+    }
+}
+
+impl OpenApiFactory for ProductRoute {
+    fn paths(&self) -> Paths {
+        __path_get_product.paths()
+    }
+
+    fn schemas(&self, schemas: &mut Vec<(String, RefOr<Schema>)>) {
+        __path_get_product.schemas(schemas);
+    }
 }
 
 /// One product's document, from its pre-encoded JSON and the live stock levels.
@@ -390,22 +449,32 @@ mod tests {
         assert_eq!(fast["available"], 3);
     }
 
-    /// The router's `regex` engine (the `unicode` feature) captures the slug exactly as
-    /// `regex-lite` did: one non-empty segment, percent-encoding kept.
+    /// Guards the product route's own matching against drifting from the router's
+    /// `{slug}`: the same paths are served, with the same slug.
     #[test]
-    fn slug_route_captures_one_segment() {
+    fn slug_of_is_the_routers_slug() {
         let def = actix_web::dev::ResourceDef::new("/api/products/{slug}");
+        let prefix = actix_web::dev::ResourceDef::prefix(PRODUCTS_PREFIX);
         for (path, slug) in [
             ("/api/products/tee", Some("tee")),
             ("/api/products/t%C3%BC-1", Some("t%C3%BC-1")),
             ("/api/products/tü", Some("tü")),
             ("/api/products/a/b", None),
+            ("/api/products/a/", None),
+            ("/api/products//", None),
             ("/api/products/", None),
             ("/api/products", None),
+            ("/api/productsx", None),
         ] {
             let mut p = actix_web::dev::Path::new(path);
             let matched = def.capture_match_info(&mut p);
             assert_eq!(matched.then(|| p.get("slug")).flatten(), slug, "{path}");
+            let mut p = actix_web::dev::Path::new(path);
+            let ours = prefix
+                .capture_match_info(&mut p)
+                .then(|| slug_of(p.unprocessed()))
+                .flatten();
+            assert_eq!(ours, slug, "{path}");
         }
     }
 

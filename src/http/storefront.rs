@@ -13,13 +13,18 @@ use crate::{assets::Asset, error::ApiError, state::AppState};
 /// The storefront's pages and assets; not part of the API description.
 pub fn routes(cfg: &mut ServiceConfig) {
     cfg.map(|c| {
-        c.service(index)
-            .service(product)
+        c.service(product)
             .service(cart)
             .service(campaign)
             .service(campaign_monitor)
             .service(static_asset)
     });
+}
+
+/// The front page (`/`), registered apart from the other pages: its exact path is
+/// cheap for the routes after it to rule out, and it is the page revalidated most.
+pub fn front_page(cfg: &mut ServiceConfig) {
+    cfg.map(|c| c.service(index));
 }
 
 const IMMUTABLE: &str = "public, max-age=31536000, immutable";
@@ -44,8 +49,9 @@ fn serve(req: &HttpRequest, asset: &Asset) -> HttpResponse {
     } else {
         HttpResponse::Ok()
     };
-    resp.insert_header((header::CACHE_CONTROL, cache))
-        .insert_header((header::ETAG, asset.etag.as_str()))
+    // Header values made once, not copied from text on every answer.
+    resp.insert_header((header::CACHE_CONTROL, HeaderValue::from_static(cache)))
+        .insert_header((header::ETAG, asset.etag_header.clone()))
         .insert_header((header::VARY, HeaderValue::from_static("Accept-Encoding")));
     if not_modified {
         resp.finish()

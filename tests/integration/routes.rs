@@ -295,11 +295,16 @@ async fn head_mirrors_every_get_and_other_methods_get_405_with_allow() {
         heads >= 10,
         "every GET of the description was tried ({heads})"
     );
-    // Paths nobody documents stay 404, whatever the method.
+    // Paths nobody documents stay 404, whatever the method; under the product
+    // route's literal prefix too, where the path is not one slug segment.
     for (method, path) in [
         ("POST", "/nope"),
         ("PATCH", "/api/cart/nope"),
         ("HEAD", "/nope"),
+        ("GET", "/api/products/"),
+        ("GET", &format!("/api/products/{slug}/x")),
+        ("HEAD", &format!("/api/products/{slug}/")),
+        ("DELETE", "/api/products/a/b"),
     ] {
         let m = awc::http::Method::from_bytes(method.as_bytes()).expect("method");
         let resp = app
