@@ -15,7 +15,9 @@
 # default of SURGE_LOG, and the request span is only built when it is enabled), each on
 # a node of its own (loadtests/node.sh, SURGE_WORKERS=2) on a database of its own.
 # READS_WRK (default "-t1 -c64"), READS_DURATION (default 8s), READS_ROUNDS (default 2).
-# Prints one Markdown table; the raw wrk outputs go to artifacts/loadtest/reads/.
+# Prints two Markdown tables, req/s and the servers' CPU time per request (from /proc,
+# steadier than req/s on a shared machine); the raw wrk outputs go to
+# artifacts/loadtest/reads/.
 # Every process it starts is stopped, and every database dropped, on any exit.
 
 set -euo pipefail
@@ -37,17 +39,28 @@ OUT=$ROOT/artifacts/loadtest/reads
 mkdir -p "$OUT"
 export SURGE_WORKERS=2
 
-# wrk's req/s of one run; its full output is kept in $OUT/$1.txt.
+# CPU time (user + system) process $1 has used, in clock ticks, from /proc.
+cpu_ticks() {
+  sed 's/.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'
+}
+
+# wrk's req/s of one run against the server of pid $2; its full output is kept in
+# $OUT/$1.txt, and the server's CPU time per request, in µs, in $OUT/$1.cpu: unlike
+# req/s, it barely moves with what else the machine runs.
 run_wrk() {
-  local name=$1
-  shift
+  local name=$1 pid=$2 before after
+  shift 2
+  before=$(cpu_ticks "$pid")
   wrk "${WRK_ARGS[@]}" -d"$DURATION" "$@" >"$OUT/$name.txt" 2>&1 || {
     cat "$OUT/$name.txt" >&2
     die "wrk failed: $*"
   }
+  after=$(cpu_ticks "$pid")
   if grep -q 'Socket errors\|Non-2xx' "$OUT/$name.txt"; then
     say "note: $name: $(grep 'Socket errors\|Non-2xx' "$OUT/$name.txt" | tr -s ' ')"
   fi
+  awk -v ticks=$((after - before)) -v hz="$(getconf CLK_TCK)" \
+    '/ requests in / { printf "%.2f", 1e6 * ticks / hz / $1 }' "$OUT/$name.txt" >"$OUT/$name.cpu"
   awk '/^Requests\/sec:/ { printf "%.0f", $2 }' "$OUT/$name.txt"
 }
 
@@ -56,7 +69,7 @@ ratio() { awk -v s="$1" -v c="$2" 'BEGIN { printf "%.1f", (c > 0) ? 100 * s / c 
 # The arguments joined by " / ".
 joined() { local IFS=/; echo "$*" | sed 's#/# / #g'; }
 
-ROWS=()
+ROWS=() CPU_ROWS=()
 for level in $LEVELS; do
   say "---- SURGE_LOG=$level"
   SURGE_LOG=$level lt_node_start "$SURGE_BIN" "reads-$level"
@@ -102,26 +115,35 @@ for level in $LEVELS; do
     [ "$what" != product ] || label="GET /api/products/{slug} ($(curl -sf "$surge$path" | wc -c) B)"
     [ "$what" != list ] || label="GET /api/products?limit=24 ($(curl -sf "$surge$path" | wc -c) B)"
     s_all=() c_all=() r_all=() b_all=() br_all=()
+    sc_all=() cc_all=() rc_all=() bc_all=() brc_all=()
     for round in $(seq 1 "$ROUNDS"); do
       b=""
       if [ -n "$baseline" ] && [ $((round % 2)) -eq 0 ]; then
-        b=$(run_wrk "$level-$what-baseline-$round" "${hdr[@]}" "$baseline$path")
+        b=$(run_wrk "$level-$what-baseline-$round" "$baseline_pid" "${hdr[@]}" "$baseline$path")
       fi
-      s=$(run_wrk "$level-$what-surge-$round" "${hdr[@]}" "$surge$path")
-      c=$(run_wrk "$level-$what-bare-$round" "${hdr[@]}" "$ceiling$path")
+      s=$(run_wrk "$level-$what-surge-$round" "$surge_pid" "${hdr[@]}" "$surge$path")
+      c=$(run_wrk "$level-$what-bare-$round" "$ceiling_pid" "${hdr[@]}" "$ceiling$path")
       if [ -n "$baseline" ] && [ $((round % 2)) -eq 1 ]; then
-        b=$(run_wrk "$level-$what-baseline-$round" "${hdr[@]}" "$baseline$path")
+        b=$(run_wrk "$level-$what-baseline-$round" "$baseline_pid" "${hdr[@]}" "$baseline$path")
       fi
-      say "$level $what round $round: Surge $s req/s, bare $c req/s${b:+, baseline $b req/s}"
-      s_all+=("$s") c_all+=("$c")
+      sc=$(cat "$OUT/$level-$what-surge-$round.cpu") cc=$(cat "$OUT/$level-$what-bare-$round.cpu")
+      say "$level $what round $round: Surge $s req/s ($sc µs CPU each), bare $c req/s ($cc µs)${b:+, baseline $b req/s ($(cat "$OUT/$level-$what-baseline-$round.cpu") µs)}"
+      s_all+=("$s") c_all+=("$c") sc_all+=("$sc") cc_all+=("$cc")
       r_all+=("$(ratio "$s" "$c")")
+      # CPU per request the other way round: the bare server's share of Surge's.
+      rc_all+=("$(ratio "$cc" "$sc")")
       if [ -n "$b" ]; then
+        bc=$(cat "$OUT/$level-$what-baseline-$round.cpu")
         b_all+=("$b") br_all+=("$(ratio "$b" "$c")")
+        bc_all+=("$bc") brc_all+=("$(ratio "$cc" "$bc")")
       fi
     done
     row="| $level | $label | $(joined "${s_all[@]}") | $(joined "${c_all[@]}") | $(joined "${r_all[@]}") % |"
     [ -z "$baseline" ] || row+=" $(joined "${b_all[@]}") | $(joined "${br_all[@]}") % |"
     ROWS+=("$row")
+    row="| $level | $label | $(joined "${sc_all[@]}") | $(joined "${cc_all[@]}") | $(joined "${rc_all[@]}") % |"
+    [ -z "$baseline" ] || row+=" $(joined "${bc_all[@]}") | $(joined "${brc_all[@]}") % |"
+    CPU_ROWS+=("$row")
   done
   stop_pid "$ceiling_pid" "the bare server"
   [ -z "$baseline_pid" ] || stop_pid "$baseline_pid" "the baseline node"
@@ -139,3 +161,15 @@ else
   echo "|---|---|---:|---:|---:|"
 fi
 printf '%s\n' "${ROWS[@]}"
+echo
+echo "Server CPU time per request (user + system, from /proc, over each wrk run), in µs; the"
+echo "ratio is the bare server's CPU per request over Surge's, the same way round as req/s:"
+echo
+if [ -n "$BASELINE_BIN" ]; then
+  echo "| SURGE_LOG | request | Surge µs | bare µs | bare / Surge | baseline µs | bare / baseline |"
+  echo "|---|---|---:|---:|---:|---:|---:|"
+else
+  echo "| SURGE_LOG | request | Surge µs | bare µs | bare / Surge |"
+  echo "|---|---|---:|---:|---:|"
+fi
+printf '%s\n' "${CPU_ROWS[@]}"
