@@ -41,15 +41,11 @@ use uuid::Uuid;
 const SKUS: usize = 10;
 const CONCURRENCY: usize = 256;
 
-fn env_u64(name: &str, default: u64) -> u64 {
+fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn env_usize(name: &str, default: usize) -> usize {
-    usize::try_from(env_u64(name, default as u64)).unwrap_or(default)
 }
 
 async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
@@ -244,7 +240,6 @@ async fn bench(url: &str, writes: usize) -> anyhow::Result<()> {
 /// The node both parts of the benchmark serve HTTP with: 2 workers, 2 shards, the
 /// Journal's default batching, no rate limits.
 fn node_config(url: &str) -> anyhow::Result<ServeConfig> {
-    let defaults = surge::config::defaults::<surge::config::CommerceArgs>();
     Ok(ServeConfig {
         db: DatabaseConfig {
             primary: tokio_postgres::Config::from_str(url)?,
@@ -283,15 +278,7 @@ fn node_config(url: &str) -> anyhow::Result<ServeConfig> {
             max_cart_actors: 10_000,
             cart_retention: Duration::from_secs(86_400),
             journal_max_batch: 512,
-            // The node's defaults, or SURGE_JOURNAL_MAX_WAIT_MS / SURGE_JOURNAL_QUIET_US.
-            journal_max_wait: Duration::from_millis(env_u64(
-                "SURGE_JOURNAL_MAX_WAIT_MS",
-                defaults.journal_max_wait_ms,
-            )),
-            journal_quiet: Duration::from_micros(env_u64(
-                "SURGE_JOURNAL_QUIET_US",
-                defaults.journal_quiet_us,
-            )),
+            journal_max_wait: Duration::from_millis(2),
             journal_pool_size: 2,
             journal_commit_timeout: Duration::from_secs(5),
             queue_window: Duration::from_secs(120),
@@ -636,8 +623,8 @@ async fn writes_side_by_side(url: &str) -> anyhow::Result<()> {
         skus.len()
     );
     println!(
-        "journal: max batch {}, max wait {:?}, quiet {:?}",
-        jcfg.max_batch, jcfg.max_wait, jcfg.quiet
+        "journal: max batch {}, max wait {:?}",
+        jcfg.max_batch, jcfg.max_wait
     );
     // Untimed: both sides once, so that the first measured round, like every other,
     // starts on tables with rows and statistics, and on a node whose actors and

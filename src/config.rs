@@ -598,11 +598,6 @@ pub struct CommerceArgs {
     #[arg(long, env = "SURGE_JOURNAL_MAX_WAIT_MS", value_name = "SURGE_JOURNAL_MAX_WAIT_MS", default_value_t = 2,
           value_parser = clap::value_parser!(u64).range(0..=1000))]
     pub journal_max_wait_ms: u64,
-    /// Microseconds without a new write after which a Journal batch stops lingering,
-    /// before `SURGE_JOURNAL_MAX_WAIT_MS` if it comes first.
-    #[arg(long, env = "SURGE_JOURNAL_QUIET_US", value_name = "SURGE_JOURNAL_QUIET_US", default_value_t = 1000,
-          value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
-    pub journal_quiet_us: u64,
     /// Connections of the Journal's own pool.
     #[arg(long, env = "SURGE_JOURNAL_POOL_SIZE", value_name = "SURGE_JOURNAL_POOL_SIZE", default_value_t = 2,
           value_parser = clap::value_parser!(u16).range(1..=64))]
@@ -649,8 +644,6 @@ pub struct CommerceConfig {
     pub journal_max_batch: usize,
     /// Journal linger.
     pub journal_max_wait: Duration,
-    /// Journal quiet gap that ends a linger early.
-    pub journal_quiet: Duration,
     /// Journal pool size.
     pub journal_pool_size: usize,
     /// Deadline of one Journal batch.
@@ -679,7 +672,6 @@ impl CommerceArgs {
             cart_retention: Duration::from_secs(self.cart_retention_secs),
             journal_max_batch: self.journal_max_batch as usize,
             journal_max_wait: Duration::from_millis(self.journal_max_wait_ms),
-            journal_quiet: Duration::from_micros(self.journal_quiet_us),
             journal_pool_size: usize::from(self.journal_pool_size),
             journal_commit_timeout: Duration::from_millis(self.journal_commit_timeout_ms),
             queue_window: Duration::from_secs(self.queue_window_secs),

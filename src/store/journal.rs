@@ -1,7 +1,7 @@
 //! The Journal: one batched, group-commit writer per node.
 //!
 //! Callers queue a [`WriteOp`] and wait. The writer takes everything waiting (up to
-//! `max_batch`, lingering for more while they keep coming, up to `max_wait`: [`Linger`]), locks the rows the batch touches
+//! `max_batch`, lingering up to `max_wait` for more), locks the rows the batch touches
 //! in a fixed order, plans the batch in memory ([`surge_actors::journal_plan`]),
 //! writes the plan with a fixed number of set-based statements, commits once, and only
 //! then answers every caller. An acknowledgement therefore always follows a commit.
@@ -40,8 +40,6 @@ pub struct JournalConfig {
     pub max_batch: usize,
     /// Longest time a batch lingers for more writes after the first.
     pub max_wait: Duration,
-    /// A batch stops lingering once no write has come for this long ([`Linger`]).
-    pub quiet: Duration,
     /// Writes waiting beyond this are refused at once (backpressure).
     pub queue: usize,
     /// Lifetime given to this node's lease rows on every write and heartbeat.
@@ -56,7 +54,6 @@ impl JournalConfig {
         Self {
             max_batch: c.journal_max_batch,
             max_wait: c.journal_max_wait,
-            quiet: c.journal_quiet,
             queue: Self::QUEUE,
             lease_ttl: c.lease_ttl,
             commit_timeout: c.journal_commit_timeout,
@@ -110,36 +107,6 @@ impl PgJournal {
 
 type Reply = oneshot::Sender<Result<WriteOutcome, JournalError>>;
 
-/// How long a batch waits for more writes: until none has come for `quiet`, and never
-/// past `max_wait` after its first.
-///
-/// Callers come back in waves: the writers a commit answered send their next write,
-/// each after its own round trip. Writers that wait on nothing else (the lock-step
-/// clients of a benchmark) are back within microseconds; writers behind HTTP, actors
-/// and a network take milliseconds, spread out. A fixed linger is the wrong length
-/// for one or the other: too long for the first, whose batch is complete long before
-/// it ends, and too short for the second, which splits into two half-size batches that
-/// alternate, each paying a commit's fixed cost (the WAL flush). Waiting while writes
-/// keep coming, and no longer, serves both.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Linger {
-    /// Longest wait after the batch's first write.
-    pub max_wait: Duration,
-    /// Longest gap between writes that still counts as one wave.
-    pub quiet: Duration,
-}
-
-impl Linger {
-    /// When to stop waiting, for a batch whose first write came at `first` and whose
-    /// latest came at `last`.
-    pub fn until<T>(&self, first: T, last: T) -> T
-    where
-        T: Ord + std::ops::Add<Duration, Output = T>,
-    {
-        (last + self.quiet).min(first + self.max_wait)
-    }
-}
-
 async fn run(
     mut rx: mpsc::Receiver<Item>,
     pool: Pool,
@@ -147,24 +114,17 @@ async fn run(
     cfg: JournalConfig,
     listener: StockListener,
 ) {
-    let linger = Linger {
-        max_wait: cfg.max_wait,
-        quiet: cfg.quiet,
-    };
     while let Some(first) = rx.recv().await {
         let mut items = vec![first];
-        let first_at = tokio::time::Instant::now();
-        let mut until = linger.until(first_at, first_at);
+        let deadline = tokio::time::Instant::now() + cfg.max_wait;
         while items.len() < cfg.max_batch {
-            let item = match rx.try_recv() {
-                Ok(item) => item,
-                Err(_) => match tokio::time::timeout_at(until, rx.recv()).await {
-                    Ok(Some(item)) => item,
+            match rx.try_recv() {
+                Ok(item) => items.push(item),
+                Err(_) => match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(Some(item)) => items.push(item),
                     _ => break,
                 },
-            };
-            items.push(item);
-            until = linger.until(first_at, tokio::time::Instant::now());
+            }
         }
         let (ops, replies): (Vec<WriteOp>, Vec<Reply>) =
             items.into_iter().map(|i| (i.op, i.reply)).unzip();
@@ -907,70 +867,4 @@ async fn write_orders(
         .await
         .context("recording idempotency keys")?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
-    use super::Linger;
-
-    const MS: Duration = Duration::from_millis(1);
-
-    /// Replays arrival times (after the batch's first write) through the linger the
-    /// Journal's loop runs, and says when the batch closes and how many it holds.
-    fn close(linger: Linger, arrivals: &[Duration]) -> (Duration, usize) {
-        let first = Duration::ZERO;
-        let mut until = linger.until(first, first);
-        let mut taken = 1;
-        for &at in arrivals {
-            if at > until {
-                break;
-            }
-            taken += 1;
-            until = linger.until(first, at);
-        }
-        (until, taken)
-    }
-
-    /// Guards both waves the linger is for: lock-step writers, all back at once, are
-    /// committed a quiet gap after the last, not at the end of the longest wait; a
-    /// trickle that keeps coming is gathered up to the longest wait and no further.
-    #[test]
-    fn a_batch_lingers_while_writes_keep_coming_and_no_longer() {
-        let linger = Linger {
-            max_wait: 2 * MS,
-            quiet: MS / 2,
-        };
-        let burst: Vec<Duration> = (1..256).map(|i| Duration::from_micros(i / 8)).collect();
-        let (until, taken) = close(linger, &burst);
-        assert_eq!(taken, 256);
-        assert_eq!(
-            until,
-            burst[254] + MS / 2,
-            "closed a quiet gap after the burst"
-        );
-        let trickle: Vec<Duration> = (1..200).map(|i| i * Duration::from_micros(40)).collect();
-        let (until, taken) = close(linger, &trickle);
-        assert_eq!(until, 2 * MS, "never past the longest wait");
-        assert_eq!(taken, 51, "the writes of the first 2 ms");
-        let (until, taken) = close(linger, &[]);
-        assert_eq!(
-            (until, taken),
-            (MS / 2, 1),
-            "a lone write waits the quiet gap"
-        );
-    }
-
-    /// A quiet gap as long as the longest wait is the fixed linger of before.
-    #[test]
-    fn a_quiet_gap_of_the_whole_wait_is_a_fixed_linger() {
-        let linger = Linger {
-            max_wait: 2 * MS,
-            quiet: 2 * MS,
-        };
-        for last in [Duration::ZERO, MS / 3, MS, 2 * MS] {
-            assert_eq!(linger.until(Duration::ZERO, last), 2 * MS);
-        }
-    }
 }

@@ -231,7 +231,6 @@ pub fn test_commerce() -> CommerceConfig {
         cart_retention: Duration::from_secs(86_400),
         journal_max_batch: 512,
         journal_max_wait: Duration::from_millis(2),
-        journal_quiet: Duration::from_millis(2),
         journal_pool_size: 2,
         journal_commit_timeout: Duration::from_secs(5),
         queue_window: Duration::from_secs(120),
