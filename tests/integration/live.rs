@@ -137,9 +137,10 @@ async fn a_purchase_reaches_subscribers_with_the_right_number() {
     app.stop().await;
 }
 
-/// Guards the dispatcher change in vendor/actix-http: an idle socket frees its read and
+/// Guards the dispatcher changes in vendor/actix-http: an idle socket frees its read and
 /// write buffers, and reading and writing afterwards allocate them again, in both
-/// directions, as often as the socket falls idle.
+/// directions, as often as the socket falls idle; the read buffer comes back small, and
+/// a frame larger than it (3 KiB) is still read whole.
 #[actix_web::test]
 async fn an_idle_socket_reads_and_writes_after_giving_its_buffers_back() {
     let app = TestApp::empty().await;
@@ -161,11 +162,20 @@ async fn an_idle_socket_reads_and_writes_after_giving_its_buffers_back() {
         ws_wait(&mut ws, SECOND, is_stock("IDLE-1", left))
             .await
             .expect("a push after an idle spell");
-        ws_send(&mut ws, "not json").await;
+        let frame = if round == 2 {
+            "not json ".repeat(340)
+        } else {
+            "not json".to_owned()
+        };
+        ws_send(&mut ws, &frame).await;
         ws_wait(&mut ws, SECOND, |v| v["type"] == "error")
             .await
             .expect("an answer to a frame read after an idle spell");
     }
+    ws_send(&mut ws, "{").await;
+    ws_wait(&mut ws, SECOND, |v| v["type"] == "error")
+        .await
+        .expect("the socket still reads after the large frame");
     app.stop().await;
 }
 

@@ -1236,7 +1236,14 @@ where
 
             // grow buffer if necessary.
             let remaining = this.read_buf.capacity() - this.read_buf.len();
-            if remaining < LW_BUFFER_SIZE {
+            if this.read_buf.capacity() == 0 {
+                // Given back while an idle streaming response waited (see `idle streaming`
+                // below), and most likely polled for a write, not a read: a small buffer
+                // to find out, which the allocator hands out from its per-thread cache,
+                // rather than 8 KiB from its shared bins on every frame a live socket
+                // sends. A read that fills it grows it as before.
+                this.read_buf.reserve(LW_BUFFER_SIZE);
+            } else if remaining < LW_BUFFER_SIZE {
                 this.read_buf.reserve(HW_BUFFER_SIZE - remaining);
             }
 
