@@ -17,7 +17,9 @@
 # without Redis (in-process bus) unless LT_KEEP_REDIS=1, and with rate limits off (its
 # buyers all come from one IP) unless SURGE_RATE_LIMITS=on, and with no cap on sockets per IP
 # unless SURGE_WS_MAX_PER_IP is set; other SURGE_* variables of the
-# caller (SURGE_WORKERS, SURGE_SHARDS, ...) reach it unchanged. Its log goes to
+# caller (SURGE_WORKERS, SURGE_SHARDS, ...) reach it unchanged. LT_DB_PARAMS is appended
+# to the node's database URL (e.g. "?sslmode=disable" for clear text, where the default,
+# sslmode=prefer, uses TLS if the server offers it). Its log goes to
 # artifacts/loadtest/NAME-surge.log.
 #
 # Sourced instead of run, it defines lt_node_start SURGE_BIN NAME (the node and its
@@ -39,7 +41,7 @@ lt_node_start() {
   log="$root/artifacts/loadtest/$name-surge.log"
   db="surge_lt_$(printf '%s' "$name" | tr -c 'a-zA-Z0-9\n' '_' | tr 'A-Z' 'a-z')_$$"
   make_db "$db"
-  export DATABASE_URL="$SURGE_PG_URL/$db"
+  export DATABASE_URL="$SURGE_PG_URL/$db${LT_DB_PARAMS:-}"
   say "seeding the demo store: $surge_bin seed --demo"
   SURGE_LOG="${SURGE_LOG:-warn}" "$surge_bin" seed --demo >"$log" 2>&1 \
     || { tail -n 20 "$log" >&2; return 1; }
