@@ -25,25 +25,23 @@ pub struct Asset {
     pub body: Bytes,
     /// `Content-Type` header value.
     pub content_type: &'static str,
-    /// Strong ETag, quoted.
-    pub etag: String,
+    /// Strong ETag, quoted; a header value made once, which each answer clones
+    /// without copying.
+    pub etag: HeaderValue,
     /// Whether the URL names this exact content (hashed name), so it may be cached forever.
     pub immutable: bool,
-    /// `etag` as a header value, made once: each answer clones it without copying.
-    pub etag_header: HeaderValue,
 }
 
 impl Asset {
     fn new(body: Bytes, content_type: &'static str, etag: String, immutable: bool) -> Self {
         // A quoted hex hash: always a valid header value.
-        let etag_header = HeaderValue::from_maybe_shared(Bytes::from(etag.clone()))
+        let etag = HeaderValue::from_maybe_shared(Bytes::from(etag))
             .unwrap_or_else(|_| HeaderValue::from_static("\"\""));
         Self {
             body,
             content_type,
             etag,
             immutable,
-            etag_header,
         }
     }
 }
@@ -133,7 +131,7 @@ impl Assets {
     /// The hashed URL of an asset, for tests and templates.
     pub fn hashed_url(&self, path: &str) -> Option<String> {
         let plain = self.by_url.get(&format!("/static/{path}"))?;
-        let hash = plain.etag.trim_matches('"');
+        let hash = plain.etag.to_str().ok()?.trim_matches('"');
         Some(format!("/static/{}", hashed_name(path, hash)))
     }
 }

@@ -228,13 +228,14 @@ thread_local! {
 /// after its handler, or after its pattern where the router matches only a literal
 /// prefix of it, as `products::ProductRoute`), `method` and `status`.
 fn record(req: &HttpRequest, method: &Method, status: u16, elapsed: Duration) {
-    let pattern = || match req.match_name() {
+    let name = req.match_name();
+    let pattern = || match name {
         Some(name) if name.starts_with('/') => name.to_owned(),
         _ => req
             .match_pattern()
             .unwrap_or_else(|| "unmatched".to_owned()),
     };
-    let Some(name) = req.match_name() else {
+    let Some(name) = name else {
         // Unnamed or unmatched: rare, so the slow path is fine.
         Handles::new(&pattern(), "", method, status).record(elapsed);
         return;

@@ -302,7 +302,7 @@ pub async fn get_product(
 const PRODUCTS_PREFIX: &str = "/api/products";
 
 /// The product route's documented pattern: its name, and its metrics' `route` label.
-pub const PRODUCT_ROUTE: &str = "/api/products/{slug}";
+const PRODUCT_ROUTE: &str = "/api/products/{slug}";
 
 /// The slug in what follows [`PRODUCTS_PREFIX`]: one non-empty segment, as the router
 /// captures `{slug}`, or `None` for a path the route does not serve.

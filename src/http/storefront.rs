@@ -41,8 +41,10 @@ fn serve(req: &HttpRequest, asset: &Asset) -> HttpResponse {
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|tags| {
-            tags.split(',')
-                .any(|t| t.trim().trim_start_matches("W/") == asset.etag || t.trim() == "*")
+            tags.split(',').any(|t| {
+                t.trim().trim_start_matches("W/").as_bytes() == asset.etag.as_bytes()
+                    || t.trim() == "*"
+            })
         });
     let mut resp = if not_modified {
         HttpResponse::NotModified()
@@ -51,7 +53,7 @@ fn serve(req: &HttpRequest, asset: &Asset) -> HttpResponse {
     };
     // Header values made once, not copied from text on every answer.
     resp.insert_header((header::CACHE_CONTROL, HeaderValue::from_static(cache)))
-        .insert_header((header::ETAG, asset.etag_header.clone()))
+        .insert_header((header::ETAG, asset.etag.clone()))
         .insert_header((header::VARY, HeaderValue::from_static("Accept-Encoding")));
     if not_modified {
         resp.finish()
