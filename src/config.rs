@@ -594,7 +594,7 @@ pub struct CommerceArgs {
     #[arg(long, env = "SURGE_JOURNAL_MAX_BATCH", value_name = "SURGE_JOURNAL_MAX_BATCH", default_value_t = 512,
           value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub journal_max_batch: u32,
-    /// Milliseconds a Journal batch lingers for more writes.
+    /// Milliseconds a lone Journal write (nothing queued behind it) lingers for more.
     #[arg(long, env = "SURGE_JOURNAL_MAX_WAIT_MS", value_name = "SURGE_JOURNAL_MAX_WAIT_MS", default_value_t = 2,
           value_parser = clap::value_parser!(u64).range(0..=1000))]
     pub journal_max_wait_ms: u64,

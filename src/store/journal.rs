@@ -1,10 +1,11 @@
 //! The Journal: one batched, group-commit writer per node.
 //!
 //! Callers queue a [`WriteOp`] and wait. The writer takes everything waiting (up to
-//! `max_batch`, lingering up to `max_wait` for more), locks the rows the batch touches
-//! in a fixed order, plans the batch in memory ([`surge_actors::journal_plan`]),
-//! writes the plan with a fixed number of set-based statements, commits once, and only
-//! then answers every caller. An acknowledgement therefore always follows a commit.
+//! `max_batch`; a lone write lingers up to `max_wait` for company), locks the rows the
+//! batch touches in a fixed order, plans the batch in memory
+//! ([`surge_actors::journal_plan`]), writes the plan with a fixed number of set-based
+//! statements, commits once, and only then answers every caller. An acknowledgement
+//! therefore always follows a commit.
 //!
 //! Every answer is the truth about PostgreSQL. A batch that fails before its COMMIT is
 //! sent was rolled back: its callers hear `NotCommitted` and undo. A batch whose COMMIT
@@ -38,7 +39,8 @@ use super::{campaigns, inventory};
 pub struct JournalConfig {
     /// Most writes in one transaction.
     pub max_batch: usize,
-    /// Longest time a batch lingers for more writes after the first.
+    /// Longest time a lone write, one that finds nothing queued behind it, lingers for
+    /// more writes to join its batch.
     pub max_wait: Duration,
     /// Writes waiting beyond this are refused at once (backpressure).
     pub queue: usize,
@@ -114,18 +116,7 @@ async fn run(
     cfg: JournalConfig,
     listener: StockListener,
 ) {
-    while let Some(first) = rx.recv().await {
-        let mut items = vec![first];
-        let deadline = tokio::time::Instant::now() + cfg.max_wait;
-        while items.len() < cfg.max_batch {
-            match rx.try_recv() {
-                Ok(item) => items.push(item),
-                Err(_) => match tokio::time::timeout_at(deadline, rx.recv()).await {
-                    Ok(Some(item)) => items.push(item),
-                    _ => break,
-                },
-            }
-        }
+    while let Some(items) = gather(&mut rx, cfg.max_batch, cfg.max_wait).await {
         let (ops, replies): (Vec<WriteOp>, Vec<Reply>) =
             items.into_iter().map(|i| (i.op, i.reply)).unzip();
         metrics::histogram!("journal_batch_size").record(ops.len() as f64);
@@ -167,6 +158,35 @@ async fn run(
         }
     }
     tracing::info!("journal stopped");
+}
+
+/// The next batch: every write queued, up to `max_batch`; `None` once every handle is
+/// gone. Only a write that finds the writer idle and alone lingers, up to `max_wait`,
+/// for others to join it. Writes that queued while the last batch committed are a batch
+/// already, and lingering would only hold them while PostgreSQL sits idle; under load
+/// the commit's own length sets the batch size, and the next batch starts as soon as
+/// this one is answered.
+async fn gather<T>(
+    rx: &mut mpsc::Receiver<T>,
+    max_batch: usize,
+    max_wait: Duration,
+) -> Option<Vec<T>> {
+    let mut items = Vec::new();
+    if rx.recv_many(&mut items, max_batch).await == 0 {
+        return None;
+    }
+    if items.len() > 1 {
+        return Some(items);
+    }
+    let deadline = tokio::time::Instant::now() + max_wait;
+    while items.len() < max_batch {
+        let room = max_batch - items.len();
+        match tokio::time::timeout_at(deadline, rx.recv_many(&mut items, room)).await {
+            Ok(received) if received > 0 => {}
+            _ => break,
+        }
+    }
+    Some(items)
 }
 
 fn answer(replies: Vec<Reply>, results: Results, levels: Vec<StockLevel>, on: &StockListener) {
@@ -403,9 +423,13 @@ async fn lock(
         {
             locked.available.insert(row.get(0), row.get(1));
         }
+        // Locked now, in SKU order, as the heartbeat locks them: the UPDATE that moves
+        // them later would lock them in whatever order its join runs, and a heartbeat
+        // renewing the same rows in between would deadlock with it (a 503 for the batch).
         let stmt = tx
             .prepare_cached(
-                "SELECT sku, quantity, epoch FROM stock_leases WHERE node_id = $1 AND sku = ANY($2)",
+                "SELECT sku, quantity, epoch FROM stock_leases WHERE node_id = $1 AND sku = ANY($2)
+                  ORDER BY sku FOR UPDATE",
             )
             .await?;
         for row in tx
@@ -867,4 +891,75 @@ async fn write_orders(
         .await
         .context("recording idempotency keys")?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A test that hangs here has a writer lingering where it should not.
+    const HANG: Duration = Duration::from_secs(30);
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    async fn gathered(
+        rx: &mut mpsc::Receiver<u32>,
+        max_batch: usize,
+        max_wait: Duration,
+    ) -> Vec<u32> {
+        tokio::time::timeout(HANG, gather(rx, max_batch, max_wait))
+            .await
+            .unwrap_or_else(|_| panic!("gather still lingering after {HANG:?}"))
+            .unwrap_or_default()
+    }
+
+    /// Guards against a backlog waiting out the linger while PostgreSQL sits idle: writes
+    /// queued behind the first go at once, however long the linger.
+    #[actix_web::test]
+    async fn a_backlog_is_a_batch_at_once() {
+        let (tx, mut rx) = mpsc::channel(16);
+        for i in 0..5 {
+            tx.try_send(i).unwrap_or_else(|_| unreachable!());
+        }
+        assert_eq!(
+            gathered(&mut rx, 3, HOUR).await,
+            vec![0, 1, 2],
+            "at most max_batch"
+        );
+        assert_eq!(
+            gathered(&mut rx, 3, HOUR).await,
+            vec![3, 4],
+            "the rest, without lingering"
+        );
+    }
+
+    /// Guards against light load committing one write per transaction: a write that finds
+    /// the writer alone waits for company, and the batch closes once it is full.
+    #[actix_web::test]
+    async fn a_lone_write_lingers_for_company() {
+        let (tx, mut rx) = mpsc::channel(16);
+        tx.try_send(1).unwrap_or_else(|_| unreachable!());
+        let later = actix_web::rt::spawn(async move {
+            for i in 2..=3 {
+                actix_web::rt::task::yield_now().await;
+                let _ = tx.send(i).await;
+            }
+            tx
+        });
+        assert_eq!(gathered(&mut rx, 3, HOUR).await, vec![1, 2, 3]);
+        drop(later.await);
+    }
+
+    /// Guards against a lone write waiting for company forever, and against a writer that
+    /// outlives its handles.
+    #[actix_web::test]
+    async fn a_lone_write_goes_after_the_linger_and_the_writer_ends_with_its_handles() {
+        let (tx, mut rx) = mpsc::channel(16);
+        tx.try_send(7).unwrap_or_else(|_| unreachable!());
+        assert_eq!(
+            gathered(&mut rx, 512, Duration::from_millis(5)).await,
+            vec![7]
+        );
+        drop(tx);
+        assert!(gather(&mut rx, 512, HOUR).await.is_none());
+    }
 }

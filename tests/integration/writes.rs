@@ -1,7 +1,9 @@
 //! The write path's shortcuts give the answers of the long way: a checkout that skips
 //! its replay lookup still replays a key used elsewhere, and the Journal refuses an
-//! order under a used key whatever the caller believed.
+//! order under a used key whatever the caller believed. And a batch takes its row locks
+//! in the order every other writer takes them.
 
+use std::time::Duration;
 use surge::{
     config::CommerceArgs,
     store::{
@@ -14,10 +16,12 @@ use surge_actors::{
     ports::{JournalError, OrderLine, PlaceOrder, SetLine, WriteOp, WriteOutcome},
     validated::SessionId,
 };
+
 use uuid::Uuid;
 
 use crate::common::{
-    assert_stock_sound, buckets, db_with_sku, shared_client, two_nodes_selling, Buyer,
+    assert_stock_sound, buckets, db_with_sku, make_sku, shared_client, two_nodes_selling, Buyer,
+    Options, TestApp, TestDb,
 };
 
 /// Guards the checkout of an actor that started with its session, which writes without
@@ -139,5 +143,118 @@ async fn the_journal_refuses_an_order_under_a_used_key() {
     assert_eq!(results, vec![Ok(WriteOutcome::Done)]);
     assert_eq!(count("orders").await, 1);
     assert_eq!(buckets(&db, "USED-1").await.4, 1);
+    assert_stock_sound(&db).await;
+}
+
+/// Guards against a `503` for a whole batch from a deadlock with the heartbeat. The
+/// heartbeat renews this node's lease rows locked in SKU order, without the inventory
+/// locks; a batch that moved two leases locked their rows in whatever order its join ran
+/// (here, the order the rows were made: B, then A). A transaction that holds A and then
+/// takes B, as the heartbeat does, must find the batch waiting for A without B.
+#[actix_web::test]
+async fn a_batch_and_the_heartbeat_take_lease_rows_in_one_order() {
+    let db = TestDb::create().await;
+    let seeder = TestApp::spawn(Options {
+        seed_demo: false,
+        database_url: Some(db.url.clone()),
+        ..Options::default()
+    })
+    .await;
+    for sku in ["LOCK-A", "LOCK-B"] {
+        make_sku(&seeder, sku, 10).await;
+    }
+    seeder.stop().await;
+    // The plan a loaded node's statistics gave the lease UPDATE (it deadlocked under
+    // `make bench-writes`): a join that visits the rows in the table's order, not the
+    // batch's. The order the batch locks in must not depend on the plan.
+    let name = &db.name;
+    db.client()
+        .await
+        .batch_execute(&format!(
+            "ALTER DATABASE {name} SET enable_nestloop = off;
+             ALTER DATABASE {name} SET enable_mergejoin = off"
+        ))
+        .await
+        .expect("plan settings");
+    let pool = Db::with_journal(&db.config(), 1).expect("pools");
+    let cfg = JournalConfig::from_commerce(&surge::config::defaults::<CommerceArgs>().validate());
+    let node = "lock-order-node";
+    let mut epochs = std::collections::HashMap::new();
+    for sku in ["LOCK-B", "LOCK-A"] {
+        let grant = WriteOp::Grant {
+            sku: sku.into(),
+            want: 5,
+        };
+        let (results, _) = journal::commit(&pool.primary, node, &cfg, &[grant])
+            .await
+            .expect("grant");
+        match results.first() {
+            Some(Ok(WriteOutcome::Granted(g))) => epochs.insert(sku, g.epoch),
+            other => panic!("grant of {sku}: {other:?}"),
+        };
+    }
+    let eur = Currency::parse("EUR").expect("valid");
+    let lines: Vec<WriteOp> = ["LOCK-A", "LOCK-B"]
+        .into_iter()
+        .map(|sku| {
+            WriteOp::SetLine(SetLine {
+                cart_id: Uuid::new_v4(),
+                version: 0,
+                sku: sku.into(),
+                quantity: 1,
+                prev_quantity: 0,
+                lease_epoch: epochs[sku],
+                expires_at_ms: 4_102_444_800_000,
+                unit_price_minor: 1000,
+                currency: eur,
+                create_for_session: Some(SessionId::random().into_string()),
+            })
+        })
+        .collect();
+
+    let mut heartbeat = db.client().await;
+    let renewal = heartbeat.transaction().await.expect("begin");
+    let take = "SELECT 1 FROM stock_leases WHERE node_id = $1 AND sku = $2 FOR UPDATE";
+    renewal.execute(take, &[&node, &"LOCK-A"]).await.expect("A");
+    let batch = {
+        let (pool, cfg) = (pool.primary.clone(), cfg.clone());
+        actix_web::rt::spawn(async move { journal::commit(&pool, node, &cfg, &lines).await })
+    };
+    let watcher = db.client().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let waiting: i64 = watcher
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                  WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                &[],
+            )
+            .await
+            .expect("activity")
+            .get(0);
+        if waiting > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the batch never waited for A"
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(20)).await;
+    }
+    renewal
+        .execute(take, &[&node, &"LOCK-B"])
+        .await
+        .expect("B is free while the batch waits for A: no deadlock");
+    renewal.commit().await.expect("the renewal commits");
+    let (results, _) = batch
+        .await
+        .expect("batch task")
+        .expect("the batch commits once A is free");
+    assert_eq!(
+        results,
+        vec![Ok(WriteOutcome::Done), Ok(WriteOutcome::Done)]
+    );
+    assert_eq!(buckets(&db, "LOCK-A").await.3, 1, "A reserved");
+    assert_eq!(buckets(&db, "LOCK-B").await.3, 1, "B reserved");
     assert_stock_sound(&db).await;
 }
