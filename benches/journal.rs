@@ -5,7 +5,12 @@
 //! With `SURGE_BENCH_PART=writes` (`make bench-writes`) it measures instead the durable
 //! writes of shoppers who reserve one unit and check it out, through HTTP, against the
 //! same writes handed straight to a Journal, alternating the two on one database with
-//! the same SKUs, concurrency and Journal settings, and prints the ratio. An untimed
+//! the same SKUs, concurrency and Journal settings, and prints the ratio, with each
+//! side's commits, their mean length and the share of the round the Journal spent
+//! committing (the rest it waited for writes). `SURGE_BENCH_LINGER_US` sets both
+//! Journals' linger (default 2000, the node's default). The HTTP side's shoppers run on
+//! a thread of their own, as a real node's clients run elsewhere; a failed write prints
+//! its answer, and fails the run. An untimed
 //! warm-up of both sides (`SURGE_BENCH_WARMUP_SECONDS`) comes first, and the database is
 //! vacuumed and analyzed, and a checkpoint taken, before each side's turn, so that
 //! every turn starts from the same kind of tables.
@@ -57,6 +62,8 @@ async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
 }
 
 fn main() -> anyhow::Result<()> {
+    // The node's warnings (a 503's cause) at `SURGE_LOG`, as a node prints them.
+    surge::telemetry::init_tracing(surge::config::LogFormat::Human);
     actix_web::rt::System::new().block_on(run())
 }
 
@@ -278,7 +285,7 @@ fn node_config(url: &str) -> anyhow::Result<ServeConfig> {
             max_cart_actors: 10_000,
             cart_retention: Duration::from_secs(86_400),
             journal_max_batch: 512,
-            journal_max_wait: Duration::from_millis(2),
+            journal_max_wait: Duration::from_micros(env_usize("SURGE_BENCH_LINGER_US", 2000) as u64),
             journal_pool_size: 2,
             journal_commit_timeout: Duration::from_secs(5),
             queue_window: Duration::from_secs(120),
@@ -377,11 +384,14 @@ struct Round {
     /// Batches the process's Journals committed over the round, and the writes in them.
     batches: f64,
     batched: f64,
+    /// Seconds those batches spent from BEGIN to the COMMIT's answer, together.
+    committing: f64,
 }
 
-/// `journal_batch_size`'s count and sum so far, over every Journal of the process (only
-/// one side runs at a time, so a round's difference is that side's).
-fn journal_batches() -> (f64, f64) {
+/// `journal_batch_size`'s count and sum, and `journal_commit_seconds`' sum, so far, over
+/// every Journal of the process (only one side runs at a time, so a round's difference is
+/// that side's).
+fn journal_batches() -> (f64, f64, f64) {
     let text = surge::telemetry::metrics_handle().render();
     let value = |name: &str| {
         text.lines()
@@ -391,6 +401,7 @@ fn journal_batches() -> (f64, f64) {
     (
         value("journal_batch_size_count"),
         value("journal_batch_size_sum"),
+        value("journal_commit_seconds_sum"),
     )
 }
 
@@ -408,6 +419,7 @@ impl Round {
             elapsed,
             batches: after.0 - before.0,
             batched: after.1 - before.1,
+            committing: after.2 - before.2,
         }
     }
 
@@ -418,6 +430,11 @@ impl Round {
         } else {
             0.0
         }
+    }
+
+    /// Share of the round the Journal spent committing: what is left, it waited for writes.
+    fn busy(&self) -> f64 {
+        self.committing / self.elapsed.as_secs_f64()
     }
 
     fn rate(&self) -> f64 {
@@ -486,11 +503,37 @@ async fn journal_round(
     Round::run(tasks).await
 }
 
+/// Says why a write was not committed: a failure fails the run, and its cause is the
+/// first thing to know.
+fn refused(what: &str, status: u16, body: &[u8]) {
+    eprintln!(
+        "{what} answered {status}: {}",
+        String::from_utf8_lossy(body)
+    );
+}
+
 /// The HTTP side: `sessions` tasks, each a series of shoppers (no cookie: a new
 /// session) doing `PUT /api/cart/items/{sku}` `{"quantity":1}` and then
 /// `POST /api/checkout` with a new `Idempotency-Key`, for `seconds`. A write counts
 /// when its answer is the committed one (`200`, `201`).
+///
+/// The shoppers run on a thread of their own, as the clients of a real node run in other
+/// processes: on the bench's main thread they would hold up the node's own tasks there.
 async fn http_round(base: &str, skus: &[String], sessions: usize, seconds: u64) -> Round {
+    let (done, round) = tokio::sync::oneshot::channel();
+    let (base, skus) = (base.to_owned(), skus.to_vec());
+    let thread = actix::Arbiter::new();
+    thread.spawn_fn(move || {
+        actix_web::rt::spawn(async move {
+            let _ = done.send(http_shoppers(&base, &skus, sessions, seconds).await);
+        });
+    });
+    let round = round.await;
+    thread.stop();
+    round.unwrap_or_else(|_| panic!("the shoppers' thread ended without its round"))
+}
+
+async fn http_shoppers(base: &str, skus: &[String], sessions: usize, seconds: u64) -> Round {
     let http = awc::Client::builder()
         .timeout(Duration::from_secs(30))
         .connector(awc::Connector::new().limit(sessions))
@@ -520,10 +563,14 @@ async fn http_round(base: &str, skus: &[String], sessions: usize, seconds: u64) 
                             .map(str::to_owned)
                     }
                     Ok(mut resp) => {
-                        let _ = resp.body().await;
+                        let body = resp.body().await.unwrap_or_default();
+                        refused("PUT", resp.status().as_u16(), &body);
                         None
                     }
-                    Err(_) => None,
+                    Err(err) => {
+                        eprintln!("PUT failed: {err}");
+                        None
+                    }
                 };
                 let Some(cookie) = cookie else {
                     failures += 1;
@@ -539,14 +586,18 @@ async fn http_round(base: &str, skus: &[String], sessions: usize, seconds: u64) 
                     .await;
                 match order {
                     Ok(mut resp) => {
-                        let _ = resp.body().await;
+                        let body = resp.body().await.unwrap_or_default();
                         if resp.status().as_u16() == 201 {
                             writes += 1;
                         } else {
+                            refused("checkout", resp.status().as_u16(), &body);
                             failures += 1;
                         }
                     }
-                    Err(_) => failures += 1,
+                    Err(err) => {
+                        eprintln!("checkout failed: {err}");
+                        failures += 1;
+                    }
                 }
             }
             (writes, failures)
@@ -639,9 +690,9 @@ async fn writes_side_by_side(url: &str) -> anyhow::Result<()> {
         j.failures + h.failures
     );
     println!(
-        "| round | side | writes | failures | seconds | durable writes/s | commits | writes per commit |"
+        "| round | side | writes | failures | seconds | durable writes/s | commits | writes per commit | ms per commit | Journal committing |"
     );
-    println!("|---:|---|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     let (mut journal_rates, mut http_rates) = (Vec::new(), Vec::new());
     let mut failed = 0;
     for r in 1..=rounds {
@@ -664,13 +715,15 @@ async fn writes_side_by_side(url: &str) -> anyhow::Result<()> {
         };
         for (side, round) in [("Journal alone", &j), ("HTTP", &h)] {
             println!(
-                "| {r} | {side} | {} | {} | {:.2} | {:.0} | {:.0} | {:.1} |",
+                "| {r} | {side} | {} | {} | {:.2} | {:.0} | {:.0} | {:.1} | {:.2} | {:.0} % |",
                 round.writes,
                 round.failures,
                 round.elapsed.as_secs_f64(),
                 round.rate(),
                 round.batches,
-                round.mean_batch()
+                round.mean_batch(),
+                1000.0 * round.committing / round.batches.max(1.0),
+                100.0 * round.busy()
             );
             failed += round.failures;
         }
