@@ -160,7 +160,18 @@ async fn return_units(tx: &Transaction<'_>, id: Uuid) -> Result<Vec<Moved>, DbEr
     )
     .await?;
     let moved = inventory::apply(tx, &moves).await?;
-    // Then the customer's allowance, after the inventory rows as the Journal locks them.
+    // Then the customer's allowance, after the inventory rows as the Journal locks them,
+    // and its rows in key order as the Journal does: the UPDATE would lock them in
+    // whatever order its join runs, and a checkout of the same customer holding one of
+    // them would deadlock with it.
+    tx.execute(
+        "SELECT 1 FROM campaign_customers
+          WHERE (campaign_id, customer) IN
+                (SELECT campaign_id, customer FROM campaign_order_units WHERE order_id = $1)
+          ORDER BY campaign_id, customer FOR UPDATE",
+        &[&id],
+    )
+    .await?;
     tx.execute(
         "UPDATE campaign_customers cc SET units = cc.units - c.units
            FROM (SELECT campaign_id, customer, units FROM campaign_order_units

@@ -1,11 +1,16 @@
 //! Per-customer limits and bounded holds: one customer, however their address is
 //! spelled and on however many sessions and nodes, orders at most the campaign's limit.
 
+use std::time::Duration;
+
 use futures_util::future::join_all;
 use serde_json::json;
 use surge_actors::cart_actor::now_ms;
 
-use crate::common::{buckets, error_code, make_sku, shared_client, Buyer};
+use crate::common::{
+    assert_stock_sound, buckets, error_code, make_sku, shared_client, Buyer, Options, TestApp,
+    TestDb, ADMIN_TOKEN,
+};
 use crate::orders::set_status;
 use crate::{
     campaigns::{schedule, sleep_until_ms},
@@ -156,4 +161,136 @@ async fn re_putting_a_campaign_line_does_not_extend_its_hold() {
     assert_eq!(buckets(&a.db, SKU).await.3, 0, "the hold lapsed");
     b.stop().await;
     a.stop().await;
+}
+
+/// Guards against a cancellation deadlocking with a checkout of the same customer: a
+/// batch locks its customers' `campaign_customers` rows in key order, and the
+/// cancellation gave an order's units back with an `UPDATE ... FROM` that locked them
+/// in whatever order its join ran (here, the table's: the higher key first). A
+/// transaction that holds the lower key and then takes the higher one, as a batch
+/// does, must find the cancellation waiting for the lower key without the higher.
+#[actix_web::test]
+async fn a_cancellation_and_a_checkout_take_customer_rows_in_one_order() {
+    let db = TestDb::create().await;
+    // A join that visits the rows in the table's order (as the lease UPDATE's did under
+    // load): the order the cancellation locks in must not depend on the plan.
+    db.client()
+        .await
+        .batch_execute(&format!(
+            "ALTER DATABASE {name} SET enable_nestloop = off;
+             ALTER DATABASE {name} SET enable_mergejoin = off",
+            name = db.name
+        ))
+        .await
+        .expect("plan settings");
+    let app = TestApp::spawn(Options {
+        seed_demo: false,
+        database_url: Some(db.url.clone()),
+        ..Options::default()
+    })
+    .await;
+    let starts = now_ms() + 1_000;
+    for sku in ["ORDER-1", "ORDER-2"] {
+        make_sku(&app, sku, 10).await;
+        let (status, created) = schedule(
+            &app,
+            &json!({"name": format!("Limited {sku}"), "skus": [sku], "starts_at_ms": starts,
+                    "ends_at_ms": starts + 600_000, "per_customer_limit": 5}),
+        )
+        .await;
+        assert_eq!(status, 201, "{created}");
+    }
+    sleep_until_ms(starts + 50).await;
+    let mut buyer = Buyer::new(&app.base, shared_client());
+    for sku in ["ORDER-1", "ORDER-2"] {
+        let (status, body) = buyer.set(sku, 1).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let (status, order) = buyer.checkout_as("one-order", "c@x.io").await;
+    assert_eq!(status, 201, "{order}");
+    let order_id = order["id"].as_str().expect("order id").to_owned();
+
+    let client = db.client().await;
+    let keys: Vec<uuid::Uuid> = client
+        .query(
+            "SELECT campaign_id FROM campaign_customers ORDER BY campaign_id",
+            &[],
+        )
+        .await
+        .expect("customer rows")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(keys.len(), 2, "one row per campaign");
+    // The lower key's row written again goes to the table's end, after the higher one.
+    client
+        .execute(
+            "UPDATE campaign_customers SET units = units WHERE campaign_id = $1",
+            &[&keys[0]],
+        )
+        .await
+        .expect("rewrite");
+
+    let mut batch = db.client().await;
+    let checkout = batch.transaction().await.expect("begin");
+    let take = "SELECT 1 FROM campaign_customers WHERE campaign_id = $1 FOR UPDATE";
+    checkout
+        .execute(take, &[&keys[0]])
+        .await
+        .expect("lower key");
+    let cancel = {
+        let (base, order_id) = (app.base.clone(), order_id.clone());
+        actix_web::rt::spawn(async move {
+            let reply = shared_client()
+                .post(format!("{base}/api/admin/orders/{order_id}/status"))
+                .bearer_auth(ADMIN_TOKEN)
+                .send_json(&json!({"status": "cancelled"}))
+                .await;
+            match reply {
+                Ok(mut r) => (r.status().as_u16(), r.body().await.unwrap_or_default()),
+                Err(e) => panic!("cancellation request: {e}"),
+            }
+        })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let waiting: i64 = client
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                  WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                &[],
+            )
+            .await
+            .expect("activity")
+            .get(0);
+        if waiting > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the cancellation never waited for the lower key"
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(20)).await;
+    }
+    checkout
+        .execute(take, &[&keys[1]])
+        .await
+        .expect("the higher key is free while the cancellation waits: no deadlock");
+    checkout.commit().await.expect("the checkout's locks go");
+    let (status, body) = cancel.await.expect("cancellation task");
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let units: Vec<i64> = client
+        .query(
+            "SELECT units::bigint FROM campaign_customers ORDER BY campaign_id",
+            &[],
+        )
+        .await
+        .expect("units")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(units, vec![0, 0], "both allowances given back");
+    assert_eq!(buckets(&db, "ORDER-1").await.4, 0, "unit back on sale");
+    assert_stock_sound(&db).await;
+    app.stop().await;
 }
