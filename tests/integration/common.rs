@@ -537,6 +537,44 @@ pub fn shared_client() -> awc::Client {
         .finish()
 }
 
+/// Has every new connection to `db` plan joins as hash joins, which visit an `UPDATE`'s
+/// target rows in the table's order, as a loaded node's statistics may: a test of lock
+/// order then shows whether a writer's order depends on the plan.
+pub async fn plan_joins_in_table_order(db: &TestDb) {
+    db.client()
+        .await
+        .batch_execute(&format!(
+            "ALTER DATABASE {name} SET enable_nestloop = off;
+             ALTER DATABASE {name} SET enable_mergejoin = off",
+            name = db.name
+        ))
+        .await
+        .expect("plan settings");
+}
+
+/// Waits, up to 20 s, until a session of `db` waits for a row lock; `what` names the
+/// waiter in the failure.
+pub async fn wait_for_a_lock_wait(db: &TestDb, what: &str) {
+    let client = db.client().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let waiting: i64 = client
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                  WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                &[],
+            )
+            .await
+            .expect("activity")
+            .get(0);
+        if waiting > 0 {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{what} never waited");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Creates a one-SKU product with `stock` units through the admin API.
 pub async fn make_sku(app: &TestApp, sku: &str, stock: i64) {
     let body = serde_json::json!({

@@ -1,15 +1,13 @@
 //! Per-customer limits and bounded holds: one customer, however their address is
 //! spelled and on however many sessions and nodes, orders at most the campaign's limit.
 
-use std::time::Duration;
-
 use futures_util::future::join_all;
 use serde_json::json;
 use surge_actors::cart_actor::now_ms;
 
 use crate::common::{
-    assert_stock_sound, buckets, error_code, make_sku, shared_client, Buyer, Options, TestApp,
-    TestDb, ADMIN_TOKEN,
+    assert_stock_sound, buckets, error_code, make_sku, plan_joins_in_table_order, shared_client,
+    wait_for_a_lock_wait, Buyer, Options, TestApp, TestDb, ADMIN_TOKEN,
 };
 use crate::orders::set_status;
 use crate::{
@@ -172,17 +170,9 @@ async fn re_putting_a_campaign_line_does_not_extend_its_hold() {
 #[actix_web::test]
 async fn a_cancellation_and_a_checkout_take_customer_rows_in_one_order() {
     let db = TestDb::create().await;
-    // A join that visits the rows in the table's order (as the lease UPDATE's did under
-    // load): the order the cancellation locks in must not depend on the plan.
-    db.client()
-        .await
-        .batch_execute(&format!(
-            "ALTER DATABASE {name} SET enable_nestloop = off;
-             ALTER DATABASE {name} SET enable_mergejoin = off",
-            name = db.name
-        ))
-        .await
-        .expect("plan settings");
+    // A join that visits the rows in the table's order, as the lease UPDATE's did under
+    // load: the order the cancellation locks in must not depend on the plan.
+    plan_joins_in_table_order(&db).await;
     let app = TestApp::spawn(Options {
         seed_demo: false,
         database_url: Some(db.url.clone()),
@@ -252,26 +242,7 @@ async fn a_cancellation_and_a_checkout_take_customer_rows_in_one_order() {
             }
         })
     };
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let waiting: i64 = client
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity
-                  WHERE datname = current_database() AND wait_event_type = 'Lock'",
-                &[],
-            )
-            .await
-            .expect("activity")
-            .get(0);
-        if waiting > 0 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the cancellation never waited for the lower key"
-        );
-        actix_web::rt::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_a_lock_wait(&db, "the cancellation, for the lower key,").await;
     checkout
         .execute(take, &[&keys[1]])
         .await

@@ -3,7 +3,6 @@
 //! order under a used key whatever the caller believed. And a batch takes its row locks
 //! in the order every other writer takes them.
 
-use std::time::Duration;
 use surge::{
     config::CommerceArgs,
     store::{
@@ -20,8 +19,8 @@ use surge_actors::{
 use uuid::Uuid;
 
 use crate::common::{
-    assert_stock_sound, buckets, db_with_sku, make_sku, shared_client, two_nodes_selling, Buyer,
-    Options, TestApp, TestDb,
+    assert_stock_sound, buckets, db_with_sku, make_sku, plan_joins_in_table_order, shared_client,
+    two_nodes_selling, wait_for_a_lock_wait, Buyer, Options, TestApp, TestDb,
 };
 
 /// Guards the checkout of an actor that started with its session, which writes without
@@ -165,17 +164,8 @@ async fn a_batch_and_the_heartbeat_take_lease_rows_in_one_order() {
     }
     seeder.stop().await;
     // The plan a loaded node's statistics gave the lease UPDATE (it deadlocked under
-    // `make bench-writes`): a join that visits the rows in the table's order, not the
-    // batch's. The order the batch locks in must not depend on the plan.
-    let name = &db.name;
-    db.client()
-        .await
-        .batch_execute(&format!(
-            "ALTER DATABASE {name} SET enable_nestloop = off;
-             ALTER DATABASE {name} SET enable_mergejoin = off"
-        ))
-        .await
-        .expect("plan settings");
+    // `make bench-writes`).
+    plan_joins_in_table_order(&db).await;
     let pool = Db::with_journal(&db.config(), 1).expect("pools");
     let cfg = JournalConfig::from_commerce(&surge::config::defaults::<CommerceArgs>().validate());
     let node = "lock-order-node";
@@ -220,27 +210,7 @@ async fn a_batch_and_the_heartbeat_take_lease_rows_in_one_order() {
         let (pool, cfg) = (pool.primary.clone(), cfg.clone());
         actix_web::rt::spawn(async move { journal::commit(&pool, node, &cfg, &lines).await })
     };
-    let watcher = db.client().await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let waiting: i64 = watcher
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity
-                  WHERE datname = current_database() AND wait_event_type = 'Lock'",
-                &[],
-            )
-            .await
-            .expect("activity")
-            .get(0);
-        if waiting > 0 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the batch never waited for A"
-        );
-        actix_web::rt::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_a_lock_wait(&db, "the batch, for A,").await;
     renewal
         .execute(take, &[&node, &"LOCK-B"])
         .await
