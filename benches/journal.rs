@@ -10,10 +10,10 @@
 //! committing (the rest it waited for writes). `SURGE_BENCH_LINGER_US` sets both
 //! Journals' linger (default 2000, the node's default). The HTTP side's shoppers run on
 //! a thread of their own, as a real node's clients run elsewhere; a failed write prints
-//! its answer, and fails the run. An untimed
-//! warm-up of both sides (`SURGE_BENCH_WARMUP_SECONDS`) comes first, and the database is
-//! vacuumed and analyzed, and a checkpoint taken, before each side's turn, so that
-//! every turn starts from the same kind of tables.
+//! its answer, and fails the run. An untimed warm-up of both sides
+//! (`SURGE_BENCH_WARMUP_SECONDS`) comes first, and the database is vacuumed and
+//! analyzed, and a checkpoint taken, before each side's turn, so that every turn starts
+//! from the same kind of tables.
 //!
 //! Run: `make bench-journal` (or `cargo bench --bench journal`), with PostgreSQL at
 //! `SURGE_BENCH_PG_URL` (default `postgres://postgres@127.0.0.1:5432`). The benchmark

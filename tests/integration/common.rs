@@ -590,6 +590,11 @@ pub async fn make_sku(app: &TestApp, sku: &str, stock: i64) {
 
 /// A fresh database holding one SKU with `stock` units, for nodes started afterwards.
 pub async fn db_with_sku(sku: &str, stock: i64) -> TestDb {
+    db_with_skus(&[(sku, stock)]).await
+}
+
+/// A fresh database holding each `(sku, stock)`, made in the order given.
+pub async fn db_with_skus(skus: &[(&str, i64)]) -> TestDb {
     let db = TestDb::create().await;
     let seeder = TestApp::spawn(Options {
         seed_demo: false,
@@ -597,7 +602,9 @@ pub async fn db_with_sku(sku: &str, stock: i64) -> TestDb {
         ..Options::default()
     })
     .await;
-    make_sku(&seeder, sku, stock).await;
+    for (sku, stock) in skus {
+        make_sku(&seeder, sku, *stock).await;
+    }
     seeder.stop().await;
     db
 }

@@ -7,7 +7,7 @@ use surge_actors::cart_actor::now_ms;
 
 use crate::common::{
     assert_stock_sound, buckets, error_code, make_sku, plan_joins_in_table_order, shared_client,
-    wait_for_a_lock_wait, Buyer, Options, TestApp, TestDb, ADMIN_TOKEN,
+    wait_for_a_lock_wait, Buyer, Options, TestApp, TestDb,
 };
 use crate::orders::set_status;
 use crate::{
@@ -201,16 +201,11 @@ async fn a_cancellation_and_a_checkout_take_customer_rows_in_one_order() {
     let order_id = order["id"].as_str().expect("order id").to_owned();
 
     let client = db.client().await;
-    let keys: Vec<uuid::Uuid> = client
-        .query(
-            "SELECT campaign_id FROM campaign_customers ORDER BY campaign_id",
-            &[],
-        )
-        .await
-        .expect("customer rows")
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let keys: Vec<uuid::Uuid> = column(
+        &client,
+        "SELECT campaign_id FROM campaign_customers ORDER BY campaign_id",
+    )
+    .await;
     assert_eq!(keys.len(), 2, "one row per campaign");
     // The lower key's row written again goes to the table's end, after the higher one.
     client
@@ -228,40 +223,40 @@ async fn a_cancellation_and_a_checkout_take_customer_rows_in_one_order() {
         .execute(take, &[&keys[0]])
         .await
         .expect("lower key");
-    let cancel = {
-        let (base, order_id) = (app.base.clone(), order_id.clone());
-        actix_web::rt::spawn(async move {
-            let reply = shared_client()
-                .post(format!("{base}/api/admin/orders/{order_id}/status"))
-                .bearer_auth(ADMIN_TOKEN)
-                .send_json(&json!({"status": "cancelled"}))
-                .await;
-            match reply {
-                Ok(mut r) => (r.status().as_u16(), r.body().await.unwrap_or_default()),
-                Err(e) => panic!("cancellation request: {e}"),
-            }
-        })
+    let checkout_takes_the_higher_key = async {
+        wait_for_a_lock_wait(&db, "the cancellation, for the lower key,").await;
+        checkout
+            .execute(take, &[&keys[1]])
+            .await
+            .expect("the higher key is free while the cancellation waits: no deadlock");
+        checkout.commit().await.expect("the checkout's locks go");
     };
-    wait_for_a_lock_wait(&db, "the cancellation, for the lower key,").await;
-    checkout
-        .execute(take, &[&keys[1]])
-        .await
-        .expect("the higher key is free while the cancellation waits: no deadlock");
-    checkout.commit().await.expect("the checkout's locks go");
-    let (status, body) = cancel.await.expect("cancellation task");
-    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
-    let units: Vec<i64> = client
-        .query(
-            "SELECT units::bigint FROM campaign_customers ORDER BY campaign_id",
-            &[],
-        )
-        .await
-        .expect("units")
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let ((status, body), ()) = futures_util::join!(
+        set_status(&app, &order_id, "cancelled"),
+        checkout_takes_the_higher_key
+    );
+    assert_eq!(status, 200, "{body}");
+    let units: Vec<i64> = column(
+        &client,
+        "SELECT units::bigint FROM campaign_customers ORDER BY campaign_id",
+    )
+    .await;
     assert_eq!(units, vec![0, 0], "both allowances given back");
     assert_eq!(buckets(&db, "ORDER-1").await.4, 0, "unit back on sale");
     assert_stock_sound(&db).await;
     app.stop().await;
+}
+
+/// The first column of every row `sql` answers.
+async fn column<T>(client: &tokio_postgres::Client, sql: &str) -> Vec<T>
+where
+    T: for<'a> tokio_postgres::types::FromSql<'a>,
+{
+    client
+        .query(sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
 }

@@ -19,8 +19,8 @@ use surge_actors::{
 use uuid::Uuid;
 
 use crate::common::{
-    assert_stock_sound, buckets, db_with_sku, make_sku, plan_joins_in_table_order, shared_client,
-    two_nodes_selling, wait_for_a_lock_wait, Buyer, Options, TestApp, TestDb,
+    assert_stock_sound, buckets, db_with_sku, db_with_skus, plan_joins_in_table_order,
+    shared_client, two_nodes_selling, wait_for_a_lock_wait, Buyer,
 };
 
 /// Guards the checkout of an actor that started with its session, which writes without
@@ -152,17 +152,7 @@ async fn the_journal_refuses_an_order_under_a_used_key() {
 /// takes B, as the heartbeat does, must find the batch waiting for A without B.
 #[actix_web::test]
 async fn a_batch_and_the_heartbeat_take_lease_rows_in_one_order() {
-    let db = TestDb::create().await;
-    let seeder = TestApp::spawn(Options {
-        seed_demo: false,
-        database_url: Some(db.url.clone()),
-        ..Options::default()
-    })
-    .await;
-    for sku in ["LOCK-A", "LOCK-B"] {
-        make_sku(&seeder, sku, 10).await;
-    }
-    seeder.stop().await;
+    let db = db_with_skus(&[("LOCK-A", 10), ("LOCK-B", 10)]).await;
     // The plan a loaded node's statistics gave the lease UPDATE (it deadlocked under
     // `make bench-writes`).
     plan_joins_in_table_order(&db).await;
